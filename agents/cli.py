@@ -1,0 +1,50 @@
+"""The ``tutorloop`` command: one sub-command per stage, each defined in its own ``agents/cmd_*.py``.
+
+Every command module exposes ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``;
+they are imported lazily so ``tutorloop --help`` does not pay for torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS = {
+    "index": "agents.cmd_index",
+    "eval": "agents.cmd_eval",
+    "run": "agents.cmd_run",
+    "review": "agents.cmd_review",
+    "demo": "agents.cmd_demo",
+}
+HELPS = {
+    "index": "ingest a pool (LLaVA JSON/JSONL), embed it and build its Qdrant index with clusters",
+    "eval": "evaluate a student (optionally with a LoRA adapter) on a LLaVA-format data file",
+    "run": "run the adaptation loop: evaluate, diagnose, retrieve, re-rank, LoRA-train, repeat",
+    "review": "show the teacher's diagnoses and the accuracy per round of a run directory",
+    "demo": "build the offline demo world, student and index, then run the loop on it",
+}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tutorloop",
+        description="Adapt a vision-language model to a new task with a fraction of the data.",
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, module_name in COMMANDS.items():
+        sub = subparsers.add_parser(name, help=HELPS[name], description=HELPS[name])
+        if name == command:  # only the chosen command's module is imported
+            importlib.import_module(module_name).add_arguments(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if a in COMMANDS), None)
+    args = build_parser(command).parse_args(argv)
+    return int(importlib.import_module(COMMANDS[args.command]).run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
