@@ -1,0 +1,123 @@
+"""`tutorloop run`: the adaptation loop on a user's student, validation set and pool index.
+
+Re-running with the same ``--out`` resumes a stopped or killed run from its last checkpoint; the run's
+config is stored in ``RUNDIR/run.json``, so ``tutorloop run --out RUNDIR`` alone is enough.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from agents.run_dir import read_json, write_json
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--student", type=Path, help="student model folder (HF format) or hub id")
+    parser.add_argument("--val", type=Path, help="validation file of the target task (LLaVA JSON/JSONL)")
+    parser.add_argument("--test", type=Path, help="held-out test file of the target task: measured, never diagnosed")
+    parser.add_argument("--generic", type=Path, help="a file of skills the student already has, to measure forgetting")
+    parser.add_argument("--image-root", type=Path, help="images of val/test/generic (default: the val file's folder)")
+    parser.add_argument("--store", type=Path, help="folder of the embedded Qdrant index built by `tutorloop index`")
+    parser.add_argument("--qdrant-url", help="a Qdrant server instead of --store (API key from QDRANT_API_KEY)")
+    parser.add_argument("--collection", help="collection name of the pool (default: pool)")
+    parser.add_argument("--budget", type=int, help="samples to select over the whole run (split evenly over rounds)")
+    parser.add_argument("--rounds", type=int, help="maximum number of rounds (default: 3)")
+    parser.add_argument("--teacher", help="OpenAI-compatible base URL of the teacher (default: $OPENAI_BASE_URL "
+                        "or http://127.0.0.1:8000/v1); 'none' for no teacher")
+    parser.add_argument("--teacher-model", help="model name the teacher endpoint serves (default: teacher)")
+    parser.add_argument("--teacher-dialect", choices=["auto", "json_schema", "json_object"],
+                        help="structured-output dialect: json_schema (vLLM/OpenAI), json_object (llama.cpp), auto")
+    parser.add_argument("--teacher-concurrency", type=int, help="teacher requests in flight (default: 16)")
+    parser.add_argument("--selector", choices=["teacher", "failures", "random"],
+                        help="teacher: diagnoses drive retrieval; failures: failed questions are the queries "
+                        "(no teacher); random: the same budget uniformly from the pool (the baseline)")
+    parser.add_argument("--target-accuracy", type=float, help="stop once val accuracy reaches this (0..1)")
+    parser.add_argument("--no-perturbation", action="store_true", help="ablation: re-rank without the perturbation score")
+    parser.add_argument("--no-clusters", action="store_true", help="ablation: re-rank without cluster quotas")
+    parser.add_argument("--seed", type=int, help="seed of selection and training (default: 0)")
+    parser.add_argument("--out", type=Path, required=True, help="run directory; an existing one is resumed")
+    parser.add_argument("--config", type=Path, help="YAML/TOML/JSON config; flags override it")
+
+
+def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
+    teacher_url = None if args.teacher in (None, "none") else args.teacher
+    return {
+        "student": args.student, "val": args.val, "test": args.test, "generic": args.generic,
+        "image_root": args.image_root, "store": args.store, "qdrant_url": args.qdrant_url,
+        "collection": args.collection, "budget": args.budget, "rounds": args.rounds,
+        "selector": args.selector or ("failures" if args.teacher == "none" else None),
+        "seed": args.seed, "out": args.out, "target_accuracy": args.target_accuracy,
+        "teacher": {"base_url": teacher_url, "model": args.teacher_model, "dialect": args.teacher_dialect,
+                    "concurrency": args.teacher_concurrency},
+        "rerank": {"use_perturbation": False if args.no_perturbation else None,
+                   "use_clusters": False if args.no_clusters else None},
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    from agents.config import build_config, merge
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    stored = args.out / "run.json"
+    try:
+        if stored.exists():
+            saved = read_json(stored)
+            config = build_config(None, merge(saved["config"], overrides_from(args)))
+            run_id = saved["run_id"]
+            print(f"resuming run {run_id} in {args.out}", file=sys.stderr)
+        else:
+            config = build_config(args.config, overrides_from(args))
+            run_id = uuid.uuid4().hex
+        if config.selector == "teacher" and args.teacher == "none":
+            raise ValueError("--selector teacher needs a teacher endpoint; use --selector failures with --teacher none")
+    except (ValidationError, ValueError, OSError) as error:
+        print(f"tutorloop run: {error}", file=sys.stderr)
+        return 2
+    write_json(stored, {"run_id": run_id, "config": config.model_dump(mode="json")})
+    summary = execute(config, run_id)
+    print_summary(summary, config.out)
+    return 0
+
+
+def execute(config, run_id: str) -> dict:
+    """Run (or resume) the loop for a validated config; returns summary.json's content."""
+    from agents.graph import run_loop
+    from agents.run_dir import RunDir
+    from agents.runtime import Runtime
+
+    runtime = Runtime(config=config, run_dir=RunDir(config.out))
+    try:
+        run_loop(runtime, run_id)
+    finally:
+        runtime.close()
+    return read_json(config.out / "summary.json")
+
+
+def print_summary(summary: dict, out: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"tutorloop run — {summary['selector']}, budget {summary['budget']}")
+    for column in ("round", "selected", "val acc", "test acc", "generic acc", "seconds"):
+        table.add_column(column, justify="right")
+    rows = [{"round": 0, "selected": 0, **summary["initial"], "seconds": {}}, *summary["rounds"]]
+    for row in rows:
+        table.add_row(str(row["round"]), str(row["selected"]),
+                      *(_pct(row.get(k)) for k in ("val_accuracy", "test_accuracy", "generic_accuracy")),
+                      " ".join(f"{k} {v:.0f}" for k, v in row["seconds"].items()))
+    console = Console()
+    console.print(table)
+    console.print(f"stopped: {summary['stop_reason']}. Diagnoses: tutorloop review {out}")
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.1f}%"

@@ -1,0 +1,263 @@
+"""The loop's stages as LangGraph nodes: each reads and writes files of the run directory.
+
+A node skips work whose artefact already exists, so a node re-run after a crash (LangGraph re-runs the
+node that was interrupted) neither pays twice nor draws a different sample. The state holds only the
+number of completed training rounds and the stop reason; everything else is a file.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypedDict
+
+from agents.planning import Gap, gaps_from_failures, plan_gaps
+from agents.records import DiagnosisLog
+from agents.retrieve import random_selection, retrieve_candidates
+from agents.run_dir import read_json, read_jsonl, write_json, write_jsonl
+from agents.runtime import Runtime
+from agents.teacher import diagnose_failures
+from retrieval.ingest import load_samples
+from retrieval.rerank import Candidate, ScoredCandidate, rerank
+from training.evaluate import evaluate as evaluate_student
+from training.lora import train_lora
+from training.records import EvalRecord
+from training.scores import perturbation_distance
+
+log = logging.getLogger(__name__)
+
+
+class LoopState(TypedDict):
+    round: int  # training rounds completed
+    stop_reason: str | None
+
+
+def timed(stage: str, runtime: Runtime, round_number: int, work: Callable[[], None]) -> None:
+    """Run ``work`` and add its seconds to ``round_NN/seconds.json`` (one entry per stage)."""
+    start = time.perf_counter()
+    work()
+    path = runtime.run_dir.round(round_number) / "seconds.json"
+    seconds = read_json(path) if path.exists() else {}
+    seconds[stage] = round(time.perf_counter() - start, 3)
+    write_json(path, seconds)
+
+
+# --- evaluate -------------------------------------------------------------------------------------
+
+
+def evaluate(state: LoopState, runtime: Runtime) -> dict:
+    number = state["round"]
+    folder = runtime.run_dir.round(number)
+    if (folder / "metrics.json").exists():
+        return {}
+    config = runtime.config
+    student = runtime.student(runtime.adapter_of(number))
+    metrics: dict = {"round": number}
+
+    def work() -> None:
+        for split, path, name in (("val", config.val, "eval"), ("test", config.test, "eval_test"),
+                                  ("generic", config.generic, "eval_generic")):
+            if path is None:
+                continue
+            result = evaluate_student(
+                student, load_samples(path, config.eval_image_root), config.eval_image_root,
+                matcher=config.matcher, batch_size=config.eval_batch_size, max_new_tokens=config.max_new_tokens,
+            )
+            write_jsonl(folder / f"{name}.jsonl", result.records)
+            metrics[f"{split}_accuracy"] = result.summary["accuracy"]
+            metrics[f"{split}_by_source"] = result.summary["by_source"]
+
+    timed("evaluate", runtime, number, work)
+    metrics["selected"] = len(read_jsonl(folder / "selected.jsonl"))
+    metrics["seconds"] = read_json(folder / "seconds.json")
+    write_json(folder / "metrics.json", metrics)  # written last: its presence means "round complete"
+    return {}
+
+
+# --- decide ---------------------------------------------------------------------------------------
+
+
+def decide(state: LoopState, runtime: Runtime) -> dict:
+    """Stop when the target is met, the rounds or the budget are spent, or a round brought no gain."""
+    config, number = runtime.config, state["round"]
+    history = [read_json(runtime.run_dir.round(n) / "metrics.json") for n in range(number + 1)]
+    val = [m["val_accuracy"] for m in history]
+    reason = None
+    if config.target_accuracy is not None and val[-1] >= config.target_accuracy:
+        reason = f"target reached: val accuracy {val[-1]:.3f} >= {config.target_accuracy}"
+    elif number >= config.rounds:
+        reason = f"rounds spent ({config.rounds})"
+    elif len(runtime.run_dir.selected_ids(number)) >= config.budget:
+        reason = f"budget spent ({config.budget} samples)"
+    elif number >= config.patience and max(val[-config.patience:]) <= max(val[: -config.patience]):
+        reason = f"no val gain for {config.patience} round(s)"
+    elif number >= 1 and history[-1]["selected"] == 0:
+        reason = "nothing left to select"
+    write_summary(runtime, history, reason)
+    return {"stop_reason": reason}
+
+
+def route_after_decide(state: LoopState) -> str:
+    return "end" if state["stop_reason"] else "diagnose"
+
+
+def write_summary(runtime: Runtime, history: list[dict], stop_reason: str | None) -> None:
+    keys = ("val_accuracy", "test_accuracy", "generic_accuracy")
+    rounds = [{"round": m["round"], "selected": m["selected"], **{k: m.get(k) for k in keys},
+               "seconds": m["seconds"]} for m in history[1:]]
+    write_json(runtime.run_dir.root / "summary.json", {
+        "initial": {k: history[0].get(k) for k in keys},
+        "rounds": rounds,
+        "final": {**{k: history[-1].get(k) for k in keys}, "rounds": len(rounds),
+                  "selected": sum(r["selected"] for r in rounds)},
+        "stop_reason": stop_reason,
+        "selector": runtime.config.selector,
+        "budget": runtime.config.budget,
+    })
+
+
+# --- diagnose -------------------------------------------------------------------------------------
+
+
+def diagnose(state: LoopState, runtime: Runtime) -> dict:
+    number = state["round"] + 1
+    folder = runtime.run_dir.round(number)
+    if (folder / "gaps.json").exists():
+        return {}
+    config = runtime.config
+    failures = [EvalRecord.model_validate(r) for r in read_jsonl(runtime.run_dir.round(number - 1) / "eval.jsonl")
+                if not r["correct"]]
+    budget = min(config.per_round_budget(number), config.budget - len(runtime.run_dir.selected_ids(number - 1)))
+
+    def work() -> None:
+        gaps: list[Gap] = []
+        if config.selector == "teacher":
+            result = diagnose_failures(failures, config.eval_image_root, config.teacher)
+            write_jsonl(folder / "diagnoses.jsonl", result.logs)
+            gaps = plan_gaps([row.diagnosis for row in result.logs if row.diagnosis], budget,
+                             sample_ids=[row.sample_id for row in result.logs if row.diagnosis])
+        elif config.selector == "failures":
+            gaps = gaps_from_failures(failures, budget)
+            write_jsonl(folder / "diagnoses.jsonl", [DiagnosisLog.from_failure(r) for r in failures])
+        write_json(folder / "gaps.json", {"budget": budget, "gaps": [g.model_dump() for g in gaps]})
+
+    timed("diagnose", runtime, number, work)
+    return {}
+
+
+# --- retrieve -------------------------------------------------------------------------------------
+
+
+def retrieve(state: LoopState, runtime: Runtime) -> dict:
+    number = state["round"] + 1
+    folder = runtime.run_dir.round(number)
+    if (folder / "candidates.jsonl").exists() or runtime.config.selector == "random":
+        return {}
+    gaps = [Gap.model_validate(g) for g in read_json(folder / "gaps.json")["gaps"]]
+    exclude = frozenset(runtime.run_dir.selected_ids(number - 1))
+
+    def work() -> None:
+        by_gap = retrieve_candidates(gaps, runtime.pool_index(), runtime.query_embedder(),
+                                     factor=runtime.config.candidates_factor, exclude=exclude)
+        write_jsonl(folder / "candidates.jsonl", [c for cands in by_gap.values() for c in cands])
+
+    timed("retrieve", runtime, number, work)
+    return {}
+
+
+# --- rerank ---------------------------------------------------------------------------------------
+
+
+def rerank_node(state: LoopState, runtime: Runtime) -> dict:
+    number = state["round"] + 1
+    folder = runtime.run_dir.round(number)
+    if (folder / "selected.jsonl").exists():
+        return {}
+    config = runtime.config
+    plan = read_json(folder / "gaps.json")
+    exclude = frozenset(runtime.run_dir.selected_ids(number - 1))
+
+    def work() -> None:
+        if config.selector == "random":
+            ids = random_selection(runtime.pool_index().all_ids(), plan["budget"], seed=config.seed,
+                                   round_number=number, exclude=exclude)
+            scored = [ScoredCandidate(sample_id=i, gap="random", query="", relevance=0.0, score=0.0,
+                                      selected=True, reason=f"uniform draw (seed {config.seed}, round {number})")
+                      for i in ids]
+        else:
+            scored = _rerank_gaps(folder, plan, runtime, number)
+        write_jsonl(folder / "scored.jsonl", scored)
+        chosen = [c for c in scored if c.selected]
+        samples = runtime.pool_index().fetch([c.sample_id for c in chosen])
+        write_jsonl(folder / "selected.jsonl", [
+            {**s.to_record(), "selection": c.model_dump(include={"gap", "query", "relevance", "perturbation",
+                                                                   "cluster", "score", "reason"})}
+            for s, c in zip(samples, chosen, strict=True)])
+        _link_diagnoses_to_selection(folder, plan, chosen)
+
+    timed("rerank", runtime, number, work)
+    return {}
+
+
+def _rerank_gaps(folder: Path, plan: dict, runtime: Runtime, number: int) -> list[ScoredCandidate]:
+    candidates: dict[str, list[Candidate]] = {g["skill"]: [] for g in plan["gaps"]}
+    for row in read_jsonl(folder / "candidates.jsonl"):
+        candidates[row["gap"]].append(Candidate.model_validate(row))
+    shares = {g["skill"]: g["budget"] for g in plan["gaps"]}
+    config = runtime.config
+
+    def perturbation(ids):  # the student's score, asked only for the shortlist
+        student = runtime.student(runtime.adapter_of(number - 1))
+        samples = runtime.pool_index().fetch(list(ids))
+        return perturbation_distance(student, samples, runtime.pool_image_root, seed=config.seed + number)
+
+    return rerank(candidates, shares, config.rerank, perturbation)
+
+
+def _link_diagnoses_to_selection(folder: Path, plan: dict, chosen: list[ScoredCandidate]) -> None:
+    """Each diagnosis row gets the ids of the samples its gap led to (for the reviewer)."""
+    path = folder / "diagnoses.jsonl"
+    if not path.exists():
+        return
+    gap_of = {sid: g["skill"] for g in plan["gaps"] for sid in g["sample_ids"]}
+    picked: dict[str, list[str]] = {}
+    for c in chosen:
+        picked.setdefault(c.gap, []).append(c.sample_id)
+    rows = read_jsonl(path)
+    for row in rows:
+        row["selected_ids"] = picked.get(gap_of.get(row["sample_id"], ""), [])
+    write_jsonl(path, rows)
+
+
+# --- train ----------------------------------------------------------------------------------------
+
+
+def train(state: LoopState, runtime: Runtime) -> dict:
+    number = state["round"] + 1
+    folder = runtime.run_dir.round(number)
+    adapter = folder / "adapter"
+    if (adapter / "training.json").exists():
+        return {"round": number}
+    selected = read_jsonl(folder / "selected.jsonl")
+    if not selected:
+        log.warning("round %d selected nothing; the adapter is carried over unchanged", number)
+
+    def work() -> None:
+        from retrieval.records import Sample
+
+        samples = [Sample.model_validate(r) for r in selected]
+        replay = [Sample.model_validate(r) for n in range(1, number) for r in read_jsonl(runtime.run_dir.round(n) / "selected.jsonl")]
+        student = runtime.student(runtime.adapter_of(number - 1), trainable=True)
+        staging = folder / "adapter.partial"
+        shutil.rmtree(staging, ignore_errors=True)
+        config = runtime.config.lora.model_copy(update={"seed": runtime.config.lora.seed + number})
+        train_lora(student, samples, runtime.pool_image_root, config, staging, replay=replay)
+        shutil.rmtree(adapter, ignore_errors=True)
+        staging.rename(adapter)  # the adapter appears whole or not at all
+        runtime._student = None  # the trained model is stale for every other key
+
+    timed("train", runtime, number, work)
+    return {"round": number}

@@ -1,0 +1,54 @@
+"""Retrieval stage: each gap's queries against the pool index, as re-rank candidates.
+
+A gap of share ``s`` asks for ``factor * s`` candidates in all, split over its queries. Samples
+already trained on are excluded in the query. A sample found by several gaps goes to the gap where it
+is most relevant, so one sample is never counted twice.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+
+from agents.planning import Gap
+from retrieval.embed import embed_texts
+from retrieval.index import PoolIndex
+from retrieval.rerank import Candidate
+
+
+class Embedder(Protocol):
+    def encode(self, sentences: Sequence[str], **kwargs) -> np.ndarray: ...
+
+
+def retrieve_candidates(
+    gaps: Sequence[Gap], index: PoolIndex, embedder: Embedder, *, factor: int, exclude: frozenset[str]
+) -> dict[str, list[Candidate]]:
+    best: dict[str, Candidate] = {}
+    for gap in gaps:
+        if gap.budget <= 0 or not gap.queries:
+            continue
+        per_query = max(1, math.ceil(factor * gap.budget / len(gap.queries)))
+        vectors = embed_texts(embedder, list(gap.queries))
+        for query, vector in zip(gap.queries, vectors, strict=True):
+            for hit in index.query(vector, per_query, exclude_ids=exclude):
+                known = best.get(hit.sample_id)
+                if known is None or hit.score > known.relevance:
+                    best[hit.sample_id] = Candidate(
+                        sample_id=hit.sample_id, gap=gap.skill, query=query, relevance=hit.score,
+                        cluster=hit.cluster, vector=None if hit.vector is None else [float(x) for x in hit.vector],
+                    )
+    by_gap: dict[str, list[Candidate]] = {gap.skill: [] for gap in gaps}
+    for candidate in best.values():
+        by_gap[candidate.gap].append(candidate)
+    return {gap: sorted(cands, key=lambda c: (-c.relevance, c.sample_id)) for gap, cands in by_gap.items()}
+
+
+def random_selection(all_ids: Sequence[str], n: int, *, seed: int, round_number: int, exclude: frozenset[str]) -> list[str]:
+    """The baseline every result is shown against: ``n`` ids uniformly from what was not trained on."""
+    pool = [i for i in sorted(all_ids) if i not in exclude]
+    rng = np.random.default_rng([seed, round_number])
+    picked = rng.choice(len(pool), size=min(n, len(pool)), replace=False)
+    return [pool[i] for i in sorted(picked)]
