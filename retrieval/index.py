@@ -1,0 +1,455 @@
+"""The pool index: one Qdrant collection of instruction embeddings, with the full record in the payload.
+
+Qdrant runs embedded by default (``QdrantClient(path=DIR)``, local mode: brute force, one process at a
+time) or as a server (``url``, API key from ``QDRANT_API_KEY``). Point ids are UUIDv5 of the sample id,
+so indexing the same pool twice leaves the same points. The manifest (pool, image root, embedder, dim,
+clusters) lives in the collection's own metadata, so it travels with the collection and later stages
+load the same embedder and image root. ``index_pool``, the whole ``tutorloop index`` stage, is at the
+end of this module.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel
+from qdrant_client import QdrantClient, models
+
+from retrieval.clusters import ClusterFit, ClusterSpec, fit_clusters
+from retrieval.embed import embed_texts, embedding_dim, sample_text
+from retrieval.ingest import Accepted, IngestTally, QuarantineWriter, iter_samples
+from retrieval.records import Sample
+
+DEFAULT_QDRANT_PORT = 6333
+DEFAULT_QDRANT_URL = f"http://127.0.0.1:{DEFAULT_QDRANT_PORT}"
+DEFAULT_COLLECTION = "pool"
+MANIFEST_KEY = "tutorloop"
+# A fixed namespace so the same sample id maps to the same point id on every machine.
+POINT_NAMESPACE = uuid.UUID("6f2b3c1e-5a7d-4e2b-9c1a-7d3e0f4b8a21")
+_RETRIEVE_BATCH = 1000
+
+
+def point_id(sample_id: str) -> str:
+    return str(uuid.uuid5(POINT_NAMESPACE, sample_id))
+
+
+class IndexManifest(BaseModel):
+    """What a later stage needs to use the index the way it was built."""
+
+    pool: str
+    image_root: str
+    embedder: str
+    dim: int
+    text: str = "instruction"  # what was embedded: human turns without <image> tags
+    clusters: int
+    silhouette: float | None = None
+    count: int
+    version: int = 1
+
+
+@dataclass
+class Hit:
+    sample_id: str
+    score: float
+    cluster: int | None
+    vector: np.ndarray | None
+    payload: dict
+
+
+class PoolIndex:
+    """A handle on one collection; open with ``PoolIndex.open(store=...)`` or ``PoolIndex.open(url=...)``."""
+
+    def __init__(self, client: QdrantClient, collection: str = DEFAULT_COLLECTION, *, local: bool) -> None:
+        self.client = client
+        self.collection = collection
+        self.local = local
+
+    @classmethod
+    def open(
+        cls,
+        *,
+        store: Path | str | None = None,
+        url: str | None = None,
+        collection: str = DEFAULT_COLLECTION,
+        api_key: str | None = None,
+    ) -> PoolIndex:
+        if (store is None) == (url is None):
+            raise ValueError("give exactly one of store (embedded Qdrant folder) or url (Qdrant server)")
+        if store is not None:
+            Path(store).mkdir(parents=True, exist_ok=True)
+            return cls(QdrantClient(path=str(store)), collection, local=True)
+        key = api_key if api_key is not None else os.environ.get("QDRANT_API_KEY") or None
+        return cls(QdrantClient(url=url, api_key=key), collection, local=False)
+
+    # ------------------------------------------------------------------------------------------- reading
+
+    def exists(self) -> bool:
+        return self.client.collection_exists(self.collection)
+
+    @property
+    def manifest(self) -> IndexManifest:
+        manifest = self.read_manifest()
+        if manifest is None:
+            raise LookupError(
+                f"collection {self.collection!r} has no tutorloop manifest: build it with `tutorloop index`"
+            )
+        return manifest
+
+    def read_manifest(self) -> IndexManifest | None:
+        if not self.exists():
+            return None
+        metadata = self.client.get_collection(self.collection).config.metadata or {}
+        stored = metadata.get(MANIFEST_KEY)
+        return None if stored is None else IndexManifest.model_validate(stored)
+
+    def count(self) -> int:
+        return self.client.count(self.collection, exact=True).count
+
+    def query(
+        self, vector: Sequence[float] | np.ndarray, limit: int, exclude_ids: Iterable[str] = frozenset(),
+        *, with_vectors: bool = True,
+    ) -> list[Hit]:
+        """Top ``limit`` by cosine, never returning a sample in ``exclude_ids``."""
+        exclude = frozenset(exclude_ids)
+        query = np.asarray(vector, dtype=np.float32).tolist()
+        if self.local and len(exclude) <= self.LOCAL_OVERFETCH_MAX:
+            # Local mode scores every point either way but evaluates filters point by point in Python;
+            # over-fetching by the size of the exclusion set and dropping in Python is cheaper.
+            points = self._query(query, limit + len(exclude), None, with_vectors)
+            points = [p for p in points if p.payload["sample_id"] not in exclude][:limit]
+        else:
+            flt = None
+            if exclude:
+                flt = models.Filter(must_not=[models.HasIdCondition(has_id=[point_id(i) for i in exclude])])
+            points = self._query(query, limit, flt, with_vectors)
+        return [_hit(p) for p in points]
+
+    LOCAL_OVERFETCH_MAX = 5000
+
+    def _query(self, query: list[float], limit: int, flt: models.Filter | None, with_vectors: bool) -> list:
+        return self.client.query_points(
+            self.collection, query=query, limit=limit, query_filter=flt, with_payload=True, with_vectors=with_vectors
+        ).points
+
+    def fetch(self, ids: Sequence[str]) -> list[Sample]:
+        """The samples of ``ids``, in that order, rebuilt from the stored records."""
+        found: dict[str, Sample] = {}
+        for start in range(0, len(ids), _RETRIEVE_BATCH):
+            batch = [point_id(i) for i in ids[start : start + _RETRIEVE_BATCH]]
+            for point in self.client.retrieve(self.collection, ids=batch, with_payload=["record"]):
+                sample = Sample.model_validate(point.payload["record"])
+                found[sample.id] = sample
+        missing = [i for i in ids if i not in found]
+        if missing:
+            raise KeyError(f"{len(missing)} id(s) not in collection {self.collection!r}: {missing[:5]}")
+        return [found[i] for i in ids]
+
+    def all_ids(self) -> list[str]:
+        return sorted(point.payload["sample_id"] for point in self._scroll(["sample_id"]))
+
+    def _scroll(self, fields: list[str], flt: models.Filter | None = None) -> Iterable[Any]:
+        offset = None
+        while True:
+            points, offset = self.client.scroll(
+                self.collection, scroll_filter=flt, limit=_RETRIEVE_BATCH, offset=offset,
+                with_payload=fields, with_vectors=False,
+            )
+            yield from points
+            if offset is None:
+                return
+
+    def close(self) -> None:
+        self.client.close()
+
+    # ------------------------------------------------------------------------------------------- writing
+
+    def prepare(self, dim: int, embedder: str) -> bool:
+        """Create the collection, or recreate it when it was built with another embedder or dim.
+        True when existing points were kept (re-index in place)."""
+        if self.exists():
+            old = self.read_manifest()
+            same_vectors = self._stored_dim() == dim and (old is None or old.embedder == embedder)
+            if same_vectors:
+                return True
+            self.client.delete_collection(self.collection)
+        self.client.create_collection(
+            self.collection, vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE)
+        )
+        for name in ("sample_id", "run"):  # used by filters on a server; ignored (harmlessly) in local mode
+            if not self.local:
+                self.client.create_payload_index(self.collection, name, models.PayloadSchemaType.KEYWORD)
+        return False
+
+    def _stored_dim(self) -> int | None:
+        vectors = self.client.get_collection(self.collection).config.params.vectors
+        return getattr(vectors, "size", None)
+
+    def upsert(self, samples: Sequence[Sample], vectors: np.ndarray, clusters: Sequence[int], run: str) -> None:
+        points = [
+            models.PointStruct(id=point_id(s.id), vector=v.tolist(), payload=_payload(s, int(c), run))
+            for s, v, c in zip(samples, vectors, clusters, strict=True)
+        ]
+        self.client.upsert(self.collection, points=points, wait=True)
+
+    def delete_stale(self, run: str) -> int:
+        """Drop points of earlier runs that this run did not write (records gone from the pool)."""
+        stale = models.Filter(must_not=[models.FieldCondition(key="run", match=models.MatchValue(value=run))])
+        n = self.client.count(self.collection, count_filter=stale, exact=True).count
+        if n:
+            self.client.delete(self.collection, points_selector=models.FilterSelector(filter=stale), wait=True)
+        return n
+
+    def write_manifest(self, manifest: IndexManifest) -> None:
+        self.client.update_collection(self.collection, metadata={MANIFEST_KEY: manifest.model_dump(mode="json")})
+
+
+def _payload(sample: Sample, cluster: int, run: str) -> dict:
+    return {
+        "sample_id": sample.id,
+        "source": sample.source,
+        "image": sample.image,
+        "instruction": sample.instruction_text,
+        "cluster": cluster,
+        "run": run,
+        "record": sample.to_record(),
+    }
+
+
+def _hit(point: Any) -> Hit:
+    payload = point.payload or {}
+    vector = None if point.vector is None else np.asarray(point.vector, dtype=np.float32)
+    return Hit(payload.get("sample_id", ""), float(point.score), payload.get("cluster"), vector, payload)
+
+
+# ================================================================================ the `index` stage
+
+
+@dataclass
+class IndexReport:
+    pool: str
+    collection: str
+    counts: dict  # IngestTally.as_dict(): read, accepted, rejected, by_reason
+    k: int
+    silhouette: float | None
+    silhouette_grid: dict[int, float]
+    points: int
+    stale_deleted: int
+    seconds: dict[str, float] = field(default_factory=dict)
+    quarantine: str | None = None
+
+    @property
+    def samples_per_second(self) -> float:
+        total = self.seconds.get("total", 0.0)
+        return self.counts["accepted"] / total if total > 0 else 0.0
+
+
+@dataclass
+class _Clock:
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def add(self, stage: str, since: float) -> float:
+        now = time.perf_counter()
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + now - since
+        return now
+
+
+def index_pool(
+    pool_path: Path | str,
+    *,
+    index: PoolIndex,
+    embedder: Any,
+    embedder_name: str,
+    image_root: Path | str | None = None,
+    clusters: ClusterSpec = "auto",
+    batch_size: int = 256,
+    encode_batch_size: int = 64,
+    cluster_sample: int = 4096,
+    quarantine_path: Path | str | None = None,
+    check_images: bool = True,
+    seed: int = 0,
+    progress: bool = True,
+) -> IndexReport:
+    """Read + validate -> embed -> cluster -> upsert, streaming: memory is bounded by the batch and the
+    clustering sample, not by the pool.
+
+    Clusters are fitted first on a seeded uniform sample of the pool (one cheap pass of parsing without
+    image checks); the sample's vectors are reused, so no text is embedded twice. Each point is then
+    written once with its cluster id, and writes overlap with the next batch's embedding in a worker
+    thread (local mode spends most of an upsert waiting for SQLite commits).
+    """
+    from retrieval.ingest import default_image_root
+
+    pool_path = Path(pool_path)
+    if not pool_path.is_file():
+        raise FileNotFoundError(f"pool file not found: {pool_path}")
+    root = Path(image_root).resolve() if image_root is not None else default_image_root(pool_path)
+    clock, start = _Clock(), time.perf_counter()
+
+    t = time.perf_counter()
+    sample_lines, sample_texts, n_records = _reservoir(pool_path, root, cluster_sample, seed)
+    t = clock.add("sample", t)
+    sample_vectors = embed_texts(embedder, sample_texts, encode_batch_size, progress=False)
+    t = clock.add("embed", t)
+    fit = fit_clusters(sample_vectors, clusters, seed=seed)
+    cached = dict(zip(sample_lines, sample_vectors, strict=True))
+    del sample_texts, sample_vectors
+    t = clock.add("cluster", t)
+
+    dim = embedding_dim(embedder)
+    kept = index.prepare(dim, embedder_name)
+    run = uuid.uuid4().hex
+    tally = IngestTally()
+    quarantine = Path(quarantine_path) if quarantine_path is not None else None
+    writer = _UpsertWriter(index, run, clock)
+    clock.add("prepare", t)
+    with _maybe_quarantine(quarantine, pool_path) as sink, _progress(n_records, progress) as bar:
+        batch: list[Accepted] = []
+        t = time.perf_counter()
+        for result in iter_samples(pool_path, root, check_images=check_images):
+            tally.add(result)
+            bar.update(1)
+            if isinstance(result, Accepted):
+                batch.append(result)
+            elif sink is not None:
+                sink.write(result)
+            if len(batch) >= batch_size:
+                t = clock.add("read_validate", t)
+                _flush(batch, embedder, encode_batch_size, fit, cached, writer, clock)
+                batch, t = [], time.perf_counter()
+        t = clock.add("read_validate", t)
+        if batch:
+            _flush(batch, embedder, encode_batch_size, fit, cached, writer, clock)
+        writer.close()
+
+    t = time.perf_counter()
+    stale = index.delete_stale(run) if kept else 0
+    points = index.count()
+    index.write_manifest(IndexManifest(
+        pool=str(pool_path.resolve()), image_root=str(root), embedder=embedder_name, dim=dim,
+        clusters=fit.k, silhouette=fit.silhouette, count=points,
+    ))
+    clock.add("finalize", t)
+    clock.seconds["total"] = time.perf_counter() - start
+    return IndexReport(
+        pool=str(pool_path), collection=index.collection, counts=tally.as_dict(), k=fit.k,
+        silhouette=fit.silhouette, silhouette_grid=fit.grid, points=points, stale_deleted=stale,
+        seconds={k: round(v, 3) for k, v in clock.seconds.items()},
+        quarantine=str(quarantine) if quarantine is not None else None,
+    )
+
+
+def _reservoir(pool_path: Path, root: Path, size: int, seed: int) -> tuple[list[int], list[str], int]:
+    """A seeded uniform sample (Algorithm R) of the valid records' lines and texts, and the record count."""
+    rng = random.Random(seed)
+    lines: list[int] = []
+    texts: list[str] = []
+    seen = n_records = 0
+    for result in iter_samples(pool_path, root, check_images=False):
+        n_records += 1
+        if not isinstance(result, Accepted):
+            continue
+        seen += 1
+        slot = seen - 1 if seen <= size else rng.randrange(seen)
+        if slot < size:
+            text = sample_text(result.sample)
+            if slot == len(lines):
+                lines.append(result.line)
+                texts.append(text)
+            else:
+                lines[slot], texts[slot] = result.line, text
+    return lines, texts, n_records
+
+
+def _flush(
+    batch: list[Accepted], embedder: Any, encode_batch_size: int, fit: ClusterFit,
+    cached: dict[int, np.ndarray], writer: _UpsertWriter, clock: _Clock,
+) -> None:
+    t = time.perf_counter()
+    todo = [i for i, a in enumerate(batch) if a.line not in cached]
+    fresh = embed_texts(embedder, [sample_text(batch[i].sample) for i in todo], encode_batch_size)
+    vectors = np.empty((len(batch), fresh.shape[1]), dtype=np.float32)
+    vectors[todo] = fresh
+    for i, accepted in enumerate(batch):
+        if accepted.line in cached:
+            vectors[i] = cached.pop(accepted.line)
+    t = clock.add("embed", t)
+    labels = fit.assign(vectors)
+    clock.add("cluster", t)
+    writer.submit([a.sample for a in batch], vectors, labels)
+
+
+class _UpsertWriter:
+    """Upserts in one worker thread, at most one batch in flight besides the one being embedded, so
+    memory stays flat and the SQLite commits of local mode overlap with the next batch's encoding."""
+
+    def __init__(self, index: PoolIndex, run: str, clock: _Clock) -> None:
+        self.index, self.run, self.clock = index, run, clock
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="upsert") if _threads_ok(index) else None
+        self.pending: Future | None = None
+        self.worker_seconds = 0.0
+
+    def submit(self, samples: list[Sample], vectors: np.ndarray, labels: np.ndarray) -> None:
+        self._wait()
+        if self.pool is None:
+            t = time.perf_counter()
+            self._write(samples, vectors, labels)
+            self.clock.add("upsert_wait", t)
+        else:
+            self.pending = self.pool.submit(self._write, samples, vectors, labels)
+
+    def _write(self, samples: list[Sample], vectors: np.ndarray, labels: np.ndarray) -> None:
+        t = time.perf_counter()
+        self.index.upsert(samples, vectors, labels, self.run)
+        self.worker_seconds += time.perf_counter() - t
+
+    def _wait(self) -> None:
+        if self.pending is not None:
+            t = time.perf_counter()
+            self.pending.result()  # re-raises a failed write here, in the caller's thread
+            self.pending = None
+            self.clock.add("upsert_wait", t)
+
+    def close(self) -> None:
+        try:
+            self._wait()
+        finally:
+            if self.pool is not None:
+                self.pool.shutdown(wait=True)
+            self.clock.seconds["upsert_worker"] = self.worker_seconds
+
+
+def _threads_ok(index: PoolIndex) -> bool:
+    """Local mode's SQLite connection may only leave its thread where SQLite is built thread-safe."""
+    if not index.local:
+        return True
+    from qdrant_client.local.persistence import CollectionPersistence
+
+    return CollectionPersistence.CHECK_SAME_THREAD is False
+
+
+class _maybe_quarantine:
+    def __init__(self, path: Path | None, source: Path) -> None:
+        self.writer = QuarantineWriter(path, source) if path is not None else None
+
+    def __enter__(self) -> QuarantineWriter | None:
+        return self.writer
+
+    def __exit__(self, *exc: object) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _progress(total: int, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="indexing", unit="rec", disable=not enabled, smoothing=0.1)
+
