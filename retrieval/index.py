@@ -303,6 +303,8 @@ def index_pool(
     cached = dict(zip(sample_lines, sample_vectors, strict=True))
     del sample_texts, sample_vectors
     t = clock.add("cluster", t)
+    if not sample_lines:  # checked before the index is touched: a wrong file must not wipe an index
+        raise ValueError(f"{pool_path}: no valid record among {n_records} read; the index was left as it was")
 
     dim = embedding_dim(embedder)
     kept = index.prepare(dim, embedder_name)
@@ -331,6 +333,8 @@ def index_pool(
         writer.close()
 
     t = time.perf_counter()
+    if tally.accepted == 0:
+        raise ValueError(f"{pool_path}: every record was rejected (see the quarantine); stale points were kept")
     stale = index.delete_stale(run) if kept else 0
     points = index.count()
     index.write_manifest(IndexManifest(
