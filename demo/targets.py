@@ -1,0 +1,76 @@
+"""The demo's target tasks: skills the pre-trained student lacks, each with a validation and a test split.
+
+A target is one ``Target`` spec: its skill(s) and, optionally, its own phrasings. The student is
+pre-trained on ``GENERIC_SKILLS`` only, so every target skill is new to it; the pool teaches each one.
+``vertical-colour-reworded`` asks with phrasings the pool never uses for that skill — but built only
+from words the student has seen in pre-training (a tiny student has no language prior: unseen words
+would be noise, not "different wording"). tests/demo checks that vocabulary rule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from demo.pool import write_clean
+from demo.world import SKILLS
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    skills: tuple[str, ...]
+    description: str
+    templates: dict[str, tuple[str, ...]] = field(default_factory=dict)  # skill → phrasings; default: the pool's
+
+    def phrasings(self, skill: str) -> tuple[str, ...]:
+        return self.templates.get(skill, SKILLS[skill].templates)
+
+
+TARGET_LIST: tuple[Target, ...] = (
+    Target(
+        "side-colour",
+        ("side_colour",),
+        "two shapes, one on each side: name the colour of the one on the left or the right",
+    ),
+    Target(
+        "size-colour",
+        ("size_colour",),
+        "a big and a small shape: name the colour of the big or the small one",
+    ),
+    Target(
+        "vertical-colour-reworded",
+        ("vertical_colour",),
+        "two shapes, one in each half: the colour of the top or bottom one, asked in words the pool "
+        "does not use for this skill",
+        templates={"vertical_colour": (
+            "the shape in the {vpos} half is what colour?",
+            "name the colour of the shape in the {vpos} half.",
+            "in the {vpos} half, which colour do you see?",
+            "what is the colour of the {vpos} one?",
+        )},
+    ),
+)
+TARGETS: dict[str, Target] = {t.name: t for t in TARGET_LIST}
+
+
+def write_target(
+    name: str, out_dir: Path | str, seed: int, *, n_val: int = 200, n_test: int = 500
+) -> tuple[Path, Path]:
+    """Write ``out_dir/<name>/{val,test}.jsonl`` (+ ``images/``); ids are disjoint between the splits."""
+    if name not in TARGETS:
+        raise ValueError(f"unknown target {name!r}; known: {sorted(TARGETS)}")
+    target = TARGETS[name]
+    folder = Path(out_dir) / name
+    templates = {s: target.phrasings(s) for s in target.skills}
+    paths = []
+    for split, n in (("val", n_val), ("test", n_test)):
+        per_skill = max(1, n // len(target.skills))
+        paths.append(write_clean(folder / f"{split}.jsonl", target.skills, per_skill, seed,
+                                 templates=templates, id_prefix=f"{name}-{split}"))
+    return paths[0], paths[1]
+
+
+def target_texts() -> list[str]:
+    """Every target phrasing (for the student's tokenizer)."""
+    return [t for target in TARGET_LIST for phrasings in target.templates.values() for t in phrasings]

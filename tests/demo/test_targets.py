@@ -1,0 +1,49 @@
+"""Targets: splits with disjoint ids, answers from scenes, new wording made of words the student knows."""
+
+from __future__ import annotations
+
+from demo.targets import TARGETS, write_target
+from demo.world import GENERIC_SKILLS, SKILLS, render_all, words
+
+
+def test_targets_are_outside_the_generic_skills():
+    assert len(TARGETS) >= 2
+    for target in TARGETS.values():
+        assert not set(target.skills) & set(GENERIC_SKILLS), target.name
+
+
+def test_splits_are_disjoint_and_correct(tmp_path, oracle, read_jsonl):
+    for name in TARGETS:
+        val, test = write_target(name, tmp_path, seed=0, n_val=40, n_test=60)
+        val_records, test_records = read_jsonl(val), read_jsonl(test)
+        assert (len(val_records), len(test_records)) == (40, 60)
+        assert not {r["id"] for r in val_records} & {r["id"] for r in test_records}
+        assert not {r["image"] for r in val_records} & {r["image"] for r in test_records}
+        for record in val_records + test_records:
+            assert record["conversations"][-1]["value"] == oracle(record)
+            assert (val.parent / record["image"]).is_file()
+
+
+def test_same_seed_same_files(tmp_path):
+    a, _ = write_target("side-colour", tmp_path / "a", seed=1, n_val=20, n_test=20)
+    b, _ = write_target("side-colour", tmp_path / "b", seed=1, n_val=20, n_test=20)
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_reworded_target_uses_new_phrasings_of_known_words():
+    generic_words = set()
+    for skill in GENERIC_SKILLS:
+        for template in SKILLS[skill].templates:
+            generic_words |= set().union(*(words(t) for t in render_all(template)))
+    reworded = [t for t in TARGETS.values() if t.templates]
+    assert reworded, "at least one target asks in wording the pool does not use"
+    for target in reworded:
+        for skill, phrasings in target.templates.items():
+            assert not set(phrasings) & set(SKILLS[skill].templates)
+            for template in phrasings:
+                for text in render_all(template):
+                    assert words(text) <= generic_words, (target.name, text)
+    for target in TARGETS.values():  # answers are words the student already gives
+        for skill in target.skills:
+            generic_answers = {a for g in GENERIC_SKILLS for a in SKILLS[g].answers}
+            assert set(SKILLS[skill].answers) <= generic_answers
