@@ -62,7 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)  # error lines carry paths: never wrap them
     if not args.pool.is_file():
         console.print(f"[red]error:[/red] pool file not found: {args.pool}")
         return 2
