@@ -7,6 +7,7 @@ summary reconciles read = accepted + rejected. Exit code 0 when at least one rec
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -37,7 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     where.add_argument("--store", type=Path,
                        help=f"folder of an embedded Qdrant (local mode, one process at a time; default: {DEFAULT_STORE})")
     where.add_argument("--qdrant-url",
-                       help="a Qdrant server instead of --store, e.g. http://qdrant:6333 (API key from $QDRANT_API_KEY)")
+                       help="a Qdrant server instead of --store, e.g. http://qdrant:6333 (default: $QDRANT_URL when set "
+                       "and --store is not given; API key from $QDRANT_API_KEY)")
     parser.add_argument("--collection", default=DEFAULT_COLLECTION,
                         help=f"collection name; re-indexing into it updates points in place (default: {DEFAULT_COLLECTION})")
     parser.add_argument("--embedder", default=DEFAULT_EMBEDDER, metavar="NAME_OR_PATH",
@@ -89,9 +91,11 @@ def _index(args: argparse.Namespace, clusters: object):
     from retrieval.embed import load_embedder, resolve_embedder_name
     from retrieval.index import PoolIndex, index_pool
 
-    store = None if args.qdrant_url else (args.store or DEFAULT_STORE)
+    # A server named by $QDRANT_URL (as compose.yaml sets it) is used unless --store says otherwise.
+    url = args.qdrant_url or (None if args.store else os.environ.get("QDRANT_URL") or None)
+    store = None if url else (args.store or DEFAULT_STORE)
     quarantine = args.quarantine or (Path(store) if store else Path.cwd()) / f"quarantine-{args.collection}.jsonl"
-    index = PoolIndex.open(store=store, url=args.qdrant_url, collection=args.collection)
+    index = PoolIndex.open(store=store, url=url, collection=args.collection)
     try:
         embedder = load_embedder(args.embedder)
         return index_pool(
