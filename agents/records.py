@@ -1,0 +1,83 @@
+"""The teacher's boundary records: a `Diagnosis` (what the teacher must reply) and a `DiagnosisLog` row.
+
+The JSON schema sent to the teacher is generated from `Diagnosis` (`Diagnosis.model_json_schema()`),
+so field descriptions stay short: they are part of every request. Every reply is parsed into a
+`Diagnosis` or rejected; a rejected reply is kept in its `DiagnosisLog` row with the raw text and
+the reason, never dropped.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from training.records import EvalRecord
+
+ErrorType = Literal["perception", "reasoning", "knowledge", "instruction_following", "format", "other"]
+
+_NOT_SLUG = re.compile(r"[^a-z0-9]+")
+SKILL_MAX_WORDS = 6
+
+
+def normalise_skill(name: str) -> str:
+    """Lowercase kebab-case, at most `SKILL_MAX_WORDS` words: "Counting Objects!" -> "counting-objects"."""
+    words = [w for w in _NOT_SLUG.split(name.lower()) if w]
+    return "-".join(words[:SKILL_MAX_WORDS])
+
+
+class Diagnosis(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    erroneous_step: int | None = Field(
+        description="1-based number of the first wrong step; null if no step is wrong or none was given", ge=1
+    )
+    error_type: ErrorType = Field(description="kind of error")
+    missing_skill: str = Field(description="the missing capability, a short skill name such as 'counting-shapes'",
+                               min_length=1, max_length=80)
+    explanation: str = Field(description="one or two sentences on why the answer is wrong", min_length=1)
+    queries: list[str] = Field(description="1-3 short search queries for training data that teaches the skill",
+                               min_length=1, max_length=3)
+
+    @field_validator("missing_skill")
+    @classmethod
+    def _kebab(cls, value: str) -> str:
+        skill = normalise_skill(value)
+        if not skill:
+            raise ValueError(f"missing_skill has no letters or digits: {value!r}")
+        return skill
+
+    @field_validator("queries")
+    @classmethod
+    def _non_empty_queries(cls, value: list[str]) -> list[str]:
+        queries = [" ".join(q.split()) for q in value]
+        if any(not q for q in queries):
+            raise ValueError("every query must be non-empty")
+        return queries
+
+
+class DiagnosisLog(BaseModel):
+    """One failure of the student and what the teacher made of it (a row of ``diagnoses.jsonl``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sample_id: str
+    source: str | None = None
+    question: str
+    reference: str
+    prediction: str
+    steps: list[str] = Field(default_factory=list)
+    diagnosis: Diagnosis | None = None
+    error: str | None = Field(None, description="why the teacher's reply was rejected")
+    raw: str | None = Field(None, description="the teacher's raw reply, kept when it was rejected")
+    attempts: int = 0
+    cached: bool = False
+    warnings: list[str] = Field(default_factory=list)
+    selected_ids: list[str] = Field(default_factory=list, description="samples the diagnosis led to")
+
+    @classmethod
+    def from_failure(cls, record: EvalRecord, **fields) -> DiagnosisLog:
+        """A row for a failed sample; without a teacher (``--selector failures``) it stays undiagnosed."""
+        return cls(sample_id=record.id, source=record.source, question=record.question,
+                   reference=record.reference, prediction=record.prediction, steps=list(record.steps), **fields)
