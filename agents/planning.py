@@ -1,0 +1,186 @@
+"""Planning: the teacher's diagnoses become gaps, and each gap gets a share of the round's budget.
+
+A gap is one missing skill: diagnoses whose skill names are the same after normalisation, or nearly
+the same ("counting" / "counting-objects", "color-recognition" / "colour-identification"), are merged.
+Each gap keeps its failures' ids and its search queries (deduplicated, most asked first) and gets a
+share of the budget proportional to its errors, after a floor for every gap; shares are whole numbers
+that add up to the budget exactly (largest-remainder rounding). Everything is deterministic: the same
+diagnoses give the same gaps in the same order.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from difflib import SequenceMatcher
+
+from pydantic import BaseModel, Field
+
+from agents.records import Diagnosis
+from retrieval.records import strip_image_tag
+from training.records import EvalRecord
+
+# Words that say nothing about *which* skill: "color-recognition" and "color-identification" are one gap.
+GENERIC_WORDS = frozenset({
+    "recognition", "recognizing", "recognising", "identification", "identifying", "detection", "detecting",
+    "understanding", "reasoning", "perception", "skill", "skills", "ability", "task", "questions", "question",
+    "the", "of", "and", "in", "on", "a", "an", "to",
+})
+SPELLINGS = {"colour": "color", "grey": "gray", "centre": "center"}
+SIMILAR_RATIO = 0.85  # difflib ratio above which two skill names are one (typos, inflections)
+
+
+class Gap(BaseModel):
+    skill: str
+    aliases: list[str] = Field(default_factory=list, description="other skill names merged into this gap")
+    n_errors: int
+    queries: list[str]
+    sample_ids: list[str] = Field(default_factory=list)
+    budget: int = Field(0, description="samples this gap may select this round")
+
+
+# --- skill names ----------------------------------------------------------------------------------
+
+
+def _stem(word: str) -> str:
+    word = SPELLINGS.get(word, word)
+    if word.endswith("ing") and len(word) > 5:
+        word = word[:-3]
+    elif word.endswith("s") and not word.endswith("ss") and len(word) > 3:
+        word = word[:-1]
+    return SPELLINGS.get(word, word)
+
+
+def skill_tokens(skill: str) -> frozenset[str]:
+    words = [w for w in skill.split("-") if w]
+    content = [w for w in words if w not in GENERIC_WORDS]
+    return frozenset(_stem(w) for w in content or words)
+
+
+def similar_skills(a: str, b: str) -> bool:
+    """Same gap: half the content words shared, or nearly the same spelling of the content words."""
+    ta, tb = skill_tokens(a), skill_tokens(b)
+    if ta and tb and len(ta & tb) / len(ta | tb) >= 0.5:
+        return True
+    return SequenceMatcher(None, "-".join(sorted(ta)), "-".join(sorted(tb))).ratio() >= SIMILAR_RATIO
+
+
+def group_skills(skills: Sequence[str]) -> dict[str, str]:
+    """Map every skill name to its gap's name: the most frequent name of the group (ties: alphabetical).
+
+    A name joins the first group whose *leading* name it resembles (no chaining: "shape-colors" joining
+    "color" must not pull "shape" in after it).
+    """
+    counts = Counter(skills)
+    groups: list[list[str]] = []
+    for skill in sorted(counts, key=lambda s: (-counts[s], s)):
+        home = next((g for g in groups if similar_skills(skill, g[0])), None)
+        if home is None:
+            groups.append([skill])
+        else:
+            home.append(skill)
+    return {member: group[0] for group in groups for member in group}
+
+
+# --- queries and budget ---------------------------------------------------------------------------
+
+
+def dedupe_queries(queries: Sequence[str], limit: int | None = None) -> list[str]:
+    """Case/space-insensitive dedup; the most repeated first, then first seen; at most ``limit``."""
+    first: dict[str, tuple[int, str]] = {}
+    counts: Counter[str] = Counter()
+    for i, query in enumerate(queries):
+        text = " ".join(query.split())
+        key = text.casefold()
+        if not key:
+            continue
+        counts[key] += 1
+        first.setdefault(key, (i, text))
+    ordered = sorted(first, key=lambda k: (-counts[k], first[k][0]))
+    return [first[k][1] for k in ordered[:limit]]
+
+
+def allocate(weights: Sequence[int], budget: int, floor: int = 1) -> list[int]:
+    """Whole shares summing to ``budget``: ``floor`` each, the rest in proportion to ``weights``.
+
+    When the budget cannot pay every floor, the first gaps (the caller orders them by errors) get it.
+    Remainders go by largest fraction, ties to the earlier gap, so the result is deterministic.
+    """
+    if budget < 0 or floor < 0:
+        raise ValueError(f"budget and floor must be >= 0, got budget={budget}, floor={floor}")
+    n = len(weights)
+    if n == 0:
+        return []
+    if floor * n >= budget:
+        shares, left = [], budget
+        for _ in weights:
+            shares.append(min(floor, left))
+            left -= shares[-1]
+        return shares
+    rest, total = budget - floor * n, sum(weights)
+    if total <= 0:
+        weights, total = [1] * n, n
+    shares = [floor + rest * w // total for w in weights]
+    by_fraction = sorted(range(n), key=lambda i: (-(rest * weights[i] % total), i))
+    for i in by_fraction[: budget - sum(shares)]:
+        shares[i] += 1
+    return shares
+
+
+def _with_budgets(gaps: list[Gap], budget: int, floor: int) -> list[Gap]:
+    gaps = sorted(gaps, key=lambda g: (-g.n_errors, g.skill))
+    for gap, share in zip(gaps, allocate([g.n_errors for g in gaps], budget, floor), strict=True):
+        gap.budget = share
+    return gaps
+
+
+# --- entry points ---------------------------------------------------------------------------------
+
+
+def plan_gaps(
+    diagnoses: Sequence[Diagnosis],
+    budget: int,
+    *,
+    floor: int = 1,
+    sample_ids: Sequence[str] | None = None,
+    questions: Sequence[str] | None = None,
+    max_queries: int = 10,
+) -> list[Gap]:
+    """Gaps from diagnoses (``sample_ids``/``questions`` run parallel to them when given).
+
+    The failed ``questions``, when given, are added as queries after the teacher's own.
+    """
+    for name, values in (("sample_ids", sample_ids), ("questions", questions)):
+        if values is not None and len(values) != len(diagnoses):
+            raise ValueError(f"{name} has {len(values)} entries for {len(diagnoses)} diagnoses")
+    home = group_skills([d.missing_skill for d in diagnoses])
+    members: dict[str, list[int]] = {}
+    for i, diagnosis in enumerate(diagnoses):
+        members.setdefault(home[diagnosis.missing_skill], []).append(i)
+    gaps = []
+    for skill, indices in members.items():
+        queries = [q for i in indices for q in diagnoses[i].queries]
+        if questions is not None:
+            queries += [strip_image_tag(questions[i]) for i in indices]
+        gaps.append(Gap(
+            skill=skill,
+            aliases=sorted({diagnoses[i].missing_skill for i in indices} - {skill}),
+            n_errors=len(indices),
+            queries=dedupe_queries(queries, max_queries),
+            sample_ids=[sample_ids[i] for i in indices] if sample_ids is not None else [],
+        ))
+    return _with_budgets(gaps, budget, floor)
+
+
+def gaps_from_failures(records: Sequence[EvalRecord], budget: int, *, floor: int = 1) -> list[Gap]:
+    """``--selector failures`` (no teacher): each failed question is a query; one gap per source."""
+    by_source: dict[str, list[EvalRecord]] = {}
+    for record in records:
+        if not record.correct:
+            by_source.setdefault(record.source or "unknown", []).append(record)
+    gaps = [
+        Gap(skill=source, n_errors=len(failed), sample_ids=[r.id for r in failed],
+            queries=dedupe_queries([strip_image_tag(r.question) for r in failed]))
+        for source, failed in by_source.items()
+    ]
+    return _with_budgets(gaps, budget, floor)
