@@ -1,0 +1,319 @@
+"""Train the student: LoRA rounds for the loop (``train_lora``) and full fine-tuning for pre-training a
+tiny model from scratch (``train_full``). Both share one plain torch loop (``run_training``).
+
+LoRA goes on the language model's attention/MLP projections only, chosen by a regex over module names,
+because a bare list such as ``["q_proj", "v_proj"]`` would also wrap the vision tower. The projector
+(``multi_modal_projector`` in LLaVA, ``connector`` in Idefics3, ...) can be trained fully through
+``modules_to_save``: a small student cannot learn a new visual feature with the language side alone.
+Loss is on the answer tokens only (``training.student.build_inputs``).
+
+Determinism: one seed drives the LoRA init, dropout and the shuffling (its own ``torch.Generator``), and
+deterministic kernels are requested while training, so the same call on CPU gives the same adapter.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Iterable, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from tqdm.auto import tqdm
+
+from retrieval.records import Sample
+from training.student import Student, build_inputs, items_from_samples
+
+log = logging.getLogger(__name__)
+
+# Language-model projections of LLaVA-style (language_model), Idefics3/SmolVLM (text_model) and
+# Qwen2-VL (model.language_model / model.layers) models; never the vision tower or the projector.
+DEFAULT_TARGET = (
+    r"^(?!.*(vision|visual|image_encoder|multi_modal_projector|connector)).*"
+    r"(language_model|text_model|model\.layers).*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$"
+)
+PROJECTOR_NAMES = ("multi_modal_projector", "connector", "mm_projector", "merger", "aligner")
+
+
+class TrainConfig(BaseModel):
+    """The loop's knobs, shared by LoRA and full training."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lr: float = Field(5e-4, gt=0)
+    epochs: int = Field(3, gt=0)
+    batch_size: int = Field(16, gt=0)
+    grad_accum: int = Field(1, gt=0, description="batches per optimizer step")
+    warmup_ratio: float = Field(0.1, ge=0, le=1)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, gt=0, description="stop after this many optimizer steps")
+    seed: int = 0
+
+
+class LoraTrainConfig(TrainConfig):
+    rank: int = Field(8, gt=0)
+    alpha: int = Field(16, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target: str = Field(DEFAULT_TARGET, description="regex over module names (full match) that get LoRA")
+    train_projector: bool = Field(True, description="train the vision-to-text projector fully (modules_to_save)")
+    replay_ratio: float = Field(0.5, ge=0, description="replayed earlier samples per selected sample (at most)")
+
+
+class TrainReport(BaseModel):
+    out_dir: str
+    mode: str  # "lora" or "full"
+    n_selected: int
+    n_replay: int
+    n_train: int
+    steps: int
+    epochs_run: float
+    losses: list[float]
+    first_loss: float | None
+    last_loss: float | None
+    seconds: float
+    samples_per_s: float
+    trainable_params: int
+    total_params: int
+    continued_adapter: bool = False
+    projector: str | None = None
+    config: dict
+    selected_ids: list[str]
+    replay_ids: list[str]
+
+
+# --- data ------------------------------------------------------------------------------------------
+
+
+def mix_replay(samples: Sequence[Sample], replay: Iterable[Sample], ratio: float, seed: int) -> list[Sample]:
+    """Up to ``round(ratio * len(samples))`` replayed samples (a seeded draw, none already selected)."""
+    chosen = {s.id for s in samples}
+    pool = {s.id: s for s in replay if s.id not in chosen}  # dedupe: a sample may have been replayed before
+    n = min(len(pool), round(ratio * len(samples)))
+    ids = sorted(pool)
+    return [pool[i] for i in sorted(random.Random(seed).sample(ids, n))]
+
+
+def batches(n: int, batch_size: int, epochs: int, seed: int) -> Iterable[tuple[int, int, list[int]]]:
+    """(epoch, batch number in the epoch, indices); each epoch a fresh permutation from its own generator."""
+    generator = torch.Generator().manual_seed(seed)
+    for epoch in range(epochs):
+        order = torch.randperm(n, generator=generator).tolist()
+        for number, start in enumerate(range(0, n, batch_size)):
+            yield epoch, number, order[start : start + batch_size]
+
+
+# --- the loop --------------------------------------------------------------------------------------
+
+
+@contextmanager
+def deterministic(seed: int):
+    """Seed everything and request deterministic kernels for the duration of training."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.manual_seed(seed)
+    random.seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
+def linear_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def run_training(
+    student: Student, samples: Sequence[Sample], image_root: Path | None, config: TrainConfig, *,
+    progress: bool = True, desc: str = "train",
+) -> dict:
+    """The one training loop: AdamW over the trainable parameters, linear warm-up and decay, loss on answers.
+
+    Returns ``{"losses", "steps", "seconds", "samples_per_s", "epochs_run"}``.
+    """
+    model = student.model
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("nothing to train: no parameter requires grad")
+    per_epoch = math.ceil(len(samples) / (config.batch_size * config.grad_accum))
+    total = min(per_epoch * config.epochs, config.max_steps or 1 << 62)
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = linear_schedule(optimizer, round(config.warmup_ratio * total), total)
+    losses: list[float] = []
+    seen, step, window = 0, 0, []
+    model.train()
+    bar = tqdm(total=total, desc=desc, unit="step", disable=not progress)
+    start = time.perf_counter()
+    per_epoch_batches = math.ceil(len(samples) / config.batch_size)
+    for epoch, number, index in batches(len(samples), config.batch_size, config.epochs, config.seed):
+        batch = build_inputs(student, items_from_samples([samples[i] for i in index], image_root, with_answer=True))
+        loss = model(**batch).loss
+        (loss / config.grad_accum).backward()
+        window.append(loss.item())
+        seen += len(index)
+        if (number + 1) % config.grad_accum and number + 1 < per_epoch_batches:
+            continue  # accumulate; an epoch's last, partial window still steps
+        if config.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(sum(window) / len(window))
+        window, step = [], step + 1
+        elapsed = time.perf_counter() - start
+        bar.update(1)
+        bar.set_postfix(loss=f"{losses[-1]:.4f}", epoch=epoch + 1, samples_s=f"{seen / elapsed:.1f}")
+        if step >= total:
+            break
+    bar.close()
+    model.eval()
+    seconds = time.perf_counter() - start
+    return {"losses": losses, "steps": step, "seconds": seconds,
+            "samples_per_s": seen / seconds if seconds > 0 else 0.0, "epochs_run": seen / max(1, len(samples))}
+
+
+# --- LoRA ------------------------------------------------------------------------------------------
+
+
+def find_projector(model: torch.nn.Module) -> str | None:
+    """The (shortest) module name of the vision-to-text projector, if the architecture has a known one."""
+    for name in PROJECTOR_NAMES:
+        hits = [n for n, _ in model.named_modules() if n.split(".")[-1] == name]
+        if hits:
+            return min(hits, key=len)
+    return None
+
+
+def lora_targets(model: torch.nn.Module, pattern: str) -> list[str]:
+    """Names of the linear modules the regex selects (what PEFT will wrap); checked before wrapping."""
+    import re
+
+    regex = re.compile(pattern)
+    return [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and regex.fullmatch(n)]
+
+
+def attach_lora(student: Student, config: LoraTrainConfig) -> str | None:
+    """Wrap the student's model with a fresh LoRA adapter (in place); returns the projector trained, if any."""
+    from peft import LoraConfig, get_peft_model
+
+    targets = lora_targets(student.model, config.target)
+    if not targets:
+        raise ValueError(f"LoRA target regex {config.target!r} matches no linear module of {student.name}")
+    projector = find_projector(student.model) if config.train_projector else None
+    if config.train_projector and projector is None:
+        log.warning("%s: no known projector module; training LoRA only", student.name)
+    lora = LoraConfig(
+        r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout, target_modules=config.target,
+        modules_to_save=[projector.split(".")[-1]] if projector else None, bias="none",
+    )
+    student.model = get_peft_model(student.model, lora)
+    return projector
+
+
+def make_adapter_trainable(model: torch.nn.Module) -> None:
+    """A loaded adapter continues training: its LoRA and saved-module weights train, nothing else."""
+    for name, param in model.named_parameters():
+        param.requires_grad = "lora_" in name or ".modules_to_save." in name
+
+
+def train_lora(
+    student: Student,
+    samples: Sequence[Sample],
+    image_root: Path | None,
+    config: LoraTrainConfig,
+    out_dir: Path | str,
+    *,
+    replay: Iterable[Sample] = (),
+    progress: bool = True,
+) -> TrainReport:
+    """LoRA-tune the student on ``samples`` + replay; continues its adapter if it has one; saves to ``out_dir``."""
+    out = Path(out_dir)
+    replayed = mix_replay(samples, replay, config.replay_ratio, config.seed)
+    train_set = [*samples, *replayed]
+    with deterministic(config.seed):
+        continued = student.is_peft
+        if continued:
+            make_adapter_trainable(student.model)
+            projector = _saved_projector(student.model)
+        else:
+            projector = attach_lora(student, config)
+        stats = (run_training(student, train_set, image_root, config, progress=progress, desc="lora")
+                 if train_set else _no_training())
+    out.mkdir(parents=True, exist_ok=True)
+    student.model.save_pretrained(out)
+    report = _report(student, out, "lora", samples, replayed, stats, config, continued=continued, projector=projector)
+    _write_report(out, report)
+    return report
+
+
+def _saved_projector(model: torch.nn.Module) -> str | None:
+    names = {n.split(".modules_to_save.")[0] for n, _ in model.named_modules() if ".modules_to_save." in n}
+    return min(names, key=len) if names else None
+
+
+# --- full fine-tuning --------------------------------------------------------------------------------
+
+
+def train_full(
+    student: Student,
+    samples: Sequence[Sample],
+    image_root: Path | None,
+    config: TrainConfig,
+    out_dir: Path | str,
+    *,
+    progress: bool = True,
+) -> TrainReport:
+    """Train every weight (pre-training a tiny student from scratch); saves model + processor to ``out_dir``."""
+    if student.is_peft:
+        raise ValueError("train_full trains a plain model; this student carries a PEFT adapter")
+    out = Path(out_dir)
+    with deterministic(config.seed):
+        for param in student.model.parameters():
+            param.requires_grad = True
+        stats = run_training(student, list(samples), image_root, config, progress=progress, desc="full")
+    out.mkdir(parents=True, exist_ok=True)
+    student.model.save_pretrained(out)
+    student.processor.save_pretrained(out)
+    report = _report(student, out, "full", samples, [], stats, config)
+    _write_report(out, report)
+    return report
+
+
+# --- reports ---------------------------------------------------------------------------------------
+
+
+def _no_training() -> dict:
+    log.warning("nothing to train on: the adapter is saved unchanged")
+    return {"losses": [], "steps": 0, "seconds": 0.0, "samples_per_s": 0.0, "epochs_run": 0.0}
+
+
+def _report(student: Student, out: Path, mode: str, samples: Sequence[Sample], replayed: Sequence[Sample],
+            stats: dict, config: TrainConfig, *, continued: bool = False, projector: str | None = None) -> TrainReport:
+    params = list(student.model.parameters())
+    losses = stats["losses"]
+    return TrainReport(
+        out_dir=str(out), mode=mode, n_selected=len(samples), n_replay=len(replayed),
+        n_train=len(samples) + len(replayed), steps=stats["steps"], epochs_run=round(stats["epochs_run"], 4),
+        losses=[round(x, 6) for x in losses], first_loss=losses[0] if losses else None,
+        last_loss=losses[-1] if losses else None, seconds=round(stats["seconds"], 3),
+        samples_per_s=round(stats["samples_per_s"], 3),
+        trainable_params=sum(p.numel() for p in params if p.requires_grad),
+        total_params=sum(p.numel() for p in params), continued_adapter=continued, projector=projector,
+        config=config.model_dump(), selected_ids=[s.id for s in samples], replay_ids=[s.id for s in replayed],
+    )
+
+
+def _write_report(out: Path, report: TrainReport) -> None:
+    tmp = out / "training.json.tmp"
+    tmp.write_text(json.dumps(report.model_dump(), indent=2))
+    tmp.replace(out / "training.json")  # training.json marks a finished adapter (the loop checks for it)

@@ -1,0 +1,138 @@
+"""Student-side scores for re-ranking, each a plain function ``(student, samples, image_root) -> array``.
+
+- ``sample_embeddings``: the mean of the language model's last hidden states over the prompt (image
+  tokens + instruction; padding masked out).
+- ``perturbation_distance`` (the remote-sensing paper's generalisation score): delete ``n_words`` random
+  words of the instruction, embed again, Euclidean distance to the unperturbed embedding, averaged over
+  ``m`` perturbations. Each sample's perturbations come from a generator seeded by (seed, sample id),
+  so a score does not depend on batch composition or order. Identical texts are embedded once, so
+  ``n_words=0`` gives exactly 0.
+- ``answer_perplexity`` / ``image_grounding`` (Adapt-∞): perplexity of the reference answer given the
+  prompt with and without the image; grounding = PPL(without) / PPL(with), > 1 when the image helps.
+  "Without the image" is a true text-only forward: no image placeholder in the prompt and no pixels
+  (for LLaVA/Idefics3 that runs the language model alone), not a blank image.
+
+The instruction is the last human turn (the one the reference answers), as in evaluation and training.
+Left padding shifts absolute positions, which rotary embeddings (relative by construction) ignore up to
+float rounding, so a row scores (nearly) the same alone or in a batch.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from retrieval.records import Sample
+from training.student import IGNORE_INDEX, PromptItem, Student, build_inputs, load_image
+
+
+def _embed_items(student: Student, items: list[PromptItem], batch_size: int, progress: bool, desc: str) -> np.ndarray:
+    student.model.eval()
+    out: list[np.ndarray] = []
+    with torch.inference_mode():
+        for start in tqdm(range(0, len(items), batch_size), desc=desc, unit="batch", disable=not progress):
+            batch = build_inputs(student, items[start : start + batch_size])
+            mask = batch["attention_mask"]
+            result = student.model(**batch, output_hidden_states=True,
+                                   logits_to_keep=1, use_cache=False)
+            hidden = result.hidden_states[-1].float()
+            weights = mask.unsqueeze(-1).to(hidden.dtype)
+            out.append(((hidden * weights).sum(1) / weights.sum(1).clamp(min=1)).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
+
+
+def sample_embeddings(
+    student: Student, samples: Sequence[Sample], image_root: Path | None, batch_size: int = 16, *, progress: bool = False
+) -> np.ndarray:
+    """(n, hidden) float32: pooled last hidden states over image + instruction."""
+    items = [PromptItem(load_image(s, image_root), s.question) for s in samples]
+    return _embed_items(student, items, batch_size, progress, "embed").astype(np.float32)
+
+
+def delete_words(text: str, n_words: int, rng: random.Random) -> str:
+    """``text`` with ``n_words`` random words removed (at least one word is always kept)."""
+    words = text.split()
+    n = min(n_words, max(0, len(words) - 1))
+    drop = set(rng.sample(range(len(words)), n)) if n else set()
+    return " ".join(w for i, w in enumerate(words) if i not in drop)
+
+
+def perturbation_distance(
+    student: Student,
+    samples: Sequence[Sample],
+    image_root: Path | None,
+    *,
+    n_words: int = 2,
+    m: int = 3,
+    seed: int = 0,
+    batch_size: int = 16,
+    progress: bool = False,
+) -> np.ndarray:
+    """(n,) float32: mean Euclidean distance between the embeddings of the instruction and its perturbations."""
+    if m < 1:
+        raise ValueError("m (perturbations per sample) must be at least 1")
+    items, slots = [], []  # one embedding per distinct (sample, text); slots map each variant to its row
+    for sample in samples:
+        rng = random.Random(f"{seed}:{sample.id}")
+        image = load_image(sample, image_root)
+        variants = [sample.question] + [delete_words(sample.question, n_words, rng) for _ in range(m)]
+        rows: dict[str, int] = {}
+        for text in variants:
+            if text not in rows:
+                rows[text] = len(items)
+                items.append(PromptItem(image, text))
+        slots.append([rows[text] for text in variants])
+    embeddings = _embed_items(student, items, batch_size, progress, "perturb")
+    scores = [np.linalg.norm(embeddings[rows[1:]] - embeddings[rows[0]], axis=1).mean() for rows in slots]
+    return np.asarray(scores, dtype=np.float32)
+
+
+def answer_perplexity(
+    student: Student,
+    samples: Sequence[Sample],
+    image_root: Path | None,
+    *,
+    with_image: bool = True,
+    batch_size: int = 16,
+    progress: bool = False,
+) -> np.ndarray:
+    """(n,) float64: exp of the mean negative log-likelihood of the reference answer (+ EOS) tokens."""
+    student.model.eval()
+    out: list[np.ndarray] = []
+    with torch.inference_mode():
+        for start in tqdm(range(0, len(samples), batch_size), desc="perplexity", unit="batch", disable=not progress):
+            chunk = samples[start : start + batch_size]
+            items = [PromptItem(load_image(s, image_root) if with_image else None, s.question, s.reference)
+                     for s in chunk]
+            out.append(_batch_perplexity(student, build_inputs(student, items, with_image=with_image)))
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def _batch_perplexity(student: Student, batch) -> np.ndarray:
+    labels = batch.pop("labels")
+    answer_width = int((labels != IGNORE_INDEX).sum(1).max())
+    # Answers sit at the right end (left padding): only the last answer_width + 1 logits are needed.
+    result = student.model(**batch, logits_to_keep=answer_width + 1, use_cache=False)
+    logits = result.logits[:, :-1].float()
+    targets = labels[:, -answer_width:]
+    nll = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none"
+    ).view(targets.shape)
+    counts = (targets != IGNORE_INDEX).sum(1).clamp(min=1)
+    return torch.exp(nll.sum(1) / counts).double().cpu().numpy()
+
+
+def image_grounding(
+    student: Student, samples: Sequence[Sample], image_root: Path | None, *, batch_size: int = 16, progress: bool = False
+) -> np.ndarray:
+    """(n,) PPL(answer | text only) / PPL(answer | image + text): how much the image helps the answer."""
+    with_image = answer_perplexity(student, samples, image_root, with_image=True, batch_size=batch_size,
+                                   progress=progress)
+    without = answer_perplexity(student, samples, image_root, with_image=False, batch_size=batch_size,
+                                progress=progress)
+    return without / with_image

@@ -1,0 +1,200 @@
+"""Load any Hugging Face image-text-to-text model as the student, and turn samples into model inputs.
+
+``load_student`` takes a local folder (or a hub id, for real users; tests never download) through
+``AutoModelForImageTextToText`` + ``AutoProcessor``, optionally with a PEFT adapter on top. bf16 on
+CUDA, fp32 on CPU.
+
+Prompts use the processor's chat template when it has one, else ``<image>\\n{question}``.
+
+Text-only samples (``image`` is None) get a blank mid-grey image of the processor's size and keep the
+image placeholder in the prompt. Why: every row of a batch then has the same layout, which is what the
+processors of LLaVA and Idefics3 need to batch mixed samples, and a grey square carries no content.
+The one place a true text-only forward is wanted — perplexity *without* the image for the grounding
+score — calls ``build_inputs(..., with_image=False)``, which drops both the placeholder and the pixels.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from transformers import AutoModelForImageTextToText, AutoProcessor, BatchFeature
+
+from retrieval.records import Sample
+
+log = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+PLAIN_IMAGE_TOKEN = "<image>"
+
+
+@dataclass
+class Student:
+    model: Any  # a transformers PreTrainedModel, or a peft PeftModel wrapping one
+    processor: Any
+    device: torch.device
+    name: str
+    adapter: Path | None = None
+
+    @property
+    def tokenizer(self) -> Any:
+        return getattr(self.processor, "tokenizer", self.processor)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def is_peft(self) -> bool:
+        return hasattr(self.model, "peft_config")
+
+
+@dataclass(frozen=True)
+class PromptItem:
+    """One row of a batch: an image (None = text-only), the user's question and, for training, the answer."""
+
+    image: Image.Image | None
+    question: str
+    answer: str | None = None
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_student(
+    path: Path | str,
+    adapter: Path | str | None = None,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    *,
+    is_trainable: bool = False,
+) -> Student:
+    """The student model + processor from ``path``; ``adapter`` is a PEFT adapter folder to put on top."""
+    device = torch.device(device) if device is not None else default_device()
+    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    source = str(path)
+    if not Path(source).exists() and Path(source).is_absolute():
+        raise FileNotFoundError(f"student model folder not found: {source}")
+    model = AutoModelForImageTextToText.from_pretrained(source, dtype=dtype)
+    processor = AutoProcessor.from_pretrained(source)
+    tokenizer = getattr(processor, "tokenizer", processor)
+    if tokenizer.pad_token is None:  # many chat models ship without one; generation needs it for batches
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"  # batched generation appends on the right
+    if adapter is not None:
+        from peft import PeftModel
+
+        if not (Path(adapter) / "adapter_config.json").exists():
+            raise FileNotFoundError(f"no PEFT adapter (adapter_config.json) in {adapter}")
+        model = PeftModel.from_pretrained(model, str(adapter), is_trainable=is_trainable)
+    model.to(device)
+    model.train(is_trainable)
+    return Student(model=model, processor=processor, device=device, name=source,
+                   adapter=Path(adapter) if adapter is not None else None)
+
+
+# --- prompts and images ----------------------------------------------------------------------------
+
+
+def image_token(processor: Any) -> str:
+    return getattr(processor, "image_token", None) or PLAIN_IMAGE_TOKEN
+
+
+def has_chat_template(processor: Any) -> bool:
+    return bool(getattr(processor, "chat_template", None))
+
+
+def build_prompt(processor: Any, question: str, *, with_image: bool = True) -> str:
+    """The generation prompt for one question (image placeholder first when ``with_image``)."""
+    if has_chat_template(processor):
+        content: list[dict] = [{"type": "image"}] if with_image else []
+        content.append({"type": "text", "text": question})
+        return processor.apply_chat_template(
+            [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
+        )
+    return f"{image_token(processor)}\n{question}" if with_image else question
+
+
+def image_size(processor: Any) -> tuple[int, int]:
+    """(width, height) the image processor works at; falls back to 224 when it does not say."""
+    size = getattr(getattr(processor, "image_processor", None), "size", None) or {}
+    size = dict(size) if not isinstance(size, dict) else size
+    if size.get("height") and size.get("width"):
+        return int(size["width"]), int(size["height"])
+    edge = size.get("longest_edge") or size.get("shortest_edge") or 224
+    return int(edge), int(edge)
+
+
+def blank_image(processor: Any) -> Image.Image:
+    return Image.new("RGB", image_size(processor), (128, 128, 128))
+
+
+def load_image(sample: Sample, image_root: Path | None) -> Image.Image | None:
+    """The sample's image as RGB, or None for a text-only sample (or an unreadable file, with a warning)."""
+    if sample.image is None:
+        return None
+    path = sample.image_path(Path(image_root) if image_root is not None else Path("."))
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except (OSError, ValueError) as err:
+        log.warning("sample %s: image %s unreadable (%s); using a blank image", sample.id, path, err)
+        return None
+
+
+def items_from_samples(samples: list[Sample], image_root: Path | None, *, with_answer: bool) -> list[PromptItem]:
+    return [PromptItem(load_image(s, image_root), s.question, s.reference if with_answer else None) for s in samples]
+
+
+# --- batches ---------------------------------------------------------------------------------------
+
+
+def build_inputs(student: Student, items: list[PromptItem], *, with_image: bool = True) -> BatchFeature:
+    """Left-padded model inputs for a batch; with answers, ``labels`` mark only the answer tokens.
+
+    The answer (plus EOS) is appended to the generation prompt; its token count ``k`` is measured alone
+    and, because padding is on the left, the last ``k`` tokens of every row are the answer: everything
+    else — padding, image tokens, the prompt — is ``-100``.
+    """
+    processor, tokenizer = student.processor, student.tokenizer
+    texts, answer_lengths = [], []
+    for item in items:
+        prompt = build_prompt(processor, item.question, with_image=with_image)
+        if item.answer is not None:
+            answer = f" {item.answer.strip()}{tokenizer.eos_token or ''}"
+            answer_lengths.append(len(tokenizer(answer, add_special_tokens=False)["input_ids"]))
+            prompt += answer
+        texts.append(prompt)
+    if with_image:
+        images = [item.image or blank_image(processor) for item in items]
+        # One list per row: the form Idefics3/SmolVLM require and LLaVA/Qwen2-VL accept.
+        batch = processor(text=texts, images=[[im] for im in images], return_tensors="pt", padding=True)
+    else:
+        batch = processor(text=texts, return_tensors="pt", padding=True)
+    if answer_lengths:
+        batch["labels"] = answer_labels(batch["input_ids"], batch["attention_mask"], answer_lengths)
+    return to_device(batch, student)
+
+
+def answer_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor, answer_lengths: list[int]) -> torch.Tensor:
+    labels = torch.full_like(input_ids, IGNORE_INDEX)
+    width = input_ids.shape[1]
+    for row, k in enumerate(answer_lengths):
+        k = min(k, int(attention_mask[row].sum()))
+        labels[row, width - k:] = input_ids[row, width - k:]
+    return labels
+
+
+def to_device(batch: BatchFeature, student: Student) -> BatchFeature:
+    """Move to the student's device; floating tensors (pixels) take the model's dtype."""
+    dtype = student.dtype
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor):
+            value = value.to(student.device)
+            batch[key] = value.to(dtype) if value.is_floating_point() else value
+    return batch
