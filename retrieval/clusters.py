@@ -39,7 +39,7 @@ class ClusterFit:
     model: MiniBatchKMeans | None  # None when there is a single cluster (nothing to fit)
     k: int
     silhouette: float | None
-    grid: dict[int, float] = field(default_factory=dict)  # k -> silhouette, for auto
+    grid: dict[int, float] = field(default_factory=dict)  # k -> silhouette of the grid search, for auto
 
     def assign(self, vectors: np.ndarray) -> np.ndarray:
         if self.model is None or len(vectors) == 0:
@@ -55,9 +55,16 @@ def fit_clusters(sample: np.ndarray, spec: ClusterSpec, *, seed: int = 0) -> Clu
         grid = [k for k in AUTO_GRID if k <= max(2, n // MIN_POINTS_PER_CLUSTER) and k < n]
         if not grid:
             return ClusterFit(None, 1, None)
-        scores = {k: _silhouette(sample, _kmeans(sample, k, seed), seed) for k in grid}
-        best = max(grid, key=lambda k: (scores[k], -k))  # ties go to the smaller k
-        return ClusterFit(_kmeans(sample, best, seed), best, scores[best], scores)
+        # The grid search uses one k-means init on at most SILHOUETTE_SAMPLE points (it only ranks k);
+        # the chosen k is then fitted properly on the whole sample.
+        probe = _subsample(sample, SILHOUETTE_SAMPLE, seed)
+        scores = {k: _silhouette(probe, _kmeans(probe, k, seed, n_init=1), seed) for k in grid}
+        scores = {k: s for k, s in scores.items() if s is not None}
+        if not scores:
+            return ClusterFit(None, 1, None)
+        best = max(scores, key=lambda k: (scores[k], -k))  # ties go to the smaller k
+        model = _kmeans(sample, best, seed)
+        return ClusterFit(model, best, _silhouette(sample, model, seed), scores)
     k = min(int(spec), n)
     if k <= 1:
         return ClusterFit(None, 1, None)
@@ -65,8 +72,14 @@ def fit_clusters(sample: np.ndarray, spec: ClusterSpec, *, seed: int = 0) -> Clu
     return ClusterFit(model, k, _silhouette(sample, model, seed))
 
 
-def _kmeans(sample: np.ndarray, k: int, seed: int) -> MiniBatchKMeans:
-    return MiniBatchKMeans(n_clusters=k, random_state=seed, n_init=3, batch_size=1024).fit(sample)
+def _kmeans(sample: np.ndarray, k: int, seed: int, n_init: int = 3) -> MiniBatchKMeans:
+    return MiniBatchKMeans(n_clusters=k, random_state=seed, n_init=n_init, batch_size=1024).fit(sample)
+
+
+def _subsample(sample: np.ndarray, size: int, seed: int) -> np.ndarray:
+    if len(sample) <= size:
+        return sample
+    return sample[np.random.default_rng(seed).choice(len(sample), size, replace=False)]
 
 
 def _silhouette(sample: np.ndarray, model: MiniBatchKMeans, seed: int) -> float | None:

@@ -175,19 +175,39 @@ class PoolIndex:
     def prepare(self, dim: int, embedder: str) -> bool:
         """Create the collection, or recreate it when it was built with another embedder or dim.
         True when existing points were kept (re-index in place)."""
+        kept = False
         if self.exists():
             old = self.read_manifest()
-            same_vectors = self._stored_dim() == dim and (old is None or old.embedder == embedder)
-            if same_vectors:
-                return True
-            self.client.delete_collection(self.collection)
-        self.client.create_collection(
-            self.collection, vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE)
-        )
-        for name in ("sample_id", "run"):  # used by filters on a server; ignored (harmlessly) in local mode
-            if not self.local:
-                self.client.create_payload_index(self.collection, name, models.PayloadSchemaType.KEYWORD)
-        return False
+            kept = self._stored_dim() == dim and (old is None or old.embedder == embedder)
+            if not kept:
+                self.client.delete_collection(self.collection)
+        if not kept:
+            self.client.create_collection(
+                self.collection, vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE)
+            )
+            for name in ("sample_id", "run"):  # used by filters on a server; local mode has no payload indexes
+                if not self.local:
+                    self.client.create_payload_index(self.collection, name, models.PayloadSchemaType.KEYWORD)
+        self._fast_local_writes()
+        return kept
+
+    def _fast_local_writes(self) -> None:
+        """Local mode commits every point to SQLite separately, each with an fsync: 50-1,000 points/s
+        depending on the disk's load. WAL + synchronous=NORMAL makes those commits cheap (measured 46 ->
+        5,300 points/s on a busy disk) and never corrupts the file; a power loss may drop the last commits,
+        which a re-run of the (idempotent) index restores. Reaches into qdrant-client internals, so any
+        change there only costs speed: nothing is done when the attributes are not found."""
+        if not self.local:
+            return
+        collection = getattr(getattr(self.client, "_client", None), "collections", {}).get(self.collection)
+        connection = getattr(getattr(collection, "storage", None), "storage", None)
+        if connection is None or not hasattr(connection, "execute"):
+            return
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=NORMAL")
+        except Exception:  # noqa: BLE001 - a pragma that does not apply only costs speed
+            return
 
     def _stored_dim(self) -> int | None:
         vectors = self.client.get_collection(self.collection).config.params.vectors
