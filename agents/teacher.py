@@ -71,6 +71,8 @@ class TeacherConfig(BaseModel):
     backoff_s: float = Field(1.0, ge=0, description="first retry delay; doubles each retry")
     max_tokens: int = Field(512, gt=0)
     temperature: float = Field(0.0, ge=0)
+    retry_temperature: float = Field(0.7, ge=0, description="re-asks after a truncated/invalid reply; "
+                                     "at temperature 0 the same request would get the same reply")
     send_images: bool = Field(True, description="False for text-only teachers (the CPU demo teacher)")
     cache_dir: Path | None = Field(None, description="reply cache; None: no cache")
     progress: bool = True
@@ -248,6 +250,11 @@ def _status_text(error: openai.APIStatusError) -> str:
     return f"HTTP {error.status_code}: {str(body)[:300]}"
 
 
+def _names_format(error: openai.APIStatusError) -> bool:
+    text = f"{error.body} {error.message}".lower()
+    return "response_format" in text or "json_schema" in text
+
+
 class TeacherClient:
     """Bounded-concurrency diagnoses against one endpoint; use as ``async with TeacherClient(config)``."""
 
@@ -309,10 +316,12 @@ class TeacherClient:
 
     async def _ask(self, row: DiagnosisLog, messages: list[dict]) -> None:
         config = self.config
+        vary = False  # set once a reply came back unusable: re-asking it verbatim would repeat it
         for attempt in range(1, config.max_retries + 2):
             row.attempts = attempt
+            sampling = {"temperature": max(config.temperature, config.retry_temperature), "seed": attempt} if vary else {}
             try:
-                content, finish, dialect = await self._complete(messages)
+                content, finish, dialect = await self._complete(messages, sampling)
             except (openai.APITimeoutError, openai.APIConnectionError) as error:
                 row.error = f"{type(error).__name__}: {error}"
             except openai.APIStatusError as error:
@@ -327,6 +336,7 @@ class TeacherClient:
                     diagnosis = parse_reply(content)
                 except ReplyError as error:
                     row.error = str(error)
+                    vary = True
                 else:
                     row.diagnosis = _check_step(diagnosis, row.steps, row.warnings)
                     row.error = row.raw = None
@@ -338,33 +348,46 @@ class TeacherClient:
                 await asyncio.sleep(config.backoff_s * 2 ** (attempt - 1))
         log.warning("teacher: rejected %s after %d attempt(s): %s", row.sample_id, row.attempts, row.error)
 
-    async def _complete(self, messages: list[dict]) -> tuple[str, str | None, Dialect]:
+    async def _complete(self, messages: list[dict], sampling: dict) -> tuple[str, str | None, Dialect]:
         dialect = self.dialect
         if dialect is None:
             async with self._dialect_lock:  # one request finds the dialect out; the others wait for it
                 if self.dialect is None:
-                    return await self._probe_dialect(messages)
+                    return await self._probe_dialect(messages, sampling)
                 dialect = self.dialect
-        return await self._send(messages, dialect)
+        return await self._send(messages, dialect, sampling)
 
-    async def _probe_dialect(self, messages: list[dict]) -> tuple[str, str | None, Dialect]:
+    async def _probe_dialect(self, messages: list[dict], sampling: dict) -> tuple[str, str | None, Dialect]:
+        """Send in ``json_schema``; fall back to ``json_object`` only when the server refuses the format.
+
+        A refusal that names the format (llama.cpp: HTTP 500 "response_format ... json_object") switches
+        at once; an error that does not could be transient, so ``json_schema`` is asked once more first.
+        """
         try:
-            reply = await self._send(messages, "json_schema")
+            reply = await self._send(messages, "json_schema", sampling)
         except openai.APIStatusError as error:
-            log.info("teacher: %s rejected response_format json_schema (%s); trying json_object",
+            if not _names_format(error):
+                try:
+                    reply = await self._send(messages, "json_schema", sampling)
+                except openai.APIStatusError as again:
+                    error = again
+                else:
+                    _RESOLVED_DIALECTS[self._endpoint] = "json_schema"
+                    return reply
+            log.info("teacher: %s refused response_format json_schema (%s); trying json_object",
                      self.config.base_url, _status_text(error))
-            reply = await self._send(messages, "json_object")
+            reply = await self._send(messages, "json_object", sampling)
         _RESOLVED_DIALECTS[self._endpoint] = reply[2]
         log.info("teacher: %s speaks the %s dialect", self.config.base_url, reply[2])
         return reply
 
-    async def _send(self, messages: list[dict], dialect: Dialect) -> tuple[str, str | None, Dialect]:
+    async def _send(self, messages: list[dict], dialect: Dialect, sampling: dict) -> tuple[str, str | None, Dialect]:
         assert self._client is not None, "use TeacherClient as an async context manager"
         self.http_requests += 1
         response = await self._client.chat.completions.create(
             model=self.config.model, messages=messages, max_tokens=self.config.max_tokens,
-            temperature=self.config.temperature,
             response_format=response_format(dialect, strict=self.config.strict),  # type: ignore[arg-type]
+            **{"temperature": self.config.temperature, **sampling},
         )
         if not response.choices:
             return "", None, dialect
