@@ -50,7 +50,7 @@ def split_answer(output: str) -> tuple[list[str], str]:
     steps = split_steps(reasoning)
     if not markers and steps:
         answer = steps[-1]
-    elif answer:
+    elif answer and steps:
         steps.append(f"Answer: {answer}")
     return steps, answer.strip()
 

@@ -28,7 +28,7 @@ ARTICLES = {"a", "an", "the"}
 _PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
 _DECIMAL = re.compile(r"(?<=\d)[.,](?=\d)")  # keep 3.5 and 1,000 intact while stripping punctuation
 # A bare letter, "(B)", "B.", "B)", "option B", "answer: (b) red" — the letter must stand alone.
-_LETTER = re.compile(r"^\s*(?:the\s+)?(?:answer|option|choice)?\s*(?:is|:)?\s*\(?([A-Za-z])\)?(?:[.):]|\s|$)")
+_LETTER = re.compile(r"^\s*(?:the\s+)?(?:answer|option|choice)?\s*(?:is|:)?\s*\(?([A-Za-z])\)?(?:[.):]|\s|$)", re.I)
 _OPTION = re.compile(r"(?:^|\n|\s)\(?([A-H])[.)]\s*([^\n]+?)(?=\s+\(?[A-H][.)]\s|\n|$)")
 
 

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import torch
 
-from training.student import IGNORE_INDEX, PromptItem, build_inputs, build_prompt, items_from_samples, load_student
+from training.student import (
+    IGNORE_INDEX,
+    PromptItem,
+    build_inputs,
+    build_prompt,
+    items_from_samples,
+    load_student,
+)
 
 
 def test_load_student_on_cpu_is_fp32_and_in_eval_mode(tiny_student_dir):
