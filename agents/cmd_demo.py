@@ -63,16 +63,19 @@ def run(args: argparse.Namespace) -> int:
 
 def ensure_index(pool: Path, image_root: Path, store: Path) -> Path:
     """Index the pool once; a later demo reuses it (re-indexing is idempotent, but costs minutes)."""
+    from retrieval.embed import DEFAULT_EMBEDDER, load_embedder
     from retrieval.index import PoolIndex, index_pool
 
     if (store / ".complete").exists():
         return store
     index = PoolIndex.open(store=store)
     try:
-        report = index_pool(pool, image_root=image_root, index=index, progress=True)
+        report = index_pool(pool, index=index, embedder=load_embedder(), embedder_name=DEFAULT_EMBEDDER,
+                            image_root=image_root, quarantine_path=store / "quarantine.jsonl", progress=True)
     finally:
         index.close()
-    print(f"indexed {report.accepted} of {report.read} pool samples", file=sys.stderr)
+    counts = report.counts
+    print(f"indexed {counts['accepted']} of {counts['read']} pool samples ({report.k} clusters)", file=sys.stderr)
     (store / ".complete").write_text("ok\n")
     return store
 

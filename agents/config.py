@@ -31,7 +31,7 @@ class RunConfig(BaseModel):
     rounds: int = Field(3, gt=0)
     test: Path | None = None
     generic: Path | None = Field(None, description="skills the student already has: measures forgetting")
-    image_root: Path | None = Field(None, description="for val/test/generic; default: the val file's folder")
+    image_root: Path | None = Field(None, description="for val/test/generic; default: each file's own folder")
     store: Path | None = None
     qdrant_url: str | None = None
     collection: str = "pool"
@@ -39,6 +39,7 @@ class RunConfig(BaseModel):
     seed: int = 0
     target_accuracy: float | None = Field(None, ge=0, le=1)
     patience: int = Field(1, ge=1, description="rounds without a val gain before stopping")
+    max_diagnoses: int = Field(200, ge=1, description="failures sent to the teacher per round (a seeded sample)")
     candidates_factor: int = Field(4, ge=1, description="retrieve this many x a gap's share")
     eval_batch_size: int = Field(32, gt=0)
     matcher: str = "vqa"
@@ -55,9 +56,8 @@ class RunConfig(BaseModel):
             raise ValueError("give either --store or --qdrant-url, not both")
         return self
 
-    @property
-    def eval_image_root(self) -> Path:
-        return self.image_root or self.val.parent
+    def image_root_of(self, data_file: Path) -> Path:
+        return self.image_root or data_file.parent
 
     def per_round_budget(self, round_number: int) -> int:
         """Split the budget evenly over the rounds; the last rounds take the remainder."""
@@ -86,8 +86,8 @@ def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     for key, value in overrides.items():
         if value is None:
             continue
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = merge(merged[key], value)
+        if isinstance(value, dict) and isinstance(merged.get(key, {}), dict):
+            merged[key] = merge(merged.get(key, {}), value)
         else:
             merged[key] = value
     return merged

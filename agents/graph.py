@@ -31,7 +31,7 @@ def build_graph(runtime: Runtime, checkpointer: SqliteSaver | None = None):
     graph = StateGraph(nodes.LoopState)
     for name, node in (("evaluate", nodes.evaluate), ("decide", nodes.decide), ("diagnose", nodes.diagnose),
                        ("retrieve", nodes.retrieve), ("rerank", nodes.rerank_node), ("train", nodes.train)):
-        graph.add_node(name, functools.partial(node, runtime=runtime))
+        graph.add_node(name, functools.partial(node, loop=runtime))
     graph.add_edge(START, "evaluate")
     graph.add_edge("evaluate", "decide")
     graph.add_conditional_edges("decide", nodes.route_after_decide, {"diagnose": "diagnose", "end": END})

@@ -14,12 +14,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypedDict
 
+import numpy as np
+
 from agents.planning import Gap, gaps_from_failures, plan_gaps
 from agents.records import DiagnosisLog
 from agents.retrieve import random_selection, retrieve_candidates
 from agents.run_dir import read_json, read_jsonl, write_json, write_jsonl
 from agents.runtime import Runtime
 from agents.teacher import diagnose_failures
+from retrieval.dedup import dedup_vectors
 from retrieval.ingest import load_samples
 from retrieval.rerank import Candidate, ScoredCandidate, rerank
 from training.evaluate import evaluate as evaluate_student
@@ -35,11 +38,11 @@ class LoopState(TypedDict):
     stop_reason: str | None
 
 
-def timed(stage: str, runtime: Runtime, round_number: int, work: Callable[[], None]) -> None:
+def timed(stage: str, loop: Runtime, round_number: int, work: Callable[[], None]) -> None:
     """Run ``work`` and add its seconds to ``round_NN/seconds.json`` (one entry per stage)."""
     start = time.perf_counter()
     work()
-    path = runtime.run_dir.round(round_number) / "seconds.json"
+    path = loop.run_dir.round(round_number) / "seconds.json"
     seconds = read_json(path) if path.exists() else {}
     seconds[stage] = round(time.perf_counter() - start, 3)
     write_json(path, seconds)
@@ -48,13 +51,13 @@ def timed(stage: str, runtime: Runtime, round_number: int, work: Callable[[], No
 # --- evaluate -------------------------------------------------------------------------------------
 
 
-def evaluate(state: LoopState, runtime: Runtime) -> dict:
+def evaluate(state: LoopState, loop: Runtime) -> dict:
     number = state["round"]
-    folder = runtime.run_dir.round(number)
+    folder = loop.run_dir.round(number)
     if (folder / "metrics.json").exists():
         return {}
-    config = runtime.config
-    student = runtime.student(runtime.adapter_of(number))
+    config = loop.config
+    student = loop.student(loop.adapter_of(number))
     metrics: dict = {"round": number}
 
     def work() -> None:
@@ -62,15 +65,16 @@ def evaluate(state: LoopState, runtime: Runtime) -> dict:
                                   ("generic", config.generic, "eval_generic")):
             if path is None:
                 continue
+            root = config.image_root_of(path)
             result = evaluate_student(
-                student, load_samples(path, config.eval_image_root), config.eval_image_root,
+                student, load_samples(path, root), root,
                 matcher=config.matcher, batch_size=config.eval_batch_size, max_new_tokens=config.max_new_tokens,
             )
             write_jsonl(folder / f"{name}.jsonl", result.records)
             metrics[f"{split}_accuracy"] = result.summary["accuracy"]
             metrics[f"{split}_by_source"] = result.summary["by_source"]
 
-    timed("evaluate", runtime, number, work)
+    timed("evaluate", loop, number, work)
     metrics["selected"] = len(read_jsonl(folder / "selected.jsonl"))
     metrics["seconds"] = read_json(folder / "seconds.json")
     write_json(folder / "metrics.json", metrics)  # written last: its presence means "round complete"
@@ -80,23 +84,23 @@ def evaluate(state: LoopState, runtime: Runtime) -> dict:
 # --- decide ---------------------------------------------------------------------------------------
 
 
-def decide(state: LoopState, runtime: Runtime) -> dict:
+def decide(state: LoopState, loop: Runtime) -> dict:
     """Stop when the target is met, the rounds or the budget are spent, or a round brought no gain."""
-    config, number = runtime.config, state["round"]
-    history = [read_json(runtime.run_dir.round(n) / "metrics.json") for n in range(number + 1)]
+    config, number = loop.config, state["round"]
+    history = [read_json(loop.run_dir.round(n) / "metrics.json") for n in range(number + 1)]
     val = [m["val_accuracy"] for m in history]
     reason = None
     if config.target_accuracy is not None and val[-1] >= config.target_accuracy:
         reason = f"target reached: val accuracy {val[-1]:.3f} >= {config.target_accuracy}"
     elif number >= config.rounds:
         reason = f"rounds spent ({config.rounds})"
-    elif len(runtime.run_dir.selected_ids(number)) >= config.budget:
+    elif len(loop.run_dir.selected_ids(number)) >= config.budget:
         reason = f"budget spent ({config.budget} samples)"
     elif number >= config.patience and max(val[-config.patience:]) <= max(val[: -config.patience]):
         reason = f"no val gain for {config.patience} round(s)"
     elif number >= 1 and history[-1]["selected"] == 0:
         reason = "nothing left to select"
-    write_summary(runtime, history, reason)
+    write_summary(loop, history, reason)
     return {"stop_reason": reason}
 
 
@@ -104,38 +108,42 @@ def route_after_decide(state: LoopState) -> str:
     return "end" if state["stop_reason"] else "diagnose"
 
 
-def write_summary(runtime: Runtime, history: list[dict], stop_reason: str | None) -> None:
+def write_summary(loop: Runtime, history: list[dict], stop_reason: str | None) -> None:
     keys = ("val_accuracy", "test_accuracy", "generic_accuracy")
     rounds = [{"round": m["round"], "selected": m["selected"], **{k: m.get(k) for k in keys},
                "seconds": m["seconds"]} for m in history[1:]]
-    write_json(runtime.run_dir.root / "summary.json", {
+    write_json(loop.run_dir.root / "summary.json", {
         "initial": {k: history[0].get(k) for k in keys},
         "rounds": rounds,
         "final": {**{k: history[-1].get(k) for k in keys}, "rounds": len(rounds),
                   "selected": sum(r["selected"] for r in rounds)},
         "stop_reason": stop_reason,
-        "selector": runtime.config.selector,
-        "budget": runtime.config.budget,
+        "selector": loop.config.selector,
+        "budget": loop.config.budget,
     })
 
 
 # --- diagnose -------------------------------------------------------------------------------------
 
 
-def diagnose(state: LoopState, runtime: Runtime) -> dict:
+def diagnose(state: LoopState, loop: Runtime) -> dict:
     number = state["round"] + 1
-    folder = runtime.run_dir.round(number)
+    folder = loop.run_dir.round(number)
     if (folder / "gaps.json").exists():
         return {}
-    config = runtime.config
-    failures = [EvalRecord.model_validate(r) for r in read_jsonl(runtime.run_dir.round(number - 1) / "eval.jsonl")
+    config = loop.config
+    failures = [EvalRecord.model_validate(r) for r in read_jsonl(loop.run_dir.round(number - 1) / "eval.jsonl")
                 if not r["correct"]]
-    budget = min(config.per_round_budget(number), config.budget - len(runtime.run_dir.selected_ids(number - 1)))
+    budget = min(config.per_round_budget(number), config.budget - len(loop.run_dir.selected_ids(number - 1)))
 
     def work() -> None:
         gaps: list[Gap] = []
         if config.selector == "teacher":
-            result = diagnose_failures(failures, config.eval_image_root, config.teacher)
+            asked = _sample(failures, config.max_diagnoses, seed=config.seed + number)
+            # replies are cached in the run directory, so a resumed round does not pay for them twice
+            teacher = config.teacher if config.teacher.cache_dir else config.teacher.model_copy(
+                update={"cache_dir": loop.run_dir.root / "teacher_cache"})
+            result = diagnose_failures(asked, config.image_root_of(config.val), teacher)
             write_jsonl(folder / "diagnoses.jsonl", result.logs)
             gaps = plan_gaps([row.diagnosis for row in result.logs if row.diagnosis], budget,
                              sample_ids=[row.sample_id for row in result.logs if row.diagnosis])
@@ -144,77 +152,90 @@ def diagnose(state: LoopState, runtime: Runtime) -> dict:
             write_jsonl(folder / "diagnoses.jsonl", [DiagnosisLog.from_failure(r) for r in failures])
         write_json(folder / "gaps.json", {"budget": budget, "gaps": [g.model_dump() for g in gaps]})
 
-    timed("diagnose", runtime, number, work)
+    timed("diagnose", loop, number, work)
     return {}
+
+
+def _sample(records: list[EvalRecord], n: int, *, seed: int) -> list[EvalRecord]:
+    if len(records) <= n:
+        return records
+    keep = sorted(np.random.default_rng(seed).choice(len(records), size=n, replace=False))
+    return [records[i] for i in keep]
 
 
 # --- retrieve -------------------------------------------------------------------------------------
 
 
-def retrieve(state: LoopState, runtime: Runtime) -> dict:
+def retrieve(state: LoopState, loop: Runtime) -> dict:
     number = state["round"] + 1
-    folder = runtime.run_dir.round(number)
-    if (folder / "candidates.jsonl").exists() or runtime.config.selector == "random":
+    folder = loop.run_dir.round(number)
+    if (folder / "candidates.jsonl").exists() or loop.config.selector == "random":
         return {}
     gaps = [Gap.model_validate(g) for g in read_json(folder / "gaps.json")["gaps"]]
-    exclude = frozenset(runtime.run_dir.selected_ids(number - 1))
+    exclude = frozenset(loop.run_dir.selected_ids(number - 1))
 
     def work() -> None:
-        by_gap = retrieve_candidates(gaps, runtime.pool_index(), runtime.query_embedder(),
-                                     factor=runtime.config.candidates_factor, exclude=exclude)
+        by_gap = retrieve_candidates(gaps, loop.pool_index(), loop.query_embedder(),
+                                     factor=loop.config.candidates_factor, exclude=exclude)
         write_jsonl(folder / "candidates.jsonl", [c for cands in by_gap.values() for c in cands])
 
-    timed("retrieve", runtime, number, work)
+    timed("retrieve", loop, number, work)
     return {}
 
 
 # --- rerank ---------------------------------------------------------------------------------------
 
 
-def rerank_node(state: LoopState, runtime: Runtime) -> dict:
+def rerank_node(state: LoopState, loop: Runtime) -> dict:
     number = state["round"] + 1
-    folder = runtime.run_dir.round(number)
+    folder = loop.run_dir.round(number)
     if (folder / "selected.jsonl").exists():
         return {}
-    config = runtime.config
+    config = loop.config
     plan = read_json(folder / "gaps.json")
-    exclude = frozenset(runtime.run_dir.selected_ids(number - 1))
+    exclude = frozenset(loop.run_dir.selected_ids(number - 1))
 
     def work() -> None:
         if config.selector == "random":
-            ids = random_selection(runtime.pool_index().all_ids(), plan["budget"], seed=config.seed,
+            ids = random_selection(loop.pool_index().all_ids(), plan["budget"], seed=config.seed,
                                    round_number=number, exclude=exclude)
             scored = [ScoredCandidate(sample_id=i, gap="random", query="", relevance=0.0, score=0.0,
                                       selected=True, reason=f"uniform draw (seed {config.seed}, round {number})")
                       for i in ids]
         else:
-            scored = _rerank_gaps(folder, plan, runtime, number)
+            scored = _rerank_gaps(folder, plan, loop, number)
         write_jsonl(folder / "scored.jsonl", scored)
         chosen = [c for c in scored if c.selected]
-        samples = runtime.pool_index().fetch([c.sample_id for c in chosen])
+        samples = loop.pool_index().fetch([c.sample_id for c in chosen])
         write_jsonl(folder / "selected.jsonl", [
             {**s.to_record(), "selection": c.model_dump(include={"gap", "query", "relevance", "perturbation",
                                                                    "cluster", "score", "reason"})}
             for s, c in zip(samples, chosen, strict=True)])
         _link_diagnoses_to_selection(folder, plan, chosen)
 
-    timed("rerank", runtime, number, work)
+    timed("rerank", loop, number, work)
     return {}
 
 
-def _rerank_gaps(folder: Path, plan: dict, runtime: Runtime, number: int) -> list[ScoredCandidate]:
+def _rerank_gaps(folder: Path, plan: dict, loop: Runtime, number: int) -> list[ScoredCandidate]:
     candidates: dict[str, list[Candidate]] = {g["skill"]: [] for g in plan["gaps"]}
     for row in read_jsonl(folder / "candidates.jsonl"):
         candidates[row["gap"]].append(Candidate.model_validate(row))
     shares = {g["skill"]: g["budget"] for g in plan["gaps"]}
-    config = runtime.config
+    config = loop.config
 
     def perturbation(ids):  # the student's score, asked only for the shortlist
-        student = runtime.student(runtime.adapter_of(number - 1))
-        samples = runtime.pool_index().fetch(list(ids))
-        return perturbation_distance(student, samples, runtime.pool_image_root, seed=config.seed + number)
+        student = loop.student(loop.adapter_of(number - 1))
+        samples = loop.pool_index().fetch(list(ids))
+        return perturbation_distance(student, samples, loop.pool_image_root, seed=config.seed + number)
 
-    return rerank(candidates, shares, config.rerank, perturbation)
+    text_vectors = {c.sample_id: c.vector for cands in candidates.values() for c in cands}
+
+    def near_duplicate_vectors(ids):  # text meaning + image look (retrieval/dedup.py)
+        samples = loop.pool_index().fetch(list(ids))
+        return dedup_vectors(samples, np.asarray([text_vectors[i] for i in ids]), loop.pool_image_root)
+
+    return rerank(candidates, shares, config.rerank, perturbation, near_duplicate_vectors)
 
 
 def _link_diagnoses_to_selection(folder: Path, plan: dict, chosen: list[ScoredCandidate]) -> None:
@@ -235,9 +256,9 @@ def _link_diagnoses_to_selection(folder: Path, plan: dict, chosen: list[ScoredCa
 # --- train ----------------------------------------------------------------------------------------
 
 
-def train(state: LoopState, runtime: Runtime) -> dict:
+def train(state: LoopState, loop: Runtime) -> dict:
     number = state["round"] + 1
-    folder = runtime.run_dir.round(number)
+    folder = loop.run_dir.round(number)
     adapter = folder / "adapter"
     if (adapter / "training.json").exists():
         return {"round": number}
@@ -249,15 +270,15 @@ def train(state: LoopState, runtime: Runtime) -> dict:
         from retrieval.records import Sample
 
         samples = [Sample.model_validate(r) for r in selected]
-        replay = [Sample.model_validate(r) for n in range(1, number) for r in read_jsonl(runtime.run_dir.round(n) / "selected.jsonl")]
-        student = runtime.student(runtime.adapter_of(number - 1), trainable=True)
+        replay = [Sample.model_validate(r) for n in range(1, number) for r in read_jsonl(loop.run_dir.round(n) / "selected.jsonl")]
+        student = loop.student(loop.adapter_of(number - 1), trainable=True)
         staging = folder / "adapter.partial"
         shutil.rmtree(staging, ignore_errors=True)
-        config = runtime.config.lora.model_copy(update={"seed": runtime.config.lora.seed + number})
-        train_lora(student, samples, runtime.pool_image_root, config, staging, replay=replay)
+        config = loop.config.lora.model_copy(update={"seed": loop.config.lora.seed + number})
+        train_lora(student, samples, loop.pool_image_root, config, staging, replay=replay)
         shutil.rmtree(adapter, ignore_errors=True)
         staging.rename(adapter)  # the adapter appears whole or not at all
-        runtime._student = None  # the trained model is stale for every other key
+        loop._student = None  # the trained model is stale for every other key
 
-    timed("train", runtime, number, work)
+    timed("train", loop, number, work)
     return {"round": number}

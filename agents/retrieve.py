@@ -1,13 +1,13 @@
 """Retrieval stage: each gap's queries against the pool index, as re-rank candidates.
 
-A gap of share ``s`` asks for ``factor * s`` candidates in all, split over its queries. Samples
-already trained on are excluded in the query. A sample found by several gaps goes to the gap where it
+A gap of share ``s`` keeps its ``factor * s`` most relevant candidates over all of its queries (each
+query asks for that many: queries are often near-identical, so splitting the number between them
+would return the same few samples). Samples already trained on are excluded in the query. A sample found by several gaps goes to the gap where it
 is most relevant, so one sample is never counted twice.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -30,10 +30,10 @@ def retrieve_candidates(
     for gap in gaps:
         if gap.budget <= 0 or not gap.queries:
             continue
-        per_query = max(1, math.ceil(factor * gap.budget / len(gap.queries)))
-        vectors = embed_texts(embedder, list(gap.queries))
-        for query, vector in zip(gap.queries, vectors, strict=True):
-            for hit in index.query(vector, per_query, exclude_ids=exclude):
+        wanted = factor * gap.budget
+        queries = list(dict.fromkeys(gap.queries))
+        for query, vector in zip(queries, embed_texts(embedder, queries), strict=True):
+            for hit in index.query(vector, wanted, exclude_ids=exclude):
                 known = best.get(hit.sample_id)
                 if known is None or hit.score > known.relevance:
                     best[hit.sample_id] = Candidate(
@@ -43,7 +43,8 @@ def retrieve_candidates(
     by_gap: dict[str, list[Candidate]] = {gap.skill: [] for gap in gaps}
     for candidate in best.values():
         by_gap[candidate.gap].append(candidate)
-    return {gap: sorted(cands, key=lambda c: (-c.relevance, c.sample_id)) for gap, cands in by_gap.items()}
+    wanted = {gap.skill: factor * gap.budget for gap in gaps}
+    return {gap: sorted(cands, key=lambda c: (-c.relevance, c.sample_id))[: wanted[gap]] for gap, cands in by_gap.items()}
 
 
 def random_selection(all_ids: Sequence[str], n: int, *, seed: int, round_number: int, exclude: frozenset[str]) -> list[str]:

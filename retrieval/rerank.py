@@ -22,6 +22,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 PerturbationFn = Callable[[Sequence[str]], np.ndarray]
+VectorFn = Callable[[Sequence[str]], np.ndarray]  # ids -> one dedup vector per id (retrieval/dedup.py)
 
 
 class RerankConfig(BaseModel):
@@ -61,9 +62,15 @@ def rerank(
     shares: dict[str, int],
     config: RerankConfig,
     perturbation: PerturbationFn | None = None,
+    dedup_vectors: VectorFn | None = None,
 ) -> list[ScoredCandidate]:
-    """Scored candidates of every gap, selected ones first within each gap, in a stable order."""
-    kept = {gap: _drop_near_duplicates(cands, config.dedup_threshold) for gap, cands in candidates_by_gap.items()}
+    """Scored candidates of every gap, selected ones first within each gap, in a stable order.
+
+    Near-duplicates are judged on ``dedup_vectors(ids)`` when given (text + image), else on the
+    candidates' own (text) vectors.
+    """
+    kept = {gap: _drop_near_duplicates(cands, config.dedup_threshold, dedup_vectors)
+            for gap, cands in candidates_by_gap.items()}
     pert = _perturbation_scores(kept, config, perturbation)
     scored: list[ScoredCandidate] = []
     for gap, (survivors, duplicates) in kept.items():
@@ -73,12 +80,13 @@ def rerank(
 
 
 def _drop_near_duplicates(
-    candidates: list[Candidate], threshold: float | None
+    candidates: list[Candidate], threshold: float | None, dedup_vectors: VectorFn | None
 ) -> tuple[list[Candidate], list[tuple[Candidate, str]]]:
     ranked = sorted(candidates, key=lambda c: (-c.relevance, c.sample_id))
-    if threshold is None or not ranked or ranked[0].vector is None:
+    if threshold is None or not ranked or (dedup_vectors is None and ranked[0].vector is None):
         return ranked, []
-    vectors = _unit(np.asarray([c.vector for c in ranked], dtype=np.float32))
+    raw = dedup_vectors([c.sample_id for c in ranked]) if dedup_vectors else [c.vector for c in ranked]
+    vectors = _unit(np.asarray(raw, dtype=np.float32))
     keep: list[int] = []
     duplicates: list[tuple[Candidate, str]] = []
     for i in range(len(ranked)):
