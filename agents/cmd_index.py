@@ -48,8 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clusters", default="auto", metavar="K|auto",
                         help="number of MiniBatchKMeans clusters, or 'auto' to pick k by silhouette on a sample "
                         "(default: auto)")
-    parser.add_argument("--batch-size", type=int, default=256,
-                        help="records per embed+upsert batch; bounds memory (default: 256)")
+    parser.add_argument("--batch-size", type=int, default=1024,
+                        help="records per embed+upsert batch; bounds memory, and larger batches pad less when "
+                        "the embedder sorts texts by length (default: 1024)")
     parser.add_argument("--cluster-sample", type=int, default=4096,
                         help="size of the seeded uniform sample the clusters are fitted on (default: 4096)")
     parser.add_argument("--quarantine", type=Path,

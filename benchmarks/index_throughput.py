@@ -173,8 +173,16 @@ def child_store_memory(store: Path) -> dict:
 def in_subprocess(flag: str, *values: str, args) -> dict:
     command = [sys.executable, __file__, flag, *values, "--clusters", str(args.clusters),
                "--batch-size", str(args.batch_size), "--encode-batch-size", str(args.encode_batch_size)]
+    if args.torch_threads:
+        command += ["--torch-threads", str(args.torch_threads)]
     done = subprocess.run(command, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def markdown(result: dict) -> str:
@@ -183,7 +191,8 @@ def markdown(result: dict) -> str:
         "# Index throughput (`benchmarks/index_throughput.py`)",
         "",
         f"Pool: {result['n']} synthetic samples; {result['machine']}; Qdrant local mode; "
-        f"embedder {result['embedder']}; batch {result['batch_size']}, encode batch {result['encode_batch_size']}.",
+        f"embedder {result['embedder']}; batch {result['batch_size']}, encode batch {result['encode_batch_size']}, "
+        f"torch threads {result['torch_threads']}.",
         "",
         "| measure | value |",
         "|---|---|",
@@ -214,7 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-sizes", type=int, nargs="*", default=[10_000, 40_000],
                         help="pool sizes whose peak RSS is measured, each in its own subprocess (none: skip)")
     parser.add_argument("--clusters", default="auto", help="k or auto (as `tutorloop index --clusters`)")
-    parser.add_argument("--batch-size", type=int, default=256, help="pipeline batch (records per embed+upsert)")
+    parser.add_argument("--batch-size", type=int, default=1024, help="pipeline batch (records per embed+upsert)")
+    parser.add_argument("--torch-threads", type=int,
+                        help="torch intra-op threads for raw and pipeline alike (default: torch's own choice)")
     parser.add_argument("--encode-batch-size", type=int, default=64, help="encode batch, same for raw and pipeline")
     parser.add_argument("--queries", type=int, default=50, help="queries timed per latency measure")
     parser.add_argument("--workdir", type=Path, help="where pools and stores go (default: a temp dir, removed)")
@@ -224,6 +235,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.clusters != "auto":
         args.clusters = int(args.clusters)
+    if args.torch_threads:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
     if args.child_memory:
         print(json.dumps(child_memory(Path(args.child_memory[0]), Path(args.child_memory[1]), args)))
         return 0
@@ -276,6 +291,7 @@ def measure(args, work: Path, model, embedder_name: str) -> dict:
     return {
         "n": args.n, "embedder": embedder_name, "batch_size": args.batch_size,
         "encode_batch_size": args.encode_batch_size, "machine": f"{os.cpu_count()} CPU cores (shared)",
+        "torch_threads": _torch_threads(),
         "throughput": {"raw_before": raw_before, "raw_after": raw_after, "raw": raw,
                        "pipeline": pipeline["samples_per_s"], "ratio": pipeline["samples_per_s"] / raw,
                        "seconds": pipeline["seconds"], "k": pipeline["k"], "silhouette": pipeline["silhouette"] or 0.0,

@@ -3,6 +3,9 @@
 The model is fitted on a seeded uniform sample of the pool's vectors and then assigns every vector in
 batches, so memory does not grow with the pool. ``auto`` picks k from a small grid by the silhouette
 score (cosine) on that sample; the chosen k, its score and the whole grid are reported.
+
+All of it runs with one BLAS/OpenMP thread: the data is small (a few thousand vectors), and on a busy
+machine the thread pools' spin-waiting made a k-means fit ~50x slower (2 s instead of 0.04 s, measured).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from typing import Literal
 import numpy as np
 from sklearn.cluster import MiniBatchKMeans
 from sklearn.metrics import silhouette_score
+from threadpoolctl import threadpool_limits
 
 AUTO_GRID = (2, 3, 4, 5, 6, 8, 10, 12, 16, 24, 32, 48, 64)
 SILHOUETTE_SAMPLE = 2000  # silhouette is O(n^2): score on at most this many points
@@ -44,11 +48,17 @@ class ClusterFit:
     def assign(self, vectors: np.ndarray) -> np.ndarray:
         if self.model is None or len(vectors) == 0:
             return np.zeros(len(vectors), dtype=np.int64)
-        return self.model.predict(np.asarray(vectors, dtype=np.float32)).astype(np.int64)
+        with threadpool_limits(limits=1):
+            return self.model.predict(np.asarray(vectors, dtype=np.float32)).astype(np.int64)
 
 
 def fit_clusters(sample: np.ndarray, spec: ClusterSpec, *, seed: int = 0) -> ClusterFit:
     """Fit on ``sample`` (rows = normalised vectors); ``spec`` is k or ``auto``."""
+    with threadpool_limits(limits=1):
+        return _fit(sample, spec, seed)
+
+
+def _fit(sample: np.ndarray, spec: ClusterSpec, seed: int) -> ClusterFit:
     sample = np.asarray(sample, dtype=np.float32)
     n = len(sample)
     if spec == "auto":

@@ -290,7 +290,7 @@ def index_pool(
     embedder_name: str,
     image_root: Path | str | None = None,
     clusters: ClusterSpec = "auto",
-    batch_size: int = 256,
+    batch_size: int = 1024,
     encode_batch_size: int = 64,
     cluster_sample: int = 4096,
     quarantine_path: Path | str | None = None,
