@@ -82,7 +82,6 @@ def run(args: argparse.Namespace) -> int:
     except (ValidationError, ValueError, OSError) as error:
         print(f"tutorloop run: {error}", file=sys.stderr)
         return 2
-    write_json(stored, {"run_id": run_id, "config": config.model_dump(mode="json")})
     summary = execute(config, run_id)
     print_summary(summary, config.out)
     return 0
@@ -95,6 +94,7 @@ def execute(config, run_id: str) -> dict:
     from agents.runtime import Runtime
 
     runtime = Runtime(config=config, run_dir=RunDir(config.out))
+    write_json(config.out / "run.json", {"run_id": run_id, "config": config.model_dump(mode="json")})
     try:
         run_loop(runtime, run_id)
     finally:

@@ -227,7 +227,8 @@ def _rerank_gaps(folder: Path, plan: dict, loop: Runtime, number: int) -> list[S
     def perturbation(ids):  # the student's score, asked only for the shortlist
         student = loop.student(loop.adapter_of(number - 1))
         samples = loop.pool_index().fetch(list(ids))
-        return perturbation_distance(student, samples, loop.pool_image_root, seed=config.seed + number)
+        return perturbation_distance(student, samples, loop.pool_image_root, n_words=config.rerank.perturbation_words,
+                                     m=config.rerank.perturbation_draws, seed=config.seed + number)
 
     text_vectors = {c.sample_id: c.vector for cands in candidates.values() for c in cands}
 

@@ -24,6 +24,7 @@ from pydantic import BaseModel
 class RunDir:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
 
     def round(self, number: int) -> Path:
         path = self.root / f"round_{number:02d}"

@@ -29,6 +29,8 @@ class RerankConfig(BaseModel):
     relevance_weight: float = Field(1.0, ge=0)
     perturbation_weight: float = Field(0.5, ge=0)
     use_perturbation: bool = True
+    perturbation_words: int = Field(2, ge=0, description="words deleted per perturbation")
+    perturbation_draws: int = Field(3, ge=1, description="perturbations averaged per sample")
     use_clusters: bool = True
     max_cluster_fraction: float = Field(0.34, gt=0, le=1)
     dedup_threshold: float | None = Field(0.97, gt=0, le=1, description="cosine; None switches de-dup off")
