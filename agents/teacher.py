@@ -189,7 +189,7 @@ def parse_reply(content: str | None) -> Diagnosis:
     match = _FENCE.match(content)  # unconstrained servers like to fence JSON
     text = match.group(1) if match else content
     try:
-        data = json.loads(text)
+        data = json.loads(text, strict=False)  # strict=False: a raw newline/tab inside a string is harmless
     except json.JSONDecodeError as error:
         raise ReplyError(f"invalid JSON: {error}") from error
     try:

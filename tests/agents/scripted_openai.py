@@ -143,7 +143,7 @@ class ScriptedOpenAI:
 
     def start(self) -> None:
         handler = type("Handler", (_Handler,), {"scripted": self})
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._server = _Server(("127.0.0.1", 0), handler)
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
 
@@ -209,6 +209,12 @@ def completion(model: str, content: str, finish: str) -> dict:
         "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish}],
         "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
     }
+
+
+class _Server(ThreadingHTTPServer):
+    # The stdlib default backlog (5) drops connections beyond it; the client then waits a 1 s SYN
+    # retransmit, which would show up as a client slowdown at 16 in flight.
+    request_queue_size = 256
 
 
 class _Handler(BaseHTTPRequestHandler):

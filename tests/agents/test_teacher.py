@@ -239,6 +239,8 @@ def test_step_number_outside_the_students_steps_is_dropped(scripted, image_root,
 def test_parse_reply_accepts_fenced_json_and_rejects_prose():
     body = {"erroneous_step": None, "error_type": "other", "missing_skill": "x", "explanation": "y", "queries": ["z"]}
     assert parse_reply(f"```json\n{json.dumps(body)}\n```").missing_skill == "x"
+    raw_newline = json.dumps({**body, "explanation": "TAB"}).replace("TAB", "line one\n\tline two")
+    assert parse_reply(raw_newline).explanation == "line one\n\tline two"  # llama.cpp grammars allow these
     with pytest.raises(ReplyError, match="invalid JSON"):
         parse_reply("I think the student is wrong.")
     with pytest.raises(ReplyError, match="empty"):
