@@ -18,18 +18,21 @@ import logging
 import math
 import random
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
 from retrieval.records import Sample
-from training.student import Student, build_inputs, items_from_samples
+from training.student import Student, answer_nll, build_inputs, items_from_samples
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Language-model projections of LLaVA-style (language_model), Idefics3/SmolVLM (text_model) and
 # Qwen2-VL (model.language_model / model.layers) models; never the vision tower or the projector.
@@ -108,6 +111,20 @@ def batches(n: int, batch_size: int, epochs: int, seed: int) -> Iterable[tuple[i
             yield epoch, number, order[start : start + batch_size]
 
 
+def prefetched(make: Callable[[T], Any], plans: Iterable[T]) -> Iterator[tuple[T, Any]]:
+    """``(plan, make(plan))`` in order; the next batch is built in a worker thread while the caller trains
+    on the current one (image decoding, resizing and tokenisation overlap the forward/backward pass)."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="batches") as pool:
+        pending: tuple[T, Future] | None = None
+        for plan in plans:
+            upcoming = (plan, pool.submit(make, plan))
+            if pending is not None:
+                yield pending[0], pending[1].result()
+            pending = upcoming
+        if pending is not None:
+            yield pending[0], pending[1].result()
+
+
 # --- the loop --------------------------------------------------------------------------------------
 
 
@@ -137,7 +154,8 @@ def run_training(
     student: Student, samples: Sequence[Sample], image_root: Path | None, config: TrainConfig, *,
     progress: bool = True, desc: str = "train",
 ) -> dict:
-    """The one training loop: AdamW over the trainable parameters, linear warm-up and decay, loss on answers.
+    """The one training loop: AdamW over the trainable parameters, linear warm-up and decay, loss on answers
+    (the LM head runs on the answer span only), the next batch prepared in a worker thread.
 
     Returns ``{"losses", "steps", "seconds", "samples_per_s", "epochs_run"}``.
     """
@@ -155,9 +173,13 @@ def run_training(
     bar = tqdm(total=total, desc=desc, unit="step", disable=not progress)
     start = time.perf_counter()
     per_epoch_batches = math.ceil(len(samples) / config.batch_size)
-    for epoch, number, index in batches(len(samples), config.batch_size, config.epochs, config.seed):
-        batch = build_inputs(student, items_from_samples([samples[i] for i in index], image_root, with_answer=True))
-        loss = model(**batch).loss
+
+    def make(plan: tuple[int, int, list[int]]):
+        return build_inputs(student, items_from_samples([samples[i] for i in plan[2]], image_root, with_answer=True))
+
+    plans = batches(len(samples), config.batch_size, config.epochs, config.seed)
+    for (epoch, number, index), batch in prefetched(make, plans):
+        loss = answer_nll(student, batch)
         (loss / config.grad_accum).backward()
         window.append(loss.item())
         seen += len(index)

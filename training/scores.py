@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from retrieval.records import Sample
-from training.student import IGNORE_INDEX, PromptItem, Student, build_inputs, load_image
+from training.student import PromptItem, Student, answer_nll, build_inputs, load_image
 
 
 def _embed_items(student: Student, items: list[PromptItem], batch_size: int, progress: bool, desc: str) -> np.ndarray:
@@ -114,17 +114,7 @@ def answer_perplexity(
 
 
 def _batch_perplexity(student: Student, batch) -> np.ndarray:
-    labels = batch.pop("labels")
-    answer_width = int((labels != IGNORE_INDEX).sum(1).max())
-    # Answers sit at the right end (left padding): only the last answer_width + 1 logits are needed.
-    result = student.model(**batch, logits_to_keep=answer_width + 1, use_cache=False)
-    logits = result.logits[:, :-1].float()
-    targets = labels[:, -answer_width:]
-    nll = torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none"
-    ).view(targets.shape)
-    counts = (targets != IGNORE_INDEX).sum(1).clamp(min=1)
-    return torch.exp(nll.sum(1) / counts).double().cpu().numpy()
+    return torch.exp(answer_nll(student, batch, reduction="row")).double().cpu().numpy()
 
 
 def image_grounding(

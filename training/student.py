@@ -190,6 +190,40 @@ def answer_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor, answer_
     return labels
 
 
+def accepts_logits_to_keep(model: Any) -> bool:
+    """Whether the (base) model's forward can skip the LM head outside the last positions."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
+
+
+def answer_nll(student: Student, batch: BatchFeature, *, reduction: str = "mean") -> torch.Tensor:
+    """Negative log-likelihood of the labelled (answer) tokens, computing logits for the answer span only.
+
+    With left padding every answer sits in the last ``w`` positions (``w`` = the longest answer), so the
+    LM head runs on ``w + 1`` positions instead of the whole sequence: for a real model's 100k+ vocabulary
+    this is most of the head's time and memory. ``reduction="mean"`` is the mean over all answer tokens
+    of the batch (what ``model(labels=...).loss`` gives); ``"row"`` is one mean per row.
+    """
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    labels = batch["labels"]
+    width = int((labels != IGNORE_INDEX).sum(1).max())
+    if accepts_logits_to_keep(student.model):
+        logits = student.model(**inputs, logits_to_keep=width + 1, use_cache=False).logits
+    else:
+        logits = student.model(**inputs, use_cache=False).logits[:, -(width + 1):]
+    targets = labels[:, -width:] if width else labels[:, :0]
+    nll = torch.nn.functional.cross_entropy(
+        logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
+        ignore_index=IGNORE_INDEX, reduction="none",
+    ).view(targets.shape)
+    counts = (targets != IGNORE_INDEX).sum(1)
+    if reduction == "row":
+        return nll.sum(1) / counts.clamp(min=1)
+    return nll.sum() / counts.sum().clamp(min=1)
+
+
 def to_device(batch: BatchFeature, student: Student) -> BatchFeature:
     """Move to the student's device; floating tensors (pixels) take the model's dtype."""
     dtype = student.dtype

@@ -7,6 +7,7 @@ import torch
 from training.student import (
     IGNORE_INDEX,
     PromptItem,
+    answer_nll,
     build_inputs,
     build_prompt,
     items_from_samples,
@@ -55,3 +56,15 @@ def test_text_only_forward_has_no_pixels(tiny_student_dir, tiny_data):
     assert not (batch["input_ids"] == image_id).any()
     with torch.inference_mode():
         assert torch.isfinite(student.model(**batch).loss)
+
+
+def test_answer_nll_equals_the_models_own_loss(tiny_student_dir, tiny_data):
+    student = load_student(tiny_student_dir, device="cpu")
+    items = items_from_samples(tiny_data.samples[:3] + tiny_data.yes_no[:3], tiny_data.root, with_answer=True)
+    batch = build_inputs(student, items)
+    with torch.inference_mode():
+        reference = student.model(**batch).loss
+        ours = answer_nll(student, batch)
+        rows = answer_nll(student, batch, reduction="row")
+    torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-6)
+    assert rows.shape == (6,)
