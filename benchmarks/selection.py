@@ -1,0 +1,667 @@
+"""The selection benchmark: every strategy side by side at equal budget, with its cost (issue 6).
+
+For one or more demo target tasks, budgets (fractions of the pool) and seeds, runs the loop
+(`agents.cmd_run.execute`) with each strategy and records target test accuracy, generic-skill accuracy
+(forgetting against the zero-shot student), what was selected (skill mix, noise share) and wall-clock
+seconds split into selection (diagnose + retrieve + rerank: teacher, embedding, retrieval, scoring) and
+training. Rows:
+
+- ``zero-shot``: the student as given (round 0 of the runs);
+- ``random``, ``failures``, ``teacher`` at every budget;
+- teacher ablations: ``teacher-no-perturbation``, ``teacher-no-clusters``, ``teacher-no-replay``;
+- ``full-pool``: one LoRA run over every accepted pool sample (policy in ``FULL_POOL_POLICY``).
+
+Every run has its own folder under ``--out`` and is reused when complete, so an interrupted benchmark
+continues where it stopped; ``--out`` can be extended with more seeds or budgets later. Writes
+``selection-<task>.json``, ``.md`` (mean ± sample standard deviation over seeds) and ``.png`` into
+``--results``.
+
+    .venv/bin/python benchmarks/selection.py --target side-colour --budgets 0.02,0.05,0.1 --seeds 0,1,2
+    .venv/bin/python benchmarks/selection.py --quick --out /tmp/sel --results /tmp/sel/results
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import math
+import os
+import shutil
+import statistics
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach the hub
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+
+log = logging.getLogger("benchmarks.selection")
+
+FULL_POOL_POLICY = (
+    "full-pool: one LoRA run over every accepted pool sample (noise included, as a user without selection "
+    "would train), with the loop's per-round LoRA settings (same epochs, batch size, lr, rank, seed as the "
+    "loop's round 1); no replay (nothing earlier to replay); evaluated once after training."
+)
+FINAL_POLICY = "strategy rows report the evaluation after the loop's last round (the adapter a user gets)."
+
+
+@dataclass(frozen=True)
+class Strategy:
+    name: str
+    selector: str
+    rerank: dict = field(default_factory=dict)
+    lora: dict = field(default_factory=dict)
+
+    @property
+    def needs_teacher(self) -> bool:
+        return self.selector == "teacher"
+
+
+STRATEGIES: tuple[Strategy, ...] = (
+    Strategy("random", "random"),
+    Strategy("failures", "failures"),
+    Strategy("teacher", "teacher"),
+    Strategy("teacher-no-perturbation", "teacher", rerank={"use_perturbation": False}),
+    Strategy("teacher-no-clusters", "teacher", rerank={"use_clusters": False}),
+    Strategy("teacher-no-replay", "teacher", lora={"replay_ratio": 0.0}),
+)
+ROW_ORDER = ("zero-shot", *(s.name for s in STRATEGIES), "full-pool")
+
+
+@dataclass
+class Settings:
+    """What every run of one benchmark shares (stored in the JSON)."""
+
+    pool_size: int
+    n_val: int
+    n_test: int
+    n_generic_per_skill: int
+    rounds: int
+    epochs: int
+    batch_size: int
+    max_diagnoses: int
+    eval_batch_size: int
+    max_new_tokens: int
+    perturbation_draws: int
+    quick: bool
+
+
+# --- running ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class World:
+    task: str
+    student: Path
+    val: Path
+    test: Path
+    generic: Path
+    pool: Path
+    image_root: Path
+    store: Path
+    pool_count: int
+    target_sources: tuple[str, ...]
+
+
+def prepare_world(task: str, args: argparse.Namespace, settings: Settings) -> World:
+    """The demo world (pool, target splits, generic set), its index and the student; built once, cached."""
+    from agents.cmd_demo import ensure_index
+    from demo.build import build_world
+    from demo.targets import TARGETS
+    from demo.world import SKILLS
+    from retrieval.index import PoolIndex
+
+    root = args.world or args.out / "world"
+    quick_student = settings.quick and args.student is None
+    world = build_world(root, pool_size=settings.pool_size, seed=args.world_seed, targets=[task],
+                        n_val=settings.n_val, n_test=settings.n_test,
+                        n_generic_per_skill=settings.n_generic_per_skill,
+                        with_student=args.student is None and not quick_student, progress=not settings.quick)
+    student = args.student or world.student
+    if quick_student:  # CI: a random tiny LLaVA (seconds) instead of the pre-trained demo student (minutes)
+        from demo.targets import target_texts
+        from demo.world import vocabulary_texts
+        from training.tiny import build_tiny_llava
+
+        student = root / "tiny-student"
+        if not (student / "config.json").exists():
+            build_tiny_llava(student, vocabulary_texts() + target_texts(), seed=0)
+    store = ensure_index(world.pool, world.image_root, root / "index")
+    index = PoolIndex.open(store=store)
+    try:
+        count = index.count()
+    finally:
+        index.close()
+    val, test = world.targets[task]
+    sources = tuple(sorted({SKILLS[s].source for s in TARGETS[task].skills}))
+    return World(task, Path(student), val, test, world.generic, world.pool, world.image_root, store, count, sources)
+
+
+def budget_samples(fraction: float, pool_count: int) -> int:
+    return max(1, round(fraction * pool_count))
+
+
+def run_config(world: World, strategy: Strategy, fraction: float, seed: int, out: Path, settings: Settings,
+               teacher: dict | None):
+    from agents.config import RunConfig
+
+    return RunConfig.model_validate(dict(
+        student=world.student, val=world.val, test=world.test, generic=world.generic, store=world.store,
+        out=out, budget=budget_samples(fraction, world.pool_count), rounds=settings.rounds,
+        patience=settings.rounds,  # no early stop: every strategy spends its whole budget
+        selector=strategy.selector, seed=seed, max_diagnoses=settings.max_diagnoses,
+        eval_batch_size=settings.eval_batch_size, max_new_tokens=settings.max_new_tokens,
+        teacher=teacher or {"progress": False},
+        rerank={"perturbation_draws": settings.perturbation_draws, **strategy.rerank},
+        lora={"epochs": settings.epochs, "batch_size": settings.batch_size, "seed": seed, **strategy.lora},
+    ))
+
+
+def run_complete(out: Path) -> bool:
+    summary = out / "summary.json"
+    return summary.exists() and json.loads(summary.read_text()).get("stop_reason") is not None
+
+
+def seed_round_zero(out: Path, zero_shot: Path) -> None:
+    """Round 0 (the untouched student's evaluation) is the same for every run of a task: copy it, do not
+    recompute it. The loop's evaluate node skips a round whose metrics.json exists."""
+    target = out / "round_00"
+    if target.exists() or not (zero_shot / "metrics.json").exists():
+        return
+    shutil.copytree(zero_shot, target)
+
+
+def save_round_zero(out: Path, zero_shot: Path) -> None:
+    source = out / "round_00"
+    if zero_shot.exists() or not (source / "metrics.json").exists():
+        return
+    partial = zero_shot.with_name(zero_shot.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(source, partial, ignore=shutil.ignore_patterns("selected.jsonl"))
+    partial.rename(zero_shot)
+
+
+def run_strategy(world: World, strategy: Strategy, fraction: float, seed: int, task_dir: Path,
+                 settings: Settings, teacher: dict | None) -> Path:
+    from agents.cmd_run import execute
+
+    out = task_dir / f"seed{seed}" / f"{strategy.name}-b{fraction:g}"
+    zero_shot = task_dir / "zero-shot"
+    if not run_complete(out):
+        seed_round_zero(out, zero_shot)
+        config = run_config(world, strategy, fraction, seed, out, settings, teacher)
+        log.info("running %s at budget %g (%d samples), seed %d → %s", strategy.name, fraction, config.budget,
+                 seed, out)
+        execute(config, run_id=f"selection-{world.task}-{strategy.name}-{fraction:g}-{seed}")
+    save_round_zero(out, zero_shot)
+    return out
+
+
+def run_full_pool(world: World, seed: int, task_dir: Path, settings: Settings) -> Path:
+    """Train on every accepted pool sample with the loop's round-1 LoRA settings, then evaluate (timed)."""
+    from agents.run_dir import write_json
+    from retrieval.ingest import Accepted, iter_samples
+    from training.evaluate import evaluate
+    from training.lora import LoraTrainConfig, train_lora
+    from training.student import load_student
+
+    out = task_dir / f"seed{seed}" / "full-pool"
+    if (out / "result.json").exists():
+        return out
+    samples = [item.sample for item in iter_samples(world.pool, world.image_root) if isinstance(item, Accepted)]
+    config = LoraTrainConfig(epochs=settings.epochs, batch_size=settings.batch_size, seed=seed + 1)
+    shutil.rmtree(out / "adapter", ignore_errors=True)
+    log.info("full pool: training on %d samples, seed %d", len(samples), seed)
+    student = load_student(world.student, is_trainable=True)
+    start = time.perf_counter()
+    report = train_lora(student, samples, world.image_root, config, out / "adapter", progress=not settings.quick)
+    train_s = time.perf_counter() - start
+    student = load_student(world.student, adapter=out / "adapter")
+    start = time.perf_counter()
+    metrics: dict[str, Any] = {}
+    for split, path in (("test", world.test), ("generic", world.generic)):
+        from retrieval.ingest import load_samples
+
+        result = evaluate(student, load_samples(path), path.parent, batch_size=settings.eval_batch_size,
+                          max_new_tokens=settings.max_new_tokens, progress=False)
+        metrics[f"{split}_accuracy"] = result.summary["accuracy"]
+        metrics[f"{split}_by_source"] = result.summary["by_source"]
+    write_json(out / "result.json", {
+        **metrics, "n_train": report.n_train, "steps": report.steps,
+        "seconds": {"selection": 0.0, "training": round(train_s, 3),
+                    "evaluation": round(time.perf_counter() - start, 3)},
+        "selected_ids_count": len(samples),
+        "by_source": dict(Counter(s.source or "?" for s in samples)),
+        "noise": dict(Counter(getattr(s, "noise", None) or "clean" for s in samples)),
+        "policy": FULL_POOL_POLICY,
+    })
+    return out
+
+
+# --- reading results -------------------------------------------------------------------------------
+
+
+def _rounds(out: Path) -> list[int]:
+    return sorted(int(p.parent.name[6:]) for p in out.glob("round_*/metrics.json"))
+
+
+def _read(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def composition(records: list[dict], target_sources: tuple[str, ...]) -> dict:
+    """Skill mix and noise share of a selected set (``noise`` is pool metadata the loop never reads)."""
+    n = len(records)
+    by_source = Counter(r.get("source") or "?" for r in records)
+    noise = Counter(r.get("noise") or "clean" for r in records)
+    return {
+        "selected": n,
+        "by_source": dict(by_source.most_common()),
+        "noise": dict(noise.most_common()),
+        "noise_share": (n - noise.get("clean", 0)) / n if n else 0.0,
+        "on_target_share": sum(by_source[s] for s in target_sources) / n if n else 0.0,
+    }
+
+
+def strategy_row(out: Path, strategy: str, fraction: float, seed: int, zero_generic: float | None,
+                 target_sources: tuple[str, ...]) -> dict:
+    rounds = _rounds(out)
+    final = _read(out / f"round_{rounds[-1]:02d}" / "metrics.json")
+    seconds: Counter = Counter()
+    selected: list[dict] = []
+    for n in rounds[1:]:
+        folder = out / f"round_{n:02d}"
+        seconds.update(_read(folder / "seconds.json"))
+        selected += _read_jsonl(folder / "selected.jsonl")
+    selection_s = sum(seconds.get(k, 0.0) for k in ("diagnose", "retrieve", "rerank"))
+    return {
+        "strategy": strategy, "budget_fraction": fraction, "seed": seed,
+        "budget": _read(out / "summary.json")["budget"], "rounds": len(rounds) - 1,
+        "stop_reason": _read(out / "summary.json")["stop_reason"],
+        "val_accuracy": final.get("val_accuracy"), "test_accuracy": final.get("test_accuracy"),
+        "generic_accuracy": final.get("generic_accuracy"),
+        "forgetting": _forgetting(final.get("generic_accuracy"), zero_generic),
+        "test_by_source": final.get("test_by_source"), "generic_by_source": final.get("generic_by_source"),
+        **composition(selected, target_sources),
+        "seconds": {"selection": round(selection_s, 3), "training": round(seconds.get("train", 0.0), 3),
+                    "evaluation": round(seconds.get("evaluate", 0.0), 3),
+                    **{k: round(seconds.get(k, 0.0), 3) for k in ("diagnose", "retrieve", "rerank")}},
+        "run_dir": str(out),
+    }
+
+
+def _forgetting(generic: float | None, zero_generic: float | None) -> float | None:
+    """Generic accuracy minus the zero-shot student's: negative means generic skills were forgotten."""
+    return None if generic is None or zero_generic is None else generic - zero_generic
+
+
+def zero_shot_row(zero_shot: Path) -> dict:
+    metrics = _read(zero_shot / "metrics.json")
+    return {"strategy": "zero-shot", "budget_fraction": 0.0, "seed": None, "budget": 0,
+            "val_accuracy": metrics.get("val_accuracy"), "test_accuracy": metrics.get("test_accuracy"),
+            "generic_accuracy": metrics.get("generic_accuracy"), "forgetting": 0.0,
+            "test_by_source": metrics.get("test_by_source"), "generic_by_source": metrics.get("generic_by_source"),
+            "selected": 0, "by_source": {}, "noise": {}, "noise_share": 0.0, "on_target_share": 0.0,
+            "seconds": {"selection": 0.0, "training": 0.0,
+                        "evaluation": _read(zero_shot / "seconds.json").get("evaluate", 0.0)},
+            "run_dir": str(zero_shot)}
+
+
+def full_pool_row(out: Path, seed: int, zero_generic: float | None, target_sources: tuple[str, ...]) -> dict:
+    result = _read(out / "result.json")
+    n = result["selected_ids_count"]
+    noise = result["noise"]
+    return {"strategy": "full-pool", "budget_fraction": 1.0, "seed": seed, "budget": n,
+            "val_accuracy": None, "test_accuracy": result["test_accuracy"],
+            "generic_accuracy": result["generic_accuracy"],
+            "forgetting": _forgetting(result["generic_accuracy"], zero_generic),
+            "test_by_source": result["test_by_source"], "generic_by_source": result["generic_by_source"],
+            "selected": n, "by_source": result["by_source"], "noise": noise,
+            "noise_share": (n - noise.get("clean", 0)) / n if n else 0.0,
+            "on_target_share": sum(result["by_source"].get(s, 0) for s in target_sources) / n if n else 0.0,
+            "seconds": result["seconds"], "n_train": result["n_train"], "steps": result["steps"],
+            "run_dir": str(out)}
+
+
+# --- aggregation and report ------------------------------------------------------------------------
+
+METRICS = ("test_accuracy", "generic_accuracy", "forgetting", "noise_share", "on_target_share")
+SECONDS = ("selection", "training")
+
+
+def mean_spread(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def aggregate(rows: list[dict]) -> list[dict]:
+    """One entry per (strategy, budget) with mean and spread of each metric over the seeds."""
+    groups: dict[tuple[str, float], list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["strategy"], row["budget_fraction"]), []).append(row)
+    out = []
+    for (strategy, fraction), group in groups.items():
+        entry: dict[str, Any] = {"strategy": strategy, "budget_fraction": fraction, "budget": group[0]["budget"],
+                                 "n_seeds": len(group), "seeds": [r["seed"] for r in group]}
+        for key in METRICS:
+            values = [r[key] for r in group if r.get(key) is not None]
+            entry[key] = dict(zip(("mean", "spread"), mean_spread(values), strict=True)) if values else None
+        for key in SECONDS:
+            entry[f"{key}_s"] = dict(zip(("mean", "spread"), mean_spread([r["seconds"][key] for r in group]),
+                                         strict=True))
+        sources: Counter = Counter()
+        for r in group:
+            sources.update(r["by_source"])
+        entry["by_source"] = dict(sources.most_common())
+        out.append(entry)
+    order = {name: i for i, name in enumerate(ROW_ORDER)}
+    return sorted(out, key=lambda e: (order.get(e["strategy"], len(order)), e["budget_fraction"]))
+
+
+def _pm(stat: dict | None, scale: float = 100.0, digits: int = 1, signed: bool = False) -> str:
+    if stat is None:
+        return "—"
+    sign = "+" if signed else ""
+    return f"{stat['mean'] * scale:{sign}.{digits}f} ± {stat['spread'] * scale:.{digits}f}"
+
+
+def _mix(by_source: dict, top: int = 3) -> str:
+    total = sum(by_source.values())
+    if not total:
+        return "—"
+    return ", ".join(f"{s} {100 * c / total:.0f}%" for s, c in list(by_source.items())[:top])
+
+
+def markdown(task: str, table: list[dict], checks: list[dict], settings: dict, notes: list[str], command: str) -> str:
+    lines = [
+        f"# Selection benchmark — target `{task}`", "",
+        f"Pool {settings['pool_size']} samples; {settings['rounds']} round(s) per run, LoRA {settings['epochs']} "
+        f"epoch(s) per round, batch {settings['batch_size']}; teacher diagnoses ≤ {settings['max_diagnoses']} "
+        "failures per round. Values are mean ± sample standard deviation over the seeds (n). Accuracies and "
+        "shares in %; forgetting = generic accuracy − zero-shot generic accuracy (points; negative = forgot). "
+        "Selection = diagnose + retrieve + rerank seconds (teacher, embedding, retrieval, scoring).", "",
+        "| strategy | budget | n | target test acc | generic acc | forgetting | noise share | on-target share "
+        "| selection s | training s | selected skills (top 3) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for e in table:
+        budget = "—" if e["strategy"] == "zero-shot" else f"{100 * e['budget_fraction']:g}% ({e['budget']})"
+        lines.append(
+            f"| {e['strategy']} | {budget} | {e['n_seeds']} | {_pm(e['test_accuracy'])} | {_pm(e['generic_accuracy'])} "
+            f"| {_pm(e['forgetting'], signed=True)} | {_pm(e['noise_share'], digits=0)} "
+            f"| {_pm(e['on_target_share'], digits=0)} | {_pm(e['selection_s'], 1, 0)} "
+            f"| {_pm(e['training_s'], 1, 0)} | {_mix(e['by_source'])} |")
+    lines += ["", "## Targets (issue 6)", "", "| target | met | measured |", "|---|---|---|"]
+    lines += [f"| {c['target']} | {c['met']} | {c['measured']} |" for c in checks]
+    lines += ["", "## Policies", "", f"- {FULL_POOL_POLICY}", f"- {FINAL_POLICY}",
+              "- every run spends its whole budget (patience = rounds: no early stop), split evenly over rounds."]
+    if notes:
+        lines += ["", "## Notes", "", *(f"- {n}" for n in notes)]
+    lines += ["", f"Command: `{command}`", ""]
+    return "\n".join(lines)
+
+
+def check_targets(table: list[dict], max_fraction: float = 0.10) -> list[dict]:
+    """The issue's four targets, judged on the aggregated table (best teacher budget ≤ 10% of the pool)."""
+    def entry(strategy: str, fraction: float | None = None) -> dict | None:
+        return next((e for e in table if e["strategy"] == strategy
+                     and (fraction is None or math.isclose(e["budget_fraction"], fraction))), None)
+
+    teacher = [e for e in table if e["strategy"] == "teacher" and e["budget_fraction"] <= max_fraction + 1e-9
+               and e["test_accuracy"]]
+    full = entry("full-pool")
+    if not teacher:
+        return [{"target": "all", "met": "n/a", "measured": "no teacher rows (teacher unavailable or not run)"}]
+    best = max(teacher, key=lambda e: e["test_accuracy"]["mean"])
+    tb = f"teacher at {100 * best['budget_fraction']:g}%"
+    checks = []
+    t_acc = best["test_accuracy"]["mean"]
+    if full and full["test_accuracy"]:
+        f_acc = full["test_accuracy"]["mean"]
+        checks.append({"target": "teacher ≤10% reaches ≥ full-pool accuracy", "met": _yes(t_acc >= f_acc),
+                       "measured": f"{tb}: {100 * t_acc:.1f}% vs full pool {100 * f_acc:.1f}% "
+                                   f"({100 * (t_acc - f_acc):+.1f} points)"})
+    else:
+        checks.append({"target": "teacher ≤10% reaches ≥ full-pool accuracy", "met": "n/a",
+                       "measured": "full-pool row missing"})
+    margins = []
+    for e in teacher:
+        r = entry("random", e["budget_fraction"])
+        if r and r["test_accuracy"]:
+            gap = e["test_accuracy"]["mean"] - r["test_accuracy"]["mean"]
+            spread = max(e["test_accuracy"]["spread"], r["test_accuracy"]["spread"])
+            margins.append((e["budget_fraction"], gap, spread, min(e["n_seeds"], r["n_seeds"])))
+    if margins:
+        met = all(gap > spread for _, gap, spread, _ in margins) and all(n > 1 for *_, n in margins)
+        text = "; ".join(f"{100 * f:g}%: {100 * g:+.1f} points vs spread {100 * s:.1f} (n={n})"
+                         for f, g, s, n in margins)
+        checks.append({"target": "teacher beats random by more than the seed spread",
+                       "met": _yes(met) + ("" if all(n > 1 for *_, n in margins) else " (one seed: spread unknown)"),
+                       "measured": text})
+    forgetting = [(e["budget_fraction"], e["forgetting"]["mean"]) for e in teacher if e["forgetting"]]
+    if forgetting:
+        worst = min(f for _, f in forgetting)
+        checks.append({"target": "forgetting of generic skills ≤ 1 point", "met": _yes(worst >= -0.01),
+                       "measured": "; ".join(f"{100 * b:g}%: {100 * f:+.1f} points" for b, f in forgetting)})
+    if full:
+        ratios = []
+        for e in teacher:
+            saved = full["training_s"]["mean"] - e["training_s"]["mean"]
+            ratios.append((e["budget_fraction"], e["selection_s"]["mean"], saved))
+        met = all(saved > 0 and sel <= 0.1 * saved for _, sel, saved in ratios)
+        checks.append({"target": "selection cost ≤ 10% of the training time saved vs full pool", "met": _yes(met),
+                       "measured": "; ".join(f"{100 * b:g}%: {sel:.0f} s selection / {saved:.0f} s saved = "
+                                             f"{(sel / saved if saved > 0 else math.inf):.2f}"
+                                             for b, sel, saved in ratios)})
+    return checks
+
+
+def _yes(ok: bool) -> str:
+    return "yes" if ok else "**no**"
+
+
+def plot(task: str, table: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for strategy in (s.name for s in STRATEGIES):
+        points = sorted((e for e in table if e["strategy"] == strategy and e["test_accuracy"]),
+                        key=lambda e: e["budget_fraction"])
+        if points:
+            ax.errorbar([100 * e["budget_fraction"] for e in points],
+                        [100 * e["test_accuracy"]["mean"] for e in points],
+                        yerr=[100 * e["test_accuracy"]["spread"] for e in points],
+                        marker="o", capsize=3, label=strategy)
+    for e in table:
+        if e["strategy"] == "full-pool" and e["test_accuracy"]:
+            ax.axhline(100 * e["test_accuracy"]["mean"], color="black", label="full pool")
+        if e["strategy"] == "zero-shot" and e["test_accuracy"]:
+            ax.axhline(100 * e["test_accuracy"]["mean"], color="grey", linestyle="--", label="zero-shot")
+    ax.set_xlabel("budget (% of the pool)")
+    ax.set_ylabel("target test accuracy (%)")
+    ax.set_title(f"selection benchmark — {task}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_results(task: str, rows: list[dict], settings: dict, notes: list[str], results: Path,
+                  command: str) -> dict[str, Path]:
+    results.mkdir(parents=True, exist_ok=True)
+    table = aggregate(rows)
+    checks = check_targets(table)
+    paths = {ext: results / f"selection-{task}.{ext}" for ext in ("json", "md", "png")}
+    paths["json"].write_text(json.dumps({
+        "task": task, "settings": settings, "policies": [FULL_POOL_POLICY, FINAL_POLICY], "notes": notes,
+        "command": command, "targets": checks, "table": table, "rows": rows,
+    }, indent=2) + "\n")
+    paths["md"].write_text(markdown(task, table, checks, settings, notes, command))
+    plot(task, table, paths["png"])
+    return paths
+
+
+# --- the teacher -------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def teacher_endpoint(args: argparse.Namespace, notes: list[str]):
+    """Yields the teacher settings, or None (teacher rows skipped, with a note) when none is available."""
+    from agents.cpu_teacher import cpu_teacher_available, serve_cpu_teacher
+
+    if args.teacher == "none":
+        notes.append("teacher rows skipped: --teacher none")
+        yield None
+    elif args.teacher:
+        yield {"base_url": args.teacher, "model": args.teacher_model, "dialect": args.teacher_dialect,
+               "send_images": not args.teacher_text_only, "progress": False}
+    elif not cpu_teacher_available():
+        notes.append("teacher rows skipped: no --teacher given and the CPU teacher is not installed "
+                     "(pip install -e '.[teacher-cpu]')")
+        yield None
+    else:
+        try:
+            server = serve_cpu_teacher()
+            url = server.__enter__()
+        except RuntimeError as error:
+            notes.append(f"teacher rows skipped: the CPU teacher did not start ({error})")
+            yield None
+            return
+        notes.append("teacher: the CPU demo teacher (llama.cpp + SmolLM2-135M, text only, json_object dialect)")
+        try:
+            yield {"base_url": url, "dialect": "json_object", "send_images": False, "concurrency": 4,
+                   "progress": False}
+        finally:
+            server.__exit__(None, None, None)
+
+
+# --- the CLI -----------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Selection benchmark: zero-shot, random, failures, teacher (+ ablations) and full-pool "
+                    "training on the demo world at equal budgets, with accuracy, forgetting, selected-set "
+                    "composition and selection/training seconds. Completed runs under --out are reused.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--target", default="side-colour",
+                        help="demo target task(s), comma-separated (see demo/targets.py)")
+    parser.add_argument("--budgets", default="0.02,0.05,0.1", help="budgets as fractions of the pool, comma-separated")
+    parser.add_argument("--seeds", default="0,1,2", help="seeds of selection and training, comma-separated")
+    parser.add_argument("--strategies", default=",".join(s.name for s in STRATEGIES),
+                        help="strategies to run, comma-separated")
+    parser.add_argument("--no-full-pool", action="store_true", help="skip the full-pool row")
+    parser.add_argument("--out", type=Path, default=Path("runs/selection"), help="run directories (reused)")
+    parser.add_argument("--world", type=Path, help="demo world folder (default: OUT/world)")
+    parser.add_argument("--world-seed", type=int, default=0, help="seed of the demo world and its student")
+    parser.add_argument("--student", type=Path, help="student folder (default: the demo world's student)")
+    parser.add_argument("--results", type=Path, default=Path("benchmarks/results"), help="where the JSON/MD/PNG go")
+    parser.add_argument("--pool-size", type=int, help="pool samples (default 6000; 600 with --quick)")
+    parser.add_argument("--rounds", type=int, help="loop rounds per run (default 2; 1 with --quick)")
+    parser.add_argument("--epochs", type=int, help="LoRA epochs per round, also for full-pool (default 3; 1 with --quick)")
+    parser.add_argument("--batch-size", type=int, default=16, help="LoRA batch size")
+    parser.add_argument("--max-diagnoses", type=int, help="failures sent to the teacher per round (default 48; 6 with --quick)")
+    parser.add_argument("--perturbation-draws", type=int, help="perturbations per candidate (default 3; 1 with --quick)")
+    parser.add_argument("--teacher", help="OpenAI-compatible teacher URL; default: the CPU teacher when installed; "
+                        "'none' skips the teacher rows")
+    parser.add_argument("--teacher-model", default="teacher", help="model name the teacher endpoint serves")
+    parser.add_argument("--teacher-dialect", default="auto", choices=["auto", "json_schema", "json_object"])
+    parser.add_argument("--teacher-text-only", action="store_true", help="do not send images to --teacher")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core box)")
+    parser.add_argument("--quick", action="store_true",
+                        help="CI mode: 600-sample pool, one budget (5%%), one seed, small val/test, 1 round of "
+                             "1 epoch, a random tiny student — a few minutes on 2 cores")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.budgets = "0.05" if args.budgets == parser.get_default("budgets") else args.budgets
+        args.seeds = "0" if args.seeds == parser.get_default("seeds") else args.seeds
+    return args
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    quick = args.quick
+
+    def pick(value, full, fast):
+        return value if value is not None else (fast if quick else full)
+
+    return Settings(
+        pool_size=pick(args.pool_size, 6000, 600), n_val=40 if quick else 200, n_test=40 if quick else 500,
+        n_generic_per_skill=5 if quick else 50, rounds=pick(args.rounds, 2, 1), epochs=pick(args.epochs, 3, 1),
+        batch_size=args.batch_size, max_diagnoses=pick(args.max_diagnoses, 48, 6), eval_batch_size=32,
+        max_new_tokens=8 if quick else 16, perturbation_draws=pick(args.perturbation_draws, 3, 1), quick=quick)
+
+
+def _floats(text: str) -> list[float]:
+    values = [float(v) for v in text.split(",") if v.strip()]
+    if not values or any(not 0 < v <= 1 for v in values):
+        raise SystemExit(f"--budgets: fractions in (0, 1] expected, got {text!r}")
+    return values
+
+
+def benchmark_task(task: str, args: argparse.Namespace, settings: Settings, command: str) -> dict[str, Path]:
+    from tqdm.auto import tqdm
+
+    budgets, seeds = _floats(args.budgets), [int(s) for s in args.seeds.split(",") if s.strip()]
+    wanted = [s for s in args.strategies.split(",") if s.strip()]
+    unknown = set(wanted) - {s.name for s in STRATEGIES}
+    if unknown:
+        raise SystemExit(f"--strategies: unknown {sorted(unknown)}; known: {[s.name for s in STRATEGIES]}")
+    strategies = [s for s in STRATEGIES if s.name in wanted]
+    world = prepare_world(task, args, settings)
+    task_dir = args.out / task
+    notes: list[str] = []
+    rows: list[dict] = []
+    with teacher_endpoint(args, notes) if any(s.needs_teacher for s in strategies) else contextlib.nullcontext(None) as teacher:
+        if teacher is not None:
+            teacher = {**teacher, "cache_dir": str(task_dir / "teacher_cache")}  # shared: round 1 is asked once
+        jobs = [(seed, fraction, s) for seed in seeds for fraction in budgets for s in strategies
+                if teacher is not None or not s.needs_teacher]
+        runs = []
+        for seed, fraction, strategy in tqdm(jobs, desc=f"selection {task}", unit="run"):
+            runs.append((strategy.name, fraction, seed,
+                         run_strategy(world, strategy, fraction, seed, task_dir, settings, teacher)))
+    full_runs = [] if args.no_full_pool else [(seed, run_full_pool(world, seed, task_dir, settings)) for seed in seeds]
+    zero_shot = task_dir / "zero-shot"
+    zero_generic = None
+    if (zero_shot / "metrics.json").exists():
+        rows.append(zero_shot_row(zero_shot))
+        zero_generic = rows[0]["generic_accuracy"]
+    rows += [strategy_row(out, name, fraction, seed, zero_generic, world.target_sources)
+             for name, fraction, seed, out in runs]
+    rows += [full_pool_row(out, seed, zero_generic, world.target_sources) for seed, out in full_runs]
+    payload = {**settings.__dict__, "task": task, "budgets": budgets, "seeds": seeds,
+               "pool_count": world.pool_count, "target_sources": list(world.target_sources),
+               "student": str(world.student), "threads": args.threads}
+    return write_results(task, rows, payload, notes, args.results, command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import torch
+
+    torch.set_num_threads(args.threads)
+    settings = settings_from(args)
+    command = "benchmarks/selection.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    for task in [t for t in args.target.split(",") if t.strip()]:
+        paths = benchmark_task(task, args, settings, command)
+        print(paths["md"].read_text())
+        print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

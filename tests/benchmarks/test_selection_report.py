@@ -1,0 +1,98 @@
+"""The selection benchmark's aggregation, target checks and markdown on a hand-made result list."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "selection.py"
+
+
+@pytest.fixture(scope="module")
+def selection():
+    spec = importlib.util.spec_from_file_location("selection_benchmark", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def row(strategy, fraction, seed, test, generic, *, selection_s=1.0, training_s=10.0, noise=0.0,
+        sources=None):
+    return {"strategy": strategy, "budget_fraction": fraction, "seed": seed, "budget": int(fraction * 1000),
+            "test_accuracy": test, "generic_accuracy": generic, "forgetting": generic - 0.9,
+            "noise_share": noise, "on_target_share": 0.5, "by_source": sources or {"a": 2, "b": 1},
+            "seconds": {"selection": selection_s, "training": training_s}}
+
+
+ROWS = [
+    {**row("zero-shot", 0.0, None, 0.25, 0.9), "seconds": {"selection": 0.0, "training": 0.0}},
+    row("random", 0.05, 0, 0.40, 0.88), row("random", 0.05, 1, 0.50, 0.90), row("random", 0.05, 2, 0.45, 0.86),
+    row("teacher", 0.05, 0, 0.70, 0.90, selection_s=2.0, training_s=12.0, noise=0.1),
+    row("teacher", 0.05, 1, 0.80, 0.89, selection_s=4.0, training_s=14.0, noise=0.3),
+    row("teacher", 0.05, 2, 0.75, 0.91, selection_s=3.0, training_s=13.0, noise=0.2),
+    row("full-pool", 1.0, 0, 0.72, 0.85, selection_s=0.0, training_s=400.0),
+    row("full-pool", 1.0, 1, 0.74, 0.87, selection_s=0.0, training_s=420.0),
+]
+
+
+def test_aggregate_mean_and_spread(selection):
+    table = selection.aggregate(ROWS)
+    assert [e["strategy"] for e in table] == ["zero-shot", "random", "teacher", "full-pool"]
+    teacher = table[2]
+    assert teacher["n_seeds"] == 3 and teacher["seeds"] == [0, 1, 2]
+    assert teacher["test_accuracy"]["mean"] == pytest.approx(0.75)
+    assert teacher["test_accuracy"]["spread"] == pytest.approx(0.05)  # sample sd of .70/.80/.75
+    assert teacher["noise_share"]["mean"] == pytest.approx(0.2)
+    assert teacher["selection_s"]["mean"] == pytest.approx(3.0)
+    assert teacher["selection_s"]["spread"] == pytest.approx(1.0)
+    assert teacher["by_source"] == {"a": 6, "b": 3}
+    random = table[1]
+    assert random["test_accuracy"]["spread"] == pytest.approx(0.05)
+    assert random["generic_accuracy"]["mean"] == pytest.approx((0.88 + 0.90 + 0.86) / 3)
+    full = table[3]
+    assert full["test_accuracy"]["spread"] == pytest.approx(math.sqrt(2 * 0.01**2))
+    zero = table[0]
+    assert zero["n_seeds"] == 1 and zero["test_accuracy"]["spread"] == 0.0
+
+
+def test_target_checks(selection):
+    checks = {c["target"]: c for c in selection.check_targets(selection.aggregate(ROWS))}
+    assert checks["teacher ≤10% reaches ≥ full-pool accuracy"]["met"] == "yes"  # .75 vs .73
+    assert checks["teacher beats random by more than the seed spread"]["met"] == "yes"  # +30 vs 5
+    assert checks["forgetting of generic skills ≤ 1 point"]["met"] == "yes"  # mean generic .90 = zero-shot
+    cost = checks["selection cost ≤ 10% of the training time saved vs full pool"]
+    assert cost["met"] == "yes" and "3 s selection / 397 s saved" in cost["measured"]
+
+
+def test_target_checks_report_misses(selection):
+    worse = [r if r["strategy"] != "teacher" else {**r, "test_accuracy": r["test_accuracy"] - 0.28,
+                                                    "forgetting": -0.05} for r in ROWS]
+    checks = {c["target"]: c for c in selection.check_targets(selection.aggregate(worse))}
+    assert checks["teacher ≤10% reaches ≥ full-pool accuracy"]["met"] == "**no**"
+    assert checks["teacher beats random by more than the seed spread"]["met"] == "**no**"
+    assert checks["forgetting of generic skills ≤ 1 point"]["met"] == "**no**"
+
+
+def test_markdown_table(selection):
+    table = selection.aggregate(ROWS)
+    text = selection.markdown("side-colour", table, selection.check_targets(table),
+                              {"pool_size": 1000, "rounds": 2, "epochs": 3, "batch_size": 16, "max_diagnoses": 48},
+                              ["a note"], "benchmarks/selection.py --quick")
+    lines = text.splitlines()
+    teacher = next(line for line in lines if line.startswith("| teacher |"))
+    assert "| 5% (50) | 3 | 75.0 ± 5.0 |" in teacher
+    assert "| +0.0 ± 1.0 |" in teacher  # forgetting in points, signed
+    assert "a 67%, b 33%" in teacher
+    assert next(line for line in lines if line.startswith("| zero-shot |")).startswith("| zero-shot | — | 1 | 25.0 ± 0.0")
+    assert "- a note" in lines and "full-pool: one LoRA run" in text
+
+
+def test_plot_writes_png(selection, tmp_path):
+    path = tmp_path / "plot.png"
+    selection.plot("side-colour", selection.aggregate(ROWS), path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
