@@ -132,8 +132,17 @@ def write_markdown(path: Path, results: dict) -> None:
               f"{results['scripted']['ideal_diagnoses_per_s']}.",
               "- CPU s: this process (client, plus the scripted server's threads): the client's own cost "
               "per diagnosis is small next to any model's time.",
-              "- llama_cpp: the demo's CPU teacher. llama-cpp-python's server serialises requests "
-              "(one model, one lock; no `--n_parallel` flag), so more in flight does not help there."]
+              "- llama_cpp: the demo's CPU teacher, text only. llama-cpp-python's server generates for one "
+              "request at a time (one model behind a lock; it has no `--n_parallel` flag), so 16 in flight "
+              "cannot batch there; whatever speedup shows comes from overlapping the per-request work around "
+              "the locked generation and from the noise of a shared machine (see the per-repeat ratios)."]
+    llama = results.get("llama_cpp")
+    if isinstance(llama, dict) and "runs" in llama:
+        low, high = (llama["runs"][k]["seconds"] for k in (min(llama["runs"], key=int), max(llama["runs"], key=int)))
+        ratios = ", ".join(f"{a / b:.2f}" for a, b in zip(low, high, strict=True))
+        lines.append(f"- llama_cpp per-repeat ratios (seconds at low / high concurrency, runs interleaved): {ratios}; "
+                     f"requests sent per run: {llama['runs'][min(llama['runs'], key=int)]['requests']} "
+                     f"(retries included); max_tokens {llama['max_tokens']}.")
     if not isinstance(results.get("llama_cpp"), dict) or "runs" not in results["llama_cpp"]:
         lines.append(f"- llama_cpp not measured: {results.get('llama_cpp')}")
     path.write_text("\n".join(lines) + "\n")
