@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from demo.build import build_world
+from demo.world import GENERIC_SKILLS
 from retrieval.ingest import load_samples
 
 
@@ -12,7 +13,7 @@ def test_build_world_is_idempotent_and_rebuilds_what_changed(tmp_path):
     kwargs = dict(seed=0, n_val=20, n_test=30, n_generic_per_skill=5, with_student=False, progress=False)
     world = build_world(tmp_path, pool_size=300, **kwargs)
     assert len(load_samples(world.pool, world.image_root)) == 300
-    assert len(load_samples(world.generic)) == 5 * 8
+    assert len(load_samples(world.generic)) == 5 * len(GENERIC_SKILLS)
     for val, test in world.targets.values():
         assert len(load_samples(val)) == 20 and len(load_samples(test)) == 30
     stamps = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.jsonl")}
