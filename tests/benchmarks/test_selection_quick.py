@@ -1,0 +1,53 @@
+"""The selection benchmark end to end in --quick mode (a tiny world, a random tiny student): every
+strategy gets a row with numbers, and the JSON, markdown and PNG are written. A few CPU minutes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_quick_benchmark_writes_every_row(tmp_path):
+    results = tmp_path / "results"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "selection.py"), "--quick", "--out", str(tmp_path / "runs"),
+         "--results", str(results)],
+        cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stderr[-3000:]
+    data = json.loads((results / "selection-side-colour.json").read_text())
+    strategies = {row["strategy"] for row in data["rows"]}
+    expected = {"zero-shot", "random", "failures", "full-pool"}
+    from agents.cpu_teacher import cpu_teacher_available
+
+    if cpu_teacher_available():
+        expected |= {"teacher", "teacher-no-perturbation", "teacher-no-clusters"}  # no-replay: 1 round
+    else:
+        assert any("teacher rows skipped" in note for note in data["notes"])
+    assert expected <= strategies
+    for row in data["rows"]:
+        for key in ("test_accuracy", "generic_accuracy", "noise_share", "on_target_share"):
+            assert 0.0 <= row[key] <= 1.0, (row["strategy"], key, row[key])
+        assert row["seconds"]["training"] >= 0 and row["seconds"]["selection"] >= 0
+        if row["strategy"] not in {"zero-shot", "full-pool"}:
+            assert row["selected"] == row["budget"] == 30  # 5% of 600, all spent
+            assert sum(row["by_source"].values()) == row["selected"]
+    full = next(r for r in data["rows"] if r["strategy"] == "full-pool")
+    assert full["selected"] == data["settings"]["pool_count"] == 600
+    md = (results / "selection-side-colour.md").read_text()
+    assert all(f"| {name} |" in md for name in expected)
+    assert (results / "selection-side-colour.png").read_bytes()[:4] == b"\x89PNG"
+
+    again = subprocess.run(  # complete runs are reused: the second call trains nothing
+        [sys.executable, str(ROOT / "benchmarks" / "selection.py"), "--quick", "--out", str(tmp_path / "runs"),
+         "--results", str(results), "--teacher", "none"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "running " not in again.stderr and "full pool: training" not in again.stderr
