@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
 from retrieval.records import Sample
-from training.student import Student, answer_nll, build_inputs, items_from_samples
+from training.student import Student, answer_nll, build_inputs, items_from_samples, quiet_peft
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -238,7 +238,8 @@ def attach_lora(student: Student, config: LoraTrainConfig) -> str | None:
         r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout, target_modules=config.target,
         modules_to_save=[projector.split(".")[-1]] if projector else None, bias="none",
     )
-    student.model = get_peft_model(student.model, lora)
+    with quiet_peft():
+        student.model = get_peft_model(student.model, lora)
     return projector
 
 
@@ -258,7 +259,11 @@ def train_lora(
     replay: Iterable[Sample] = (),
     progress: bool = True,
 ) -> TrainReport:
-    """LoRA-tune the student on ``samples`` + replay; continues its adapter if it has one; saves to ``out_dir``."""
+    """LoRA-tune the student on ``samples`` + replay; continues its adapter if it has one; saves to ``out_dir``.
+
+    A continued adapter keeps the LoRA settings it was created with (rank, targets, trained projector);
+    ``config`` then only sets the optimisation (lr, epochs, batch, seed, replay).
+    """
     out = Path(out_dir)
     replayed = mix_replay(samples, replay, config.replay_ratio, config.seed)
     train_set = [*samples, *replayed]

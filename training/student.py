@@ -16,6 +16,8 @@ score — calls ``build_inputs(..., with_image=False)``, which drops both the pl
 from __future__ import annotations
 
 import logging
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,6 +64,14 @@ class PromptItem:
     answer: str | None = None
 
 
+@contextmanager
+def quiet_peft():
+    """PEFT 0.21 reads a property transformers 5 deprecated; the FutureWarning is theirs, not the user's."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -91,7 +101,8 @@ def load_student(
 
         if not (Path(adapter) / "adapter_config.json").exists():
             raise FileNotFoundError(f"no PEFT adapter (adapter_config.json) in {adapter}")
-        model = PeftModel.from_pretrained(model, str(adapter), is_trainable=is_trainable)
+        with quiet_peft():
+            model = PeftModel.from_pretrained(model, str(adapter), is_trainable=is_trainable)
     model.to(device)
     model.train(is_trainable)
     return Student(model=model, processor=processor, device=device, name=source,
