@@ -42,6 +42,7 @@ def test_a_server_that_dies_is_reported_with_its_output(tmp_path):
     assert "last output" in str(caught.value) and time.monotonic() - start < 60
 
 
+@pytest.mark.slow  # 3 s on an idle machine, 30 s on a loaded one: the ~600-token prompt prefill on CPU
 @pytest.mark.integration
 @needs_cpu_teacher
 def test_real_server_dialect_fallback_and_truncation(image_root, make_failure):
