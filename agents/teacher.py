@@ -100,6 +100,7 @@ class DiagnoseResult(BaseModel):
     rejected: int
     cached: int
     http_requests: int = Field(description="chat completions actually sent (retries included)")
+    tokens: dict[str, int] = Field(default_factory=dict, description="prompt/completion tokens the server reported")
     seconds: float
     dialect: Dialect | None
 
@@ -262,6 +263,7 @@ class TeacherClient:
         self.config = config
         self.cache = ReplyCache(config.cache_dir) if config.cache_dir else None
         self.http_requests = 0
+        self.tokens = {"prompt": 0, "completion": 0}  # as the server reports them: the round's teacher cost
         self._endpoint = (config.base_url, config.model)
         self._client: openai.AsyncOpenAI | None = None
 
@@ -389,6 +391,9 @@ class TeacherClient:
             response_format=response_format(dialect, strict=self.config.strict),  # type: ignore[arg-type]
             **{"temperature": self.config.temperature, **sampling},
         )
+        if response.usage is not None:
+            self.tokens["prompt"] += response.usage.prompt_tokens or 0
+            self.tokens["completion"] += response.usage.completion_tokens or 0
         if not response.choices:
             return "", None, dialect
         choice = response.choices[0]
@@ -410,13 +415,14 @@ async def diagnose_failures_async(records: list[EvalRecord], image_root: Path, c
                 bar.update()
         logs = [task.result() for task in tasks]
         dialect = client.dialect
-        http_requests = client.http_requests
+        http_requests, tokens = client.http_requests, dict(client.tokens)
     ok = sum(row.diagnosis is not None for row in logs)
     result = DiagnoseResult(logs=logs, requested=len(records), ok=ok, rejected=len(logs) - ok,
-                            cached=sum(row.cached for row in logs), http_requests=http_requests,
+                            cached=sum(row.cached for row in logs), http_requests=http_requests, tokens=tokens,
                             seconds=round(time.perf_counter() - start, 3), dialect=dialect)
-    log.info("teacher: %d diagnosed (%d from cache), %d rejected, %d requests in %.1f s",
-             result.ok, result.cached, result.rejected, result.http_requests, result.seconds)
+    log.info("teacher: %d diagnosed (%d from cache), %d rejected, %d requests (%d+%d tokens) in %.1f s",
+             result.ok, result.cached, result.rejected, result.http_requests, tokens["prompt"],
+             tokens["completion"], result.seconds)
     return result
 
 

@@ -207,7 +207,8 @@ def completion(model: str, content: str, finish: str) -> dict:
     return {
         "id": "chatcmpl-scripted", "object": "chat.completion", "created": int(time.time()), "model": model,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish}],
-        "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+        # Word counts, not a tokenizer's: enough to check that the client adds up what servers report.
+        "usage": {"prompt_tokens": 10, "completion_tokens": len(content.split()), "total_tokens": 10 + len(content.split())},
     }
 
 

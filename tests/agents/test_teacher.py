@@ -52,6 +52,7 @@ def test_happy_path_sends_image_schema_and_shared_prefix(scripted, image_root, m
     assert parts[0]["image_url"]["url"].startswith("data:image/png;base64,")
     assert "1. I count the circles\n2. There are 2" in parts[1]["text"]
     assert request["temperature"] == 0 and request["model"] == "teacher"
+    assert result.tokens["prompt"] == 60 and result.tokens["completion"] > 0  # the cost of the round
 
 
 @pytest.mark.parametrize("fault", ["http500", "invalid_json", "truncated", "bad_schema", "delay"])
