@@ -428,4 +428,12 @@ async def diagnose_failures_async(records: list[EvalRecord], image_root: Path, c
 
 def diagnose_failures(records: list[EvalRecord], image_root: Path, config: TeacherConfig) -> DiagnoseResult:
     """Diagnose every failure; rows come back in the order of ``records`` (sync, for the graph)."""
-    return asyncio.run(diagnose_failures_async(records, image_root, config))
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # the usual case: no loop in this thread
+        return asyncio.run(diagnose_failures_async(records, image_root, config))
+    # Called from inside an event loop (a notebook, an async caller): run ours in a thread of its own.
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, diagnose_failures_async(records, image_root, config)).result()

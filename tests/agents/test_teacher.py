@@ -246,3 +246,14 @@ def test_parse_reply_accepts_fenced_json_and_rejects_prose():
         parse_reply("I think the student is wrong.")
     with pytest.raises(ReplyError, match="empty"):
         parse_reply("  ")
+
+
+def test_sync_wrapper_works_inside_a_running_event_loop(scripted, image_root, make_failure):
+    import asyncio
+
+    server = scripted()
+
+    async def caller():  # e.g. a notebook cell
+        return diagnose_failures([make_failure(0)], image_root, config_for(server))
+
+    assert asyncio.run(caller()).ok == 1
