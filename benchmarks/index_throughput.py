@@ -1,12 +1,13 @@
 """Index throughput: the full `tutorloop index` pipeline against raw SentenceTransformer.encode.
 
 Measured in one run on a synthetic pool (varied instruction texts, one small PNG per sample):
-  * raw ``encode`` samples/s of the same texts, same batch size and normalisation, before and after
-    the pipeline (their mean is the baseline, which brackets drift on a shared machine);
+  * raw ``encode`` samples/s of the same texts, same batch size and normalisation, interleaved with
+    the pipeline runs (raw, pipeline, raw, ..., raw; medians, which bracket a shared machine's drift);
   * the pipeline (read + validate + image checks + embed + cluster + upsert, Qdrant local mode)
     samples/s, and the ratio pipeline / raw (target >= 0.8);
-  * peak RSS of the pipeline at two pool sizes (10k vs 40k by default), each in its own subprocess,
-    next to the RSS that local-mode Qdrant needs just to hold the finished collection;
+  * peak resident memory of the pipeline at two pool sizes (10k vs 40k by default), each in its own
+    subprocess (ru_maxrss, and VmHWM reset just before the run so model loading does not hide it), next
+    to the memory local-mode Qdrant needs just to hold the finished collection;
   * top-50 query latency on the index: no exclusion, and 100 excluded ids with both strategies
     (over-fetch + drop in Python, vs a ``must_not HasId`` filter).
 
@@ -145,29 +146,48 @@ def query_latency(store: Path, model, texts: list[str], n_queries: int, seed: in
     return out
 
 
+def _status_mb(key: str) -> float:
+    """A field of /proc/self/status (VmRSS: resident now, VmHWM: peak resident since the last reset)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _reset_peak() -> bool:
+    """Linux resets VmHWM when 5 is written to clear_refs; then the peak covers only what follows."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
 def child_memory(pool: Path, store: Path, args) -> dict:
-    """Runs in its own process: peak RSS of one pipeline run (and the RSS before it started)."""
+    """Runs in its own process: resident memory of one pipeline run. ru_maxrss is the process's lifetime
+    peak (model loading included); VmHWM after a reset is the peak during the run alone."""
     from retrieval.embed import load_embedder
 
     model = load_embedder()
     model.encode(["warm up"] * 64, batch_size=64)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss_before = _status_mb("VmRSS")
+    reset = _reset_peak()
     result = run_pipeline(pool, store, model, args)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"rss_before_mb": before, "peak_rss_mb": peak, "samples_per_s": result["samples_per_s"]}
+    return {"rss_before_mb": rss_before, "peak_rss_run_mb": _status_mb("VmHWM") if reset else float("nan"),
+            "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "samples_per_s": result["samples_per_s"]}
 
 
 def child_store_memory(store: Path) -> dict:
-    """Runs in its own process: the RSS local-mode Qdrant needs to open (hold) the finished collection."""
-    import qdrant_client  # noqa: F401 - import cost is not the collection's
-
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Runs in its own process: the resident memory local-mode Qdrant needs to hold the finished collection."""
     from retrieval.index import PoolIndex
 
+    before = _status_mb("VmRSS")
     index = PoolIndex.open(store=store)
     count = index.count()
+    held = _status_mb("VmRSS") - before
     index.close()
-    return {"open_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before, "points": count}
+    return {"open_rss_mb": held, "points": count}
 
 
 def in_subprocess(flag: str, *values: str, args) -> dict:
@@ -196,21 +216,23 @@ def markdown(result: dict) -> str:
         "",
         "| measure | value |",
         "|---|---|",
-        f"| raw `encode` samples/s (before / after) | {t['raw_before']:.1f} / {t['raw_after']:.1f} |",
-        f"| pipeline samples/s (read+validate+embed+cluster+upsert) | {t['pipeline']:.1f} |",
-        f"| **ratio pipeline / raw** (target ≥ 0.8) | **{t['ratio']:.2f}** |",
+        f"| raw `encode` samples/s: median (runs) | {t['raw']:.1f} ({', '.join(f'{r:.1f}' for r in t['raw_runs'])}) |",
+        f"| pipeline samples/s (read+validate+embed+cluster+upsert): median (runs) | {t['pipeline']:.1f} "
+        f"({', '.join(f'{r:.1f}' for r in t['pipeline_runs'])}) |",
+        f"| **ratio of medians pipeline / raw** (target ≥ 0.8) | **{t['ratio']:.2f}** |",
         f"| clusters (auto k, silhouette) | {t['k']} ({t['silhouette']:.3f}) |",
         f"| pipeline stage seconds | {', '.join(f'{k} {v:.1f}' for k, v in t['seconds'].items())} |",
     ]
     for size, row in m.items():
-        rows.append(f"| peak RSS at {size} samples (before run / peak / local-mode store alone) | "
-                    f"{row['rss_before_mb']:.0f} / {row['peak_rss_mb']:.0f} / {row['store_open_rss_mb']:.0f} MB |")
+        rows.append(f"| memory at {size} samples: RSS before run / peak during run / ru_maxrss / "
+                    f"local-mode store alone | {row['rss_before_mb']:.0f} / {row['peak_rss_run_mb']:.0f} / "
+                    f"{row['ru_maxrss_mb']:.0f} / {row['store_open_rss_mb']:.0f} MB |")
     sizes = list(m)
     if len(sizes) == 2:
         a, b = m[sizes[0]], m[sizes[1]]
-        rows.append(f"| peak RSS growth {sizes[0]}→{sizes[1]}: total / of which store / pipeline itself | "
-                    f"{b['peak_rss_mb'] - a['peak_rss_mb']:+.0f} / {b['store_open_rss_mb'] - a['store_open_rss_mb']:+.0f} / "
-                    f"{result['pipeline_growth_mb']:+.0f} MB |")
+        rows.append(f"| peak-during-run growth {sizes[0]}→{sizes[1]}: total / of which local-mode store / "
+                    f"pipeline itself | {b['peak_rss_run_mb'] - a['peak_rss_run_mb']:+.0f} / "
+                    f"{b['store_open_rss_mb'] - a['store_open_rss_mb']:+.0f} / {result['pipeline_growth_mb']:+.0f} MB |")
     for name, row in q.items():
         rows.append(f"| query {name} median / p95 | {row['median_ms']:.1f} / {row['p95_ms']:.1f} ms |")
     return "\n".join(rows) + "\n"
@@ -227,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--torch-threads", type=int,
                         help="torch intra-op threads for raw and pipeline alike (default: torch's own choice)")
     parser.add_argument("--encode-batch-size", type=int, default=64, help="encode batch, same for raw and pipeline")
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="pipeline runs, interleaved with repeats+1 raw encode runs; medians (default: 2)")
     parser.add_argument("--queries", type=int, default=50, help="queries timed per latency measure")
     parser.add_argument("--workdir", type=Path, help="where pools and stores go (default: a temp dir, removed)")
     parser.add_argument("--out", type=Path, default=RESULTS / "index_throughput.json", help="JSON result file")
@@ -266,13 +290,18 @@ def measure(args, work: Path, model, embedder_name: str) -> dict:
     pool = make_pool(work / f"pool-{args.n}", args.n)
     texts = pool_texts(pool)
     model.encode(texts[:128], batch_size=args.encode_batch_size)  # warm-up: first calls pay for allocation
-    print(f"raw encode of {len(texts)} texts ...", file=sys.stderr)
-    raw_before = raw_encode_rate(model, texts, args.encode_batch_size)
-    print(f"pipeline on {args.n} records ...", file=sys.stderr)
     store = work / f"store-{args.n}"
-    pipeline = run_pipeline(pool, store, model, args)
-    raw_after = raw_encode_rate(model, texts, args.encode_batch_size)
-    raw = (raw_before + raw_after) / 2
+    # Interleaved raw, pipeline, raw, pipeline, ..., raw: the medians bracket the load of a shared machine.
+    raw_rates, pipelines = [], []
+    for repeat in range(args.repeats):
+        print(f"[{repeat + 1}/{args.repeats}] raw encode of {len(texts)} texts ...", file=sys.stderr)
+        raw_rates.append(raw_encode_rate(model, texts, args.encode_batch_size))
+        print(f"[{repeat + 1}/{args.repeats}] pipeline on {args.n} records ...", file=sys.stderr)
+        pipelines.append(run_pipeline(pool, store, model, args))
+    raw_rates.append(raw_encode_rate(model, texts, args.encode_batch_size))
+    raw = statistics.median(raw_rates)
+    pipeline_rate = statistics.median(p["samples_per_s"] for p in pipelines)
+    pipeline = min(pipelines, key=lambda p: abs(p["samples_per_s"] - pipeline_rate))
     print("query latency ...", file=sys.stderr)
     query = query_latency(store, model, texts, args.queries, seed=1)
 
@@ -287,13 +316,13 @@ def measure(args, work: Path, model, embedder_name: str) -> dict:
     growth = None
     if len(memory) == 2:
         a, b = memory.values()
-        growth = (b["peak_rss_mb"] - b["store_open_rss_mb"]) - (a["peak_rss_mb"] - a["store_open_rss_mb"])
+        growth = (b["peak_rss_run_mb"] - b["store_open_rss_mb"]) - (a["peak_rss_run_mb"] - a["store_open_rss_mb"])
     return {
         "n": args.n, "embedder": embedder_name, "batch_size": args.batch_size,
         "encode_batch_size": args.encode_batch_size, "machine": f"{os.cpu_count()} CPU cores (shared)",
         "torch_threads": _torch_threads(),
-        "throughput": {"raw_before": raw_before, "raw_after": raw_after, "raw": raw,
-                       "pipeline": pipeline["samples_per_s"], "ratio": pipeline["samples_per_s"] / raw,
+        "throughput": {"raw_runs": raw_rates, "raw": raw, "pipeline_runs": [p["samples_per_s"] for p in pipelines],
+                       "pipeline": pipeline_rate, "ratio": pipeline_rate / raw,
                        "seconds": pipeline["seconds"], "k": pipeline["k"], "silhouette": pipeline["silhouette"] or 0.0,
                        "counts": pipeline["counts"]},
         "memory": memory, "pipeline_growth_mb": growth, "query": query,

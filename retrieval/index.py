@@ -79,9 +79,10 @@ class PoolIndex:
         *,
         store: Path | str | None = None,
         url: str | None = None,
-        collection: str = DEFAULT_COLLECTION,
+        collection: str | None = DEFAULT_COLLECTION,
         api_key: str | None = None,
     ) -> PoolIndex:
+        collection = collection or DEFAULT_COLLECTION
         if (store is None) == (url is None):
             raise ValueError("give exactly one of store (embedded Qdrant folder) or url (Qdrant server)")
         if store is not None:
@@ -125,7 +126,7 @@ class PoolIndex:
             # Local mode scores every point either way but evaluates filters point by point in Python;
             # over-fetching by the size of the exclusion set and dropping in Python is cheaper.
             points = self._query(query, limit + len(exclude), None, with_vectors)
-            points = [p for p in points if p.payload["sample_id"] not in exclude][:limit]
+            points = [p for p in points if (p.payload or {}).get("sample_id") not in exclude][:limit]
         else:
             flt = None
             if exclude:
