@@ -4,7 +4,9 @@
 ``AutoModelForImageTextToText`` + ``AutoProcessor``, optionally with a PEFT adapter on top. bf16 on
 CUDA, fp32 on CPU.
 
-Prompts use the processor's chat template when it has one, else ``<image>\\n{question}``.
+Prompts use the processor's chat template when it has one, else ``<image>\\n{question}``. The question
+is the sample's last human turn (the one the reference answers); earlier turns of a multi-turn sample
+are not replayed into the prompt.
 
 Text-only samples (``image`` is None) get a blank mid-grey image of the processor's size and keep the
 image placeholder in the prompt. Why: every row of a batch then has the same layout, which is what the
