@@ -315,6 +315,15 @@ def _forgetting(generic: float | None, zero_generic: float | None) -> float | No
     return None if generic is None or zero_generic is None else generic - zero_generic
 
 
+def recorded_teacher(runs: list[tuple[str, float, int, Path]]) -> dict | None:
+    """The teacher settings a teacher run was made with (from its run.json)."""
+    for name, _, _, out in runs:
+        if name.startswith("teacher"):
+            teacher = _read(out / "run.json")["config"]["teacher"]
+            return {k: teacher.get(k) for k in ("base_url", "model", "dialect", "send_images", "concurrency")}
+    return None
+
+
 def zero_shot_row(zero_shot: Path) -> dict:
     metrics = _read(zero_shot / "metrics.json")
     return {"strategy": "zero-shot", "budget_fraction": 0.0, "seed": None, "budget": 0,
@@ -535,7 +544,10 @@ def teacher_endpoint(args: argparse.Namespace, notes: list[str]):
     """Yields the teacher settings, or None (teacher rows skipped, with a note) when none is available."""
     from agents.cpu_teacher import cpu_teacher_available, serve_cpu_teacher
 
-    if args.teacher == "none":
+    if args.report_only:  # reading finished runs needs no live teacher
+        notes.append("--report-only: nothing was run in this call; each run's teacher is in its run.json")
+        yield {}
+    elif args.teacher == "none":
         notes.append("teacher rows skipped: --teacher none")
         yield None
     elif args.teacher:
@@ -577,6 +589,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--strategies", default=",".join(s.name for s in STRATEGIES),
                         help="strategies to run, comma-separated")
     parser.add_argument("--no-full-pool", action="store_true", help="skip the full-pool row")
+    parser.add_argument("--report-only", action="store_true",
+                        help="run nothing: report the complete runs among those asked for, note the rest")
     parser.add_argument("--out", type=Path, default=Path("runs/selection"), help="run directories (reused)")
     parser.add_argument("--world", type=Path, help="demo world folder (default: OUT/world)")
     parser.add_argument("--world-seed", type=int, default=0, help="seed of the demo world and its student")
@@ -642,16 +656,26 @@ def benchmark_task(task: str, args: argparse.Namespace, settings: Settings, comm
     world = prepare_world(task, args, settings)
     task_dir = args.out / task
     rows: list[dict] = []
-    with teacher_endpoint(args, notes) if any(s.needs_teacher for s in strategies) else contextlib.nullcontext(None) as teacher:
+    needs_teacher = any(s.needs_teacher for s in strategies)
+    with teacher_endpoint(args, notes) if needs_teacher else contextlib.nullcontext(None) as teacher:
         if teacher is not None:
             teacher = {**teacher, "cache_dir": str(task_dir / "teacher_cache")}  # shared: round 1 is asked once
         jobs = [(seed, fraction, s) for seed in seeds for fraction in budgets for s in strategies
                 if teacher is not None or not s.needs_teacher]
         runs = []
         for seed, fraction, strategy in tqdm(jobs, desc=f"selection {task}", unit="run"):
+            out = task_dir / f"seed{seed}" / f"{strategy.name}-b{fraction:g}"
+            if args.report_only and not run_complete(out):
+                notes.append(f"not run yet (--report-only): {strategy.name} at {fraction:g}, seed {seed}")
+                continue
             runs.append((strategy.name, fraction, seed,
                          run_strategy(world, strategy, fraction, seed, task_dir, settings, teacher)))
-    full_runs = [] if args.no_full_pool else [(seed, run_full_pool(world, seed, task_dir, settings)) for seed in seeds]
+    full_runs = []
+    for seed in [] if args.no_full_pool else seeds:
+        if args.report_only and not (task_dir / f"seed{seed}" / "full-pool" / "result.json").exists():
+            notes.append(f"not run yet (--report-only): full-pool, seed {seed}")
+            continue
+        full_runs.append((seed, run_full_pool(world, seed, task_dir, settings)))
     zero_shot = task_dir / "zero-shot"
     zero_generic = None
     if (zero_shot / "metrics.json").exists():
@@ -666,7 +690,7 @@ def benchmark_task(task: str, args: argparse.Namespace, settings: Settings, comm
     rows += [full_pool_row(out, seed, zero_generic, world.target_sources) for seed, out in full_runs]
     payload = {**settings.__dict__, "task": task, "budgets": budgets, "seeds": seeds,
                "pool_count": world.pool_count, "target_sources": list(world.target_sources),
-               "student": str(world.student), "threads": args.threads}
+               "student": str(world.student), "threads": args.threads, "teacher": recorded_teacher(runs)}
     return write_results(task, rows, payload, notes, args.results, command)
 
 
