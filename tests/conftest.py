@@ -27,6 +27,7 @@ torch.set_num_threads(int(os.environ.get("TUTORLOOP_TEST_THREADS", "1")))
 COLOURS = {"red": (220, 40, 40), "blue": (40, 60, 220), "green": (40, 180, 60), "yellow": (230, 210, 40)}
 SHAPES = ("square", "circle")
 COLOUR_QUESTION = "What colour is the shape?"
+WARMTH_QUESTION = "Is the colour warm or cool?"  # a new skill on top of colour (red/yellow warm)
 # Small enough that a LoRA step takes tens of milliseconds on one core, big enough to learn colours.
 TINY_KNOBS = {"image_size": 32, "patch_size": 8, "vision_hidden": 32, "vision_layers": 1, "hidden": 64,
               "layers": 2, "heads": 2}
@@ -72,7 +73,8 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> TinyData:
         yes_no.append(make_sample(f"check-{i:03d}", name, f"Is the shape {asked}?",
                                   "yes" if asked == colour else "no", "colour_check"))
     texts = [COLOUR_QUESTION, *COLOURS, *SHAPES, "yes", "no", "What shape is it?",
-             *(f"Is the shape {c}?" for c in COLOURS), "Which colour do you see in the picture?"]
+             *(f"Is the shape {c}?" for c in COLOURS), "Which colour do you see in the picture?",
+             WARMTH_QUESTION, "warm", "cool"]
     return TinyData(root=root, samples=samples, yes_no=yes_no, texts=texts)
 
 

@@ -179,7 +179,9 @@ def build_inputs(student: Student, items: list[PromptItem], *, with_image: bool 
     for item in items:
         prompt = build_prompt(processor, item.question, with_image=with_image)
         if item.answer is not None:
-            answer = f" {item.answer.strip()}{tokenizer.eos_token or ''}"
+            # a space after "assistant:", none after a template's "assistant\n" (the natural next token)
+            gap = "" if prompt[-1:].isspace() else " "
+            answer = f"{gap}{item.answer.strip()}{tokenizer.eos_token or ''}"
             answer_lengths.append(len(tokenizer(answer, add_special_tokens=False)["input_ids"]))
             prompt += answer
         texts.append(prompt)

@@ -22,6 +22,8 @@ from training.lora import (
 )
 from training.student import build_inputs, items_from_samples, load_student
 
+from ..conftest import WARMTH_QUESTION, make_sample
+
 FAST = {"epochs": 4, "batch_size": 8, "lr": 5e-3, "dropout": 0.0}
 PROJECTOR = {"llava": "multi_modal_projector", "idefics3": "connector"}
 
@@ -158,3 +160,26 @@ def test_train_full_moves_all_weights_and_saves_a_loadable_model(colour_llava, t
         peft_student = load_student(tiny_llava, device="cpu")
         train_lora(peft_student, [], None, LoraTrainConfig(), tmp_path / "a", progress=False)
         train_full(peft_student, tiny_data.samples, tiny_data.root, TrainConfig(), tmp_path / "b", progress=False)
+
+
+
+
+
+def test_lora_teaches_a_new_skill_and_replay_keeps_the_old_one(colour_llava, tiny_data, tmp_path):
+    """The colour student cannot say whether a colour is warm or cool; one LoRA round teaches it (the
+    colour features are already there), and replayed colour questions keep the colour skill."""
+    from training.evaluate import evaluate
+
+    warmth = [make_sample(f"warm-{s.id}", s.image, WARMTH_QUESTION,
+                          "warm" if s.reference in {"red", "yellow"} else "cool", "warmth") for s in tiny_data.samples]
+
+    def accuracy(student, samples):
+        return evaluate(student, samples, tiny_data.root, progress=False).summary["accuracy"]
+
+    base = load_student(colour_llava, device="cpu")
+    assert accuracy(base, warmth) == 0.0
+    config = LoraTrainConfig(epochs=20, batch_size=8, lr=5e-3, dropout=0.0, replay_ratio=1.0, seed=0)
+    train_lora(base, warmth, tiny_data.root, config, tmp_path, replay=tiny_data.samples, progress=False)
+    tuned = load_student(colour_llava, adapter=tmp_path, device="cpu")
+    assert accuracy(tuned, warmth) == 1.0
+    assert accuracy(tuned, tiny_data.samples) == 1.0
