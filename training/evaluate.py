@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from retrieval.records import Sample
 from training.matching import get_matcher
 from training.records import EvalRecord
-from training.student import Student, build_inputs, items_from_samples
+from training.student import Student, build_inputs, items_from_samples, length_order
 
 _ANSWER = re.compile(r"(?:final\s+)?answer\s*(?:is)?\s*[:：]", re.I)
 _STEP = re.compile(r"(?:^|\s)(?:step\s*\d+\s*[:.)]|\d+[.)]\s)", re.I)
@@ -92,16 +92,19 @@ def evaluate(
 ) -> EvalResult:
     match = get_matcher(matcher)
     student.model.eval()
-    records: list[EvalRecord] = []
+    done: dict[int, EvalRecord] = {}
+    order = length_order([s.question for s in samples])  # similar lengths together: less padding
     bar = tqdm(total=len(samples), desc="evaluate", unit="sample", disable=not progress)
     for start in range(0, len(samples), batch_size):
-        batch = samples[start : start + batch_size]
-        for sample, output in zip(batch, generate(student, batch, image_root, max_new_tokens=max_new_tokens),
-                                  strict=True):
-            records.append(make_record(sample, output, match))
+        index = order[start : start + batch_size]
+        batch = [samples[i] for i in index]
+        outputs = generate(student, batch, image_root, max_new_tokens=max_new_tokens)
+        for i, sample, output in zip(index, batch, outputs, strict=True):
+            done[i] = make_record(sample, output, match)
         bar.update(len(batch))
-        bar.set_postfix(accuracy=f"{sum(r.correct for r in records) / len(records):.3f}")
+        bar.set_postfix(accuracy=f"{sum(r.correct for r in done.values()) / len(done):.3f}")
     bar.close()
+    records = [done[i] for i in range(len(samples))]  # back in the file's order
     return EvalResult(records=records, summary=summarize(records))
 
 

@@ -10,7 +10,8 @@
 - ``answer_perplexity`` / ``image_grounding`` (Adapt-∞): perplexity of the reference answer given the
   prompt with and without the image; grounding = PPL(without) / PPL(with), > 1 when the image helps.
   "Without the image" is a true text-only forward: no image placeholder in the prompt and no pixels
-  (for LLaVA/Idefics3 that runs the language model alone), not a blank image.
+  (for LLaVA/Idefics3 that runs the language model alone), not a blank image. A text-only sample's
+  "with image" side gets the blank image every text-only sample gets, so its grounding stays near 1.
 
 The instruction is the last human turn (the one the reference answers), as in evaluation and training.
 Left padding shifts absolute positions, which rotary embeddings (relative by construction) ignore up to
@@ -28,22 +29,35 @@ import torch
 from tqdm.auto import tqdm
 
 from retrieval.records import Sample
-from training.student import PromptItem, Student, answer_nll, build_inputs, load_image
+from training.student import (
+    PromptItem,
+    Student,
+    accepts_logits_to_keep,
+    answer_nll,
+    build_inputs,
+    length_order,
+    load_image,
+)
 
 
 def _embed_items(student: Student, items: list[PromptItem], batch_size: int, progress: bool, desc: str) -> np.ndarray:
     student.model.eval()
-    out: list[np.ndarray] = []
+    order = length_order([item.question for item in items])  # similar lengths together: less padding
+    head = {"logits_to_keep": 1} if accepts_logits_to_keep(student.model) else {}  # the LM head is not needed
+    out: np.ndarray | None = None
     with torch.inference_mode():
         for start in tqdm(range(0, len(items), batch_size), desc=desc, unit="batch", disable=not progress):
-            batch = build_inputs(student, items[start : start + batch_size])
+            index = order[start : start + batch_size]
+            batch = build_inputs(student, [items[i] for i in index])
             mask = batch["attention_mask"]
-            result = student.model(**batch, output_hidden_states=True,
-                                   logits_to_keep=1, use_cache=False)
+            result = student.model(**batch, output_hidden_states=True, use_cache=False, **head)
             hidden = result.hidden_states[-1].float()
             weights = mask.unsqueeze(-1).to(hidden.dtype)
-            out.append(((hidden * weights).sum(1) / weights.sum(1).clamp(min=1)).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
+            pooled = ((hidden * weights).sum(1) / weights.sum(1).clamp(min=1)).cpu().numpy()
+            if out is None:
+                out = np.zeros((len(items), pooled.shape[1]), dtype=np.float32)
+            out[index] = pooled
+    return out if out is not None else np.zeros((0, 0), dtype=np.float32)
 
 
 def sample_embeddings(
@@ -103,14 +117,15 @@ def answer_perplexity(
 ) -> np.ndarray:
     """(n,) float64: exp of the mean negative log-likelihood of the reference answer (+ EOS) tokens."""
     student.model.eval()
-    out: list[np.ndarray] = []
+    order = length_order([f"{s.question} {s.reference}" for s in samples])
+    out = np.zeros(len(samples))
     with torch.inference_mode():
         for start in tqdm(range(0, len(samples), batch_size), desc="perplexity", unit="batch", disable=not progress):
-            chunk = samples[start : start + batch_size]
-            items = [PromptItem(load_image(s, image_root) if with_image else None, s.question, s.reference)
-                     for s in chunk]
-            out.append(_batch_perplexity(student, build_inputs(student, items, with_image=with_image)))
-    return np.concatenate(out) if out else np.zeros(0)
+            index = order[start : start + batch_size]
+            items = [PromptItem(load_image(samples[i], image_root) if with_image else None, samples[i].question,
+                                samples[i].reference) for i in index]
+            out[index] = _batch_perplexity(student, build_inputs(student, items, with_image=with_image))
+    return out
 
 
 def _batch_perplexity(student: Student, batch) -> np.ndarray:
