@@ -20,8 +20,9 @@ from training.matching import get_matcher
 from training.records import EvalRecord
 from training.student import Student, build_inputs, items_from_samples, length_order
 
-_ANSWER = re.compile(r"(?:final\s+)?answer\s*(?:is)?\s*[:：]", re.I)
+_ANSWER = re.compile(r"(?:final\s+)?answer\s*(?:is)?\s*[:：]|\banswer\s+is\s+", re.I)
 _STEP = re.compile(r"(?:^|\s)(?:step\s*\d+\s*[:.)]|\d+[.)]\s)", re.I)
+_LEAD_IN = re.compile(r"(?:\b(?:so|thus|therefore|hence|the|my|final|and)\b[\s,]*)+$", re.I)
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=\S)")
 
 
@@ -43,6 +44,7 @@ def split_answer(output: str) -> tuple[list[str], str]:
     markers = list(_ANSWER.finditer(text))
     if markers:
         reasoning, answer = text[: markers[-1].start()], text[markers[-1].end():].strip().split("\n")[0]
+        reasoning = _LEAD_IN.sub("", reasoning.rstrip())  # "... So the answer is": "So the" is no step
     elif "\n" in text or _STEP.search(text):
         reasoning, answer = text, ""
     else:

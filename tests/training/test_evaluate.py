@@ -72,6 +72,8 @@ def test_text_only_sample_is_evaluated(colour_llava, tiny_data):
     ("The shape is a circle. It is red. Final answer: red", ["The shape is a circle.", "It is red.", "Answer: red"], "red"),
     ("1. look at the shape\n2. it is blue", ["look at the shape", "it is blue"], "it is blue"),
     ("answer : blue", [], "blue"),
+    ("The answer is blue.", [], "blue."),
+    ("It is round. So the answer is blue", ["It is round.", "Answer: blue"], "blue"),
 ])
 def test_split_answer(output, steps, answer):
     assert split_answer(output) == (steps, answer)
