@@ -24,27 +24,28 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m demo.check", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/check"), help="world and results folder")
     parser.add_argument("--target", default=next(iter(TARGETS)), choices=sorted(TARGETS))
-    parser.add_argument("--pool-size", type=int, default=20000, help="pool to draw the target's skill from")
-    parser.add_argument("--n-train", type=int, default=1500, help="pool samples of the target's skill")
+    parser.add_argument("--pool-size", type=int, default=30000, help="pool to draw the target's skill from")
+    parser.add_argument("--n-train", type=int, default=1200, help="pool samples of the target's skill")
     parser.add_argument("--replay", type=float, default=0.5, help="generic replay samples per selected sample")
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--student-cache", type=Path, default=None, help="where built students are cached")
     args = parser.parse_args(argv)
     result = check(args.out, args.target, pool_size=args.pool_size, n_train=args.n_train, replay=args.replay,
-                   epochs=args.epochs, lr=args.lr, seed=args.seed)
+                   epochs=args.epochs, lr=args.lr, seed=args.seed, student_cache=args.student_cache)
     print(json.dumps(result, indent=2))
     return 0
 
 
 def check(out: Path, target: str, *, pool_size: int, n_train: int, replay: float, epochs: int, lr: float,
-          seed: int) -> dict:
+          seed: int, student_cache: Path | None = None) -> dict:
     from retrieval.ingest import load_samples
     from training.evaluate import evaluate
     from training.lora import LoraTrainConfig, train_lora
     from training.student import load_student
 
-    world = build_world(out / "world", pool_size=pool_size, seed=seed, targets=[target])
+    world = build_world(out / "world", pool_size=pool_size, seed=seed, targets=[target], student_cache=student_cache)
     sources = {SKILLS[s].source for s in TARGETS[target].skills}
     pool = load_samples(world.pool, world.image_root)
     chosen = [s for s in pool if s.source in sources][:n_train]

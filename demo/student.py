@@ -35,9 +35,9 @@ class PretrainSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     skills: tuple[str, ...] = GENERIC_SKILLS
-    n_train: int = Field(16000, gt=0, description="clean generic samples (images shared across skills)")
+    n_train: int = Field(12000, gt=0, description="clean generic samples (images shared across skills)")
     epochs: int = Field(1, gt=0)
-    lr: float = Field(2e-3, gt=0)
+    lr: float = Field(1e-3, gt=0)
     batch_size: int = Field(16, gt=0)
     warmup_ratio: float = Field(0.05, ge=0, le=1)
     n_eval_per_skill: int = Field(100, gt=0, description="samples per skill and per target when measuring")

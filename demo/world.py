@@ -432,7 +432,7 @@ SKILL_LIST: tuple[Skill, ...] = (
 SKILLS: dict[str, Skill] = {s.name: s for s in SKILL_LIST}
 
 # What the pre-trained student is taught; the other skills exist only in the pool (targets need them).
-GENERIC_SKILLS = ("colour", "shape", "size", "side", "vertical", "count")
+GENERIC_SKILLS = ("colour", "size", "side", "vertical", "count")
 
 # Off-topic pool samples: text-only questions or questions that ignore the image. Their words are in the
 # vocabulary too, so they are well-formed noise rather than unknown tokens.
