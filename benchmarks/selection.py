@@ -635,6 +635,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--teacher-model", default="teacher", help="model name the teacher endpoint serves")
     parser.add_argument("--teacher-dialect", default="auto", choices=["auto", "json_schema", "json_object"])
     parser.add_argument("--teacher-text-only", action="store_true", help="do not send images to --teacher")
+    parser.add_argument("--note", action="append", default=[], help="a line for the report's notes (repeatable)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core box)")
     parser.add_argument("--quick", action="store_true",
                         help="CI mode: 600-sample pool, one budget (5%%), one seed, small val/test, 1 round of "
@@ -675,14 +676,15 @@ def benchmark_task(task: str, args: argparse.Namespace, settings: Settings, comm
     if unknown:
         raise SystemExit(f"--strategies: unknown {sorted(unknown)}; known: {[s.name for s in STRATEGIES]}")
     strategies = [s for s in STRATEGIES if s.name in wanted]
-    notes: list[str] = []
+    skipped: list[str] = []
     if settings.rounds == 1 and any(s.name == "teacher-no-replay" for s in strategies):
         # the loop replays earlier rounds' selections: with one round there is nothing to replay
         strategies = [s for s in strategies if s.name != "teacher-no-replay"]
-        notes.append("teacher-no-replay skipped: with 1 round there is no earlier selection to replay "
-                     "(it would equal teacher)")
+        skipped.append("teacher-no-replay skipped: with 1 round there is no earlier selection to replay "
+                       "(it would equal teacher)")
     world = prepare_world(task, args, settings)
     task_dir = args.out / task
+    notes = [*args.note, *skipped]
     check_same_world(task_dir, world, args.world or args.out / "world")
     rows: list[dict] = []
     needs_teacher = any(s.needs_teacher for s in strategies)
