@@ -19,12 +19,16 @@ import json
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
 from demo.pool import NoiseConfig, write_clean, write_pool
 from demo.targets import TARGETS, write_target
 from demo.world import GENERIC_SKILLS, WORLD_VERSION
+
+if TYPE_CHECKING:
+    from demo.student import PretrainSettings
 
 
 class WorldPaths(BaseModel):
@@ -47,6 +51,7 @@ def build_world(
     n_generic_per_skill: int = 50,
     noise: NoiseConfig | None = None,
     student_cache: Path | str | None = None,
+    student_settings: PretrainSettings | None = None,
     with_student: bool = True,
     progress: bool = True,
 ) -> WorldPaths:
@@ -86,7 +91,7 @@ def build_world(
         from demo.student import build_student  # torch is imported only when a student is wanted
 
         student = build_student(Path(student_cache) if student_cache else root / "students", seed=seed,
-                                progress=progress)
+                                settings=student_settings, progress=progress)
     return WorldPaths(root=root, pool=pool, image_root=pool.parent, targets=target_paths, generic=generic,
                       student=student)
 

@@ -39,13 +39,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def check(out: Path, target: str, *, pool_size: int, n_train: int, replay: float, epochs: int, lr: float,
-          seed: int, student_cache: Path | None = None) -> dict:
+          seed: int, student_cache: Path | None = None, student_settings=None) -> dict:
     from retrieval.ingest import load_samples
     from training.evaluate import evaluate
     from training.lora import LoraTrainConfig, train_lora
     from training.student import load_student
 
-    world = build_world(out / "world", pool_size=pool_size, seed=seed, targets=[target], student_cache=student_cache)
+    world = build_world(out / "world", pool_size=pool_size, seed=seed, targets=[target], student_cache=student_cache,
+                        student_settings=student_settings)
     sources = {SKILLS[s].source for s in TARGETS[target].skills}
     pool = load_samples(world.pool, world.image_root)
     chosen = [s for s in pool if s.source in sources][:n_train]
