@@ -145,8 +145,11 @@ def diagnose(state: LoopState, loop: Runtime) -> dict:
                 update={"cache_dir": loop.run_dir.root / "teacher_cache"})
             result = diagnose_failures(asked, config.image_root_of(config.val), teacher)
             write_jsonl(folder / "diagnoses.jsonl", result.logs)
-            gaps = plan_gaps([row.diagnosis for row in result.logs if row.diagnosis], budget,
-                             sample_ids=[row.sample_id for row in result.logs if row.diagnosis])
+            diagnosed = [row for row in result.logs if row.diagnosis]
+            # the failed questions join the teacher's queries: a weak teacher's skill names alone can miss
+            gaps = plan_gaps([row.diagnosis for row in diagnosed], budget,
+                             sample_ids=[row.sample_id for row in diagnosed],
+                             questions=[row.question for row in diagnosed])
         elif config.selector == "failures":
             gaps = gaps_from_failures(failures, budget)
             write_jsonl(folder / "diagnoses.jsonl", [DiagnosisLog.from_failure(r) for r in failures])
