@@ -25,6 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, default=2, help="rounds of the loop (default: 2)")
     parser.add_argument("--selector", choices=["teacher", "failures", "random"],
                         help="default: teacher when the CPU teacher is installed, else failures")
+    parser.add_argument("--max-diagnoses", type=int, default=8,
+                        help="failures the CPU teacher diagnoses per round (SmolLM2 takes ~10 s each; default: 8)")
     parser.add_argument("--seed", type=int, default=0, help="seed of world, student and selection (default: 0)")
 
 
@@ -48,12 +50,14 @@ def run(args: argparse.Namespace) -> int:
     out = args.out / f"run-{target}-{selector}"
     teacher_server = serve_cpu_teacher() if selector == "teacher" else contextlib.nullcontext(None)
     with teacher_server as teacher_url:
-        teacher = {"send_images": False, "dialect": "json_object", "concurrency": 4}
+        # SmolLM2 reads no images and speaks llama.cpp's json_object dialect; one request at a time is all
+        # llama-cpp-python's server runs, so a few in flight only hide the HTTP round trips.
+        teacher = {"send_images": False, "dialect": "json_object", "concurrency": 2, "max_tokens": 192}
         if teacher_url:
             teacher["base_url"] = teacher_url
         config = RunConfig(student=world.student, val=val, test=test, generic=world.generic, store=store,
                            budget=args.budget, rounds=args.rounds, selector=selector, seed=args.seed, out=out,
-                           teacher=teacher)
+                           teacher=teacher, max_diagnoses=args.max_diagnoses)
         summary = execute(config, run_id=f"demo-{target}-{selector}-{args.seed}")
     print_summary(summary, out)
     console.print(before_after_table(out))
