@@ -10,7 +10,7 @@ from demo.student import PretrainSettings, build_student, student_key
 from demo.targets import TARGETS
 from demo.world import GENERIC_SKILLS, SKILLS
 
-TINY = PretrainSettings(n_train=32, batch_size=16, n_eval_per_skill=2)
+TINY = PretrainSettings(n_train=32, batch_size=16, epochs=1, n_eval_per_skill=2)
 
 
 def test_key_depends_on_seed_and_settings():
