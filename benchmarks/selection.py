@@ -288,18 +288,20 @@ def composition(records: list[dict], target_sources: tuple[str, ...]) -> dict:
     }
 
 
-def diagnose_rounds(out: Path) -> list[tuple[float, int]]:
-    """(diagnose seconds, diagnoses asked) of each round >= 1 of a run."""
+def diagnose_rounds(out: Path) -> list[tuple[float, int, int]]:
+    """(diagnose seconds, diagnoses asked, of which served from the reply cache) of each round >= 1."""
     found = []
     for n in _rounds(out)[1:]:
         folder = out / f"round_{n:02d}"
-        found.append((_read(folder / "seconds.json").get("diagnose", 0.0), len(_read_jsonl(folder / "diagnoses.jsonl"))))
+        rows = _read_jsonl(folder / "diagnoses.jsonl")
+        found.append((_read(folder / "seconds.json").get("diagnose", 0.0), len(rows),
+                      sum(1 for r in rows if r.get("cached"))))
     return found
 
 
-def diagnosis_cost(run_dirs: list[Path], paid_above_s: float = 0.5) -> float:
-    """Median seconds per teacher diagnosis over the rounds that paid for theirs (not served from the cache)."""
-    per = [s / n for out in run_dirs for s, n in diagnose_rounds(out) if n and s / n >= paid_above_s]
+def diagnosis_cost(run_dirs: list[Path]) -> float:
+    """Median seconds per uncached teacher diagnosis over the rounds that asked the teacher anything."""
+    per = [s / (n - c) for out in run_dirs for s, n, c in diagnose_rounds(out) if n > c]
     return statistics.median(per) if per else 0.0
 
 
@@ -307,8 +309,8 @@ def strategy_row(out: Path, strategy: str, fraction: float, seed: int, zero_gene
                  target_sources: tuple[str, ...], diagnosis_s: float = 0.0) -> dict:
     """``diagnosis_s``: seconds one uncached teacher diagnosis costs. Teacher replies are cached and shared
     by the runs of a task (round 1 asks every run of a seed the same questions, and a student that barely
-    moved asks them again in round 2), so each round is charged at least ``asked x diagnosis_s``: a run's
-    selection cost is what it would pay alone, never what the cache saved it."""
+    moved asks some again in round 2), so each reply a run got from the cache is charged ``diagnosis_s``:
+    a run's selection cost is what it would pay alone, never what the cache saved it."""
     rounds = _rounds(out)
     final = _read(out / f"round_{rounds[-1]:02d}" / "metrics.json")
     seconds: Counter = Counter()
@@ -317,7 +319,7 @@ def strategy_row(out: Path, strategy: str, fraction: float, seed: int, zero_gene
         folder = out / f"round_{n:02d}"
         seconds.update(_read(folder / "seconds.json"))
         selected += _read_jsonl(folder / "selected.jsonl")
-    cached = sum(max(0.0, n * diagnosis_s - s) for s, n in diagnose_rounds(out)) if diagnosis_s else 0.0
+    cached = sum(c * diagnosis_s for _, _, c in diagnose_rounds(out))
     seconds["diagnose"] = seconds.get("diagnose", 0.0) + cached
     selection_s = sum(seconds.get(k, 0.0) for k in ("diagnose", "retrieve", "rerank"))
     return {
@@ -452,8 +454,8 @@ def markdown(task: str, table: list[dict], checks: list[dict], settings: dict, n
     lines += ["", "## Policies", "", f"- {FULL_POOL_POLICY}", f"- {FINAL_POLICY}",
               "- every run spends its whole budget (patience = rounds: no early stop), split evenly over rounds.",
               "- teacher replies are cached and shared by the runs of a task (they often ask the same questions); "
-              "every teacher round is charged at least (diagnoses asked x the median uncached seconds per "
-              "diagnosis), so selection seconds are what a run alone would pay."]
+              "every reply a run got from the cache is charged the median uncached seconds per diagnosis, so "
+              "selection seconds are what a run alone would pay."]
     if notes:
         lines += ["", "## Notes", "", *(f"- {n}" for n in notes)]
     lines += ["", f"Command: `{command}`", ""]

@@ -98,18 +98,19 @@ def test_plot_writes_png(selection, tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def _write_run(root: Path, rounds: list[tuple[float, int]]) -> Path:
+def _write_run(root: Path, rounds: list[tuple[float, int, int]]) -> Path:
     import json
 
     (root / "round_00").mkdir(parents=True)
     (root / "round_00" / "metrics.json").write_text(json.dumps({"test_accuracy": 0.2, "generic_accuracy": 0.9}))
-    for n, (diagnose_s, asked) in enumerate(rounds, start=1):
+    for n, (diagnose_s, asked, cached) in enumerate(rounds, start=1):
         folder = root / f"round_{n:02d}"
         folder.mkdir()
         (folder / "metrics.json").write_text(json.dumps({"test_accuracy": 0.5, "generic_accuracy": 0.88}))
         (folder / "seconds.json").write_text(json.dumps({"diagnose": diagnose_s, "retrieve": 1.0, "rerank": 2.0,
                                                          "train": 5.0, "evaluate": 3.0}))
-        (folder / "diagnoses.jsonl").write_text("{}\n" * asked)
+        (folder / "diagnoses.jsonl").write_text(
+            "".join(json.dumps({"cached": i < cached}) + "\n" for i in range(asked)))
         (folder / "selected.jsonl").write_text(
             json.dumps({"id": f"a{n}", "source": "side_colour-v1"}) + "\n"
             + json.dumps({"id": f"b{n}", "source": "colour-v1", "noise": "wrong_answer"}) + "\n")
@@ -118,14 +119,14 @@ def _write_run(root: Path, rounds: list[tuple[float, int]]) -> Path:
 
 
 def test_cached_diagnoses_are_charged(selection, tmp_path):
-    paid = _write_run(tmp_path / "paid", [(40.0, 4), (44.0, 4)])  # 10 and 11 s per diagnosis
-    cached = _write_run(tmp_path / "cached", [(0.05, 4), (22.0, 2)])  # round 1 from the cache
+    paid = _write_run(tmp_path / "paid", [(40.0, 4, 0), (44.0, 4, 0)])  # 10 and 11 s per diagnosis
+    cached = _write_run(tmp_path / "cached", [(0.05, 4, 4), (22.0, 4, 2)])  # round 1 all from the cache
     cost = selection.diagnosis_cost([paid, cached])
-    assert cost == pytest.approx(11.0)  # median of 10, 11, 11 (the cached round is not a price)
+    assert cost == pytest.approx(11.0)  # median of 10, 11, 22/2 (a fully cached round is no price)
     row = selection.strategy_row(cached, "teacher", 0.05, 0, 0.9, ("side_colour-v1",), cost)
-    assert row["seconds"]["diagnose"] == pytest.approx(44.0 + 22.0)  # round 1 charged 4 x 11
-    assert row["seconds"]["diagnose_charged_for_cache"] == pytest.approx(44.0 - 0.05)
-    assert row["seconds"]["selection"] == pytest.approx(66.0 + 2 * 3.0)
+    assert row["seconds"]["diagnose_charged_for_cache"] == pytest.approx(6 * 11.0)
+    assert row["seconds"]["diagnose"] == pytest.approx(0.05 + 22.0 + 66.0)
+    assert row["seconds"]["selection"] == pytest.approx(88.05 + 2 * 3.0)
     assert row["seconds"]["training"] == 10.0
     assert row["selected"] == 4 and row["noise_share"] == 0.5 and row["on_target_share"] == 0.5
     assert row["forgetting"] == pytest.approx(-0.02) and row["test_accuracy"] == 0.5
