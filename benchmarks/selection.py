@@ -335,8 +335,22 @@ def strategy_row(out: Path, strategy: str, fraction: float, seed: int, zero_gene
                     "evaluation": round(seconds.get("evaluate", 0.0), 3),
                     **{k: round(seconds.get(k, 0.0), 3) for k in ("diagnose", "retrieve", "rerank")},
                     "diagnose_charged_for_cache": round(cached, 3)},
+        "per_round": per_round(out, rounds),
         "run_dir": str(out),
     }
+
+
+def per_round(out: Path, rounds: list[int]) -> list[dict]:
+    """Accuracies after each round (0 = the untouched student) and the round's seconds per stage."""
+    found = []
+    for n in rounds:
+        folder = out / f"round_{n:02d}"
+        metrics = _read(folder / "metrics.json")
+        seconds = _read(folder / "seconds.json") if (folder / "seconds.json").exists() else {}
+        found.append({"round": n, "selected": len(_read_jsonl(folder / "selected.jsonl")),
+                      **{k: metrics.get(k) for k in ("val_accuracy", "test_accuracy", "generic_accuracy")},
+                      "seconds": seconds})
+    return found
 
 
 def _forgetting(generic: float | None, zero_generic: float | None) -> float | None:
@@ -430,7 +444,8 @@ def _mix(by_source: dict, top: int = 3) -> str:
     return ", ".join(f"{s} {100 * c / total:.0f}%" for s, c in list(by_source.items())[:top])
 
 
-def markdown(task: str, table: list[dict], checks: list[dict], settings: dict, notes: list[str], command: str) -> str:
+def markdown(task: str, table: list[dict], checks: list[dict], settings: dict, notes: list[str], command: str,
+             rows: list[dict] | None = None) -> str:
     lines = [
         f"# Selection benchmark — target `{task}`", "",
         f"Pool {settings['pool_size']} samples; {settings['rounds']} round(s) per run, LoRA {settings['epochs']} "
@@ -451,6 +466,7 @@ def markdown(task: str, table: list[dict], checks: list[dict], settings: dict, n
             f"| {_pm(e['training_s'], 1, 0)} | {_mix(e['by_source'])} |")
     lines += ["", "## Targets (issue 6)", "", "| target | met | measured |", "|---|---|---|"]
     lines += [f"| {c['target']} | {c['met']} | {c['measured']} |" for c in checks]
+    lines += round_lines(rows or [])
     lines += ["", "## Policies", "", f"- {FULL_POOL_POLICY}", f"- {FINAL_POLICY}",
               "- every run spends its whole budget (patience = rounds: no early stop), split evenly over rounds.",
               "- teacher replies are cached and shared by the runs of a task (they often ask the same questions); "
@@ -460,6 +476,38 @@ def markdown(task: str, table: list[dict], checks: list[dict], settings: dict, n
         lines += ["", "## Notes", "", *(f"- {n}" for n in notes)]
     lines += ["", f"Command: `{command}`", ""]
     return "\n".join(lines)
+
+
+ROUND_STRATEGIES = ("random", "failures", "teacher")
+
+
+def round_lines(rows: list[dict]) -> list[str]:
+    """Round by round for one run each of random, failures and teacher at the same budget and seed: the
+    lowest seed, at the largest budget all three reached."""
+    runs = {(r["strategy"], r["budget_fraction"], r["seed"]): r for r in rows if r.get("per_round")}
+    common = [(f, s) for (name, f, s) in runs if name == ROUND_STRATEGIES[0]
+              and all((other, f, s) in runs for other in ROUND_STRATEGIES[1:])]
+    if not common:
+        return []
+    seed = min(s for _, s in common)
+    fraction = max(f for f, s in common if s == seed)
+    lines = ["", f"## Round by round (seed {seed}, budget {100 * fraction:g}%)", "",
+             "Accuracy after each round in % (round 0 = the untouched student) and that round's seconds per "
+             "stage (the teacher's replies may come from the shared cache: these are the seconds paid).", "",
+             "| strategy | round | selected | val acc | target test acc | generic acc | diagnose s | retrieve s "
+             "| rerank s | train s | evaluate s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name in ROUND_STRATEGIES:
+        for r in runs[(name, fraction, seed)]["per_round"]:
+            sec = r["seconds"]
+            lines.append(f"| {name} | {r['round']} | {r['selected']} | {_pct(r['val_accuracy'])} "
+                         f"| {_pct(r['test_accuracy'])} | {_pct(r['generic_accuracy'])} | "
+                         + " | ".join(f"{sec.get(k, 0.0):.1f}" for k in ("diagnose", "retrieve", "rerank", "train",
+                                                                         "evaluate")) + " |")
+    return lines
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.1f}"
 
 
 def check_targets(table: list[dict], max_fraction: float = 0.10) -> list[dict]:
@@ -561,7 +609,7 @@ def write_results(task: str, rows: list[dict], settings: dict, notes: list[str],
         "task": task, "settings": settings, "policies": [FULL_POOL_POLICY, FINAL_POLICY], "notes": notes,
         "command": command, "targets": checks, "table": table, "rows": rows,
     }, indent=2) + "\n")
-    paths["md"].write_text(markdown(task, table, checks, settings, notes, command))
+    paths["md"].write_text(markdown(task, table, checks, settings, notes, command, rows))
     plot(task, table, paths["png"])
     return paths
 

@@ -130,3 +130,15 @@ def test_cached_diagnoses_are_charged(selection, tmp_path):
     assert row["seconds"]["training"] == 10.0
     assert row["selected"] == 4 and row["noise_share"] == 0.5 and row["on_target_share"] == 0.5
     assert row["forgetting"] == pytest.approx(-0.02) and row["test_accuracy"] == 0.5
+
+
+def test_round_by_round_table(selection, tmp_path):
+    rows = [selection.strategy_row(_write_run(tmp_path / name, [(4.0, 4, 0), (4.0, 4, 0)]), name, 0.05, 0, 0.9,
+                                   ("side_colour-v1",)) for name in ("random", "failures", "teacher")]
+    assert [r["round"] for r in rows[2]["per_round"]] == [0, 1, 2]
+    assert rows[2]["per_round"][1]["selected"] == 2 and rows[2]["per_round"][0]["test_accuracy"] == 0.2
+    lines = selection.round_lines(rows)
+    assert lines[1] == "## Round by round (seed 0, budget 5%)"
+    assert "| teacher | 1 | 2 | — | 50.0 | 88.0 | 4.0 | 1.0 | 2.0 | 5.0 | 3.0 |" in lines
+    assert sum(line.startswith("| random |") for line in lines) == 3  # rounds 0, 1, 2
+    assert selection.round_lines(rows[:2]) == []  # no teacher run at that budget: no table
