@@ -43,7 +43,7 @@ def tiny_world(tmp_path_factory) -> TinyWorld:
                      generic=world.generic)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def loop_config():
     """``loop_config(world, out, **overrides)``: small everything — 2 rounds of 6 samples, one LoRA
     epoch, patience high enough that both rounds run."""
