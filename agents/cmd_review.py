@@ -1,13 +1,14 @@
 """`tutorloop review RUNDIR [--round N]`: the teacher's diagnoses, as a person reads them.
 
 Per round: one row per failure (question, reference, the student's answer, the erroneous step, the
-missing skill, the teacher's queries, how many samples it led to), then gap counts per skill; at the
+missing skill, the teacher's explanation and queries, how many samples it led to), then gap counts per skill; at the
 end, val/test/generic accuracy per round.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -24,7 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    console = Console()
+    # Piped into a file or a pager, rich would fall back to 80 columns: too narrow for nine columns of text.
+    console = Console() if sys.stdout.isatty() else Console(width=180)
     if not (args.run_dir / "run.json").exists():
         console.print(f"[red]{args.run_dir}: not a tutorloop run directory (no run.json)[/red]")
         return 2
@@ -44,7 +46,7 @@ def diagnosis_table(number: int, rows: list[dict], limit: int) -> Table:
     table = Table(title=f"round {number}: {len(rows)} failures diagnosed, {rejected} without a diagnosis",
                   show_lines=True)
     for column in ("sample", "question", "reference", "student", "step", "error", "missing skill",
-                   "queries", "picked"):
+                   "explanation", "queries", "picked"):
         table.add_column(column, overflow="fold")
     for row in rows[:limit]:
         d = row.get("diagnosis") or {}
@@ -52,7 +54,8 @@ def diagnosis_table(number: int, rows: list[dict], limit: int) -> Table:
             row["sample_id"], row["question"], row["reference"], row["prediction"],
             "—" if d.get("erroneous_step") is None else str(d["erroneous_step"]),
             d.get("error_type") or f"[red]{row.get('error') or 'no teacher'}[/red]",
-            d.get("missing_skill", "—"), "\n".join(d.get("queries", [])), str(len(row.get("selected_ids", []))),
+            d.get("missing_skill", "—"), d.get("explanation", "—"), "\n".join(d.get("queries", [])),
+            str(len(row.get("selected_ids", []))),
         )
     if len(rows) > limit:
         table.caption = f"{len(rows) - limit} more not shown (--limit)"
