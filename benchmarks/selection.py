@@ -744,19 +744,22 @@ def benchmark_task(task: str, args: argparse.Namespace, settings: Settings, comm
         jobs = [(seed, fraction, s) for seed in seeds for fraction in budgets for s in strategies
                 if teacher is not None or not s.needs_teacher]
         runs = []
+        missing: dict[str, list[str]] = {}
         for seed, fraction, strategy in tqdm(jobs, desc=f"selection {task}", unit="run"):
             out = task_dir / f"seed{seed}" / f"{strategy.name}-b{fraction:g}"
             if args.report_only and not run_complete(out):
-                notes.append(f"not run yet (--report-only): {strategy.name} at {fraction:g}, seed {seed}")
+                missing.setdefault(strategy.name, []).append(f"{100 * fraction:g}% seed {seed}")
                 continue
             runs.append((strategy.name, fraction, seed,
                          run_strategy(world, strategy, fraction, seed, task_dir, settings, teacher)))
     full_runs = []
     for seed in [] if args.no_full_pool else seeds:
         if args.report_only and not (task_dir / f"seed{seed}" / "full-pool" / "result.json").exists():
-            notes.append(f"not run yet (--report-only): full-pool, seed {seed}")
+            missing.setdefault("full-pool", []).append(f"seed {seed}")
             continue
         full_runs.append((seed, run_full_pool(world, seed, task_dir, settings)))
+    notes += [f"not run (--report-only found no complete run): {name} at {', '.join(which)}"
+              for name, which in missing.items()]
     zero_shot = task_dir / "zero-shot"
     zero_generic = None
     if (zero_shot / "metrics.json").exists():
