@@ -41,6 +41,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="teacher: diagnoses drive retrieval; failures: failed questions are the queries "
                         "(no teacher); random: the same budget uniformly from the pool (the baseline)")
     parser.add_argument("--target-accuracy", type=float, help="stop once val accuracy reaches this (0..1)")
+    parser.add_argument("--known-share", type=float,
+                        help="share of each round's budget replaying pool samples the untouched student already "
+                             "answers right, against forgetting (teacher/failures; default 0; 0.3 measured in "
+                             "benchmarks/results/selection-*.md)")
     parser.add_argument("--no-perturbation", action="store_true", help="ablation: re-rank without the perturbation score")
     parser.add_argument("--no-clusters", action="store_true", help="ablation: re-rank without cluster quotas")
     parser.add_argument("--seed", type=int, help="seed of selection and training (default: 0)")
@@ -55,7 +59,7 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
         "image_root": args.image_root, "store": args.store, "qdrant_url": args.qdrant_url,
         "collection": args.collection, "budget": args.budget, "rounds": args.rounds,
         "selector": args.selector or ("failures" if args.teacher == "none" else None),
-        "seed": args.seed, "out": args.out, "target_accuracy": args.target_accuracy,
+        "seed": args.seed, "out": args.out, "target_accuracy": args.target_accuracy, "known_share": args.known_share,
         "teacher": {"base_url": teacher_url, "model": args.teacher_model, "dialect": args.teacher_dialect,
                     "concurrency": args.teacher_concurrency},
         "rerank": {"use_perturbation": False if args.no_perturbation else None,

@@ -41,6 +41,9 @@ class RunConfig(BaseModel):
     patience: int = Field(1, ge=1, description="rounds without a val gain before stopping")
     max_diagnoses: int = Field(200, ge=1, description="failures sent to the teacher per round (a seeded sample)")
     candidates_factor: int = Field(4, ge=1, description="retrieve this many x a gap's share")
+    known_share: float = Field(0.0, ge=0, lt=1, description=(
+        "share of each round's budget spent on pool samples the untouched student already answers right "
+        "(teacher/failures selectors): replay of the skills it has, so the gaps' samples do not erase them"))
     eval_batch_size: int = Field(32, gt=0)
     matcher: str = "vqa"
     max_new_tokens: int = Field(16, gt=0)

@@ -18,7 +18,7 @@ import numpy as np
 
 from agents.planning import Gap, gaps_from_failures, plan_gaps
 from agents.records import DiagnosisLog
-from agents.retrieve import random_selection, retrieve_candidates
+from agents.retrieve import known_replay, random_selection, retrieve_candidates
 from agents.run_dir import read_json, read_jsonl, write_json, write_jsonl
 from agents.runtime import Runtime
 from agents.teacher import diagnose_failures
@@ -135,6 +135,8 @@ def diagnose(state: LoopState, loop: Runtime) -> dict:
     failures = [EvalRecord.model_validate(r) for r in read_jsonl(loop.run_dir.round(number - 1) / "eval.jsonl")
                 if not r["correct"]]
     budget = min(config.per_round_budget(number), config.budget - len(loop.run_dir.selected_ids(number - 1)))
+    known = round(config.known_share * budget) if config.selector != "random" else 0
+    gap_budget = budget - known
 
     def work() -> None:
         gaps: list[Gap] = []
@@ -147,13 +149,13 @@ def diagnose(state: LoopState, loop: Runtime) -> dict:
             write_jsonl(folder / "diagnoses.jsonl", result.logs)
             diagnosed = [row for row in result.logs if row.diagnosis]
             # the failed questions join the teacher's queries: a weak teacher's skill names alone can miss
-            gaps = plan_gaps([row.diagnosis for row in diagnosed], budget,
+            gaps = plan_gaps([row.diagnosis for row in diagnosed], gap_budget,
                              sample_ids=[row.sample_id for row in diagnosed],
                              questions=[row.question for row in diagnosed])
         elif config.selector == "failures":
-            gaps = gaps_from_failures(failures, budget)
+            gaps = gaps_from_failures(failures, gap_budget)
             write_jsonl(folder / "diagnoses.jsonl", [DiagnosisLog.from_failure(r) for r in failures])
-        write_json(folder / "gaps.json", {"budget": budget, "gaps": [g.model_dump() for g in gaps]})
+        write_json(folder / "gaps.json", {"budget": budget, "known": known, "gaps": [g.model_dump() for g in gaps]})
 
     timed("diagnose", loop, number, work)
     return {}
@@ -207,6 +209,8 @@ def rerank_node(state: LoopState, loop: Runtime) -> dict:
                       for i in ids]
         else:
             scored = _rerank_gaps(folder, plan, loop, number)
+            scored += _known_draw(plan.get("known", 0), loop, number,
+                                  exclude | {c.sample_id for c in scored if c.selected})
         write_jsonl(folder / "scored.jsonl", scored)
         chosen = [c for c in scored if c.selected]
         samples = loop.pool_index().fetch([c.sample_id for c in chosen])
@@ -240,6 +244,24 @@ def _rerank_gaps(folder: Path, plan: dict, loop: Runtime, number: int) -> list[S
         return dedup_vectors(samples, np.asarray([text_vectors[i] for i in ids]), loop.pool_image_root)
 
     return rerank(candidates, shares, config.rerank, perturbation, near_duplicate_vectors)
+
+
+KNOWN_OVERDRAW = 4  # pool samples drawn per known sample wanted: the student answers only some of them right
+
+
+def _known_draw(n: int, loop: Runtime, number: int, exclude: frozenset[str]) -> list[ScoredCandidate]:
+    """The known share of the round: replay of skills the untouched student has (agents/retrieve.py)."""
+    if n <= 0:
+        return []
+    seed, config = loop.config.seed, loop.config
+    drawn = random_selection(loop.pool_index().all_ids(), KNOWN_OVERDRAW * n, seed=seed, round_number=number,
+                             exclude=exclude)
+    ids = known_replay(loop.student(None), loop.pool_index().fetch(drawn), loop.pool_image_root, n,
+                       matcher=config.matcher, batch_size=config.eval_batch_size,
+                       max_new_tokens=config.max_new_tokens)
+    return [ScoredCandidate(sample_id=i, gap="known", query="", relevance=0.0, score=1.0, selected=True,
+                            reason=f"replay: the untouched student answers it right ({len(ids)} of {len(drawn)} "
+                                   f"drawn uniformly, seed {seed}, round {number}; {n} wanted)") for i in ids]
 
 
 def _link_diagnoses_to_selection(folder: Path, plan: dict, chosen: list[ScoredCandidate]) -> None:

@@ -16,7 +16,10 @@ import numpy as np
 from agents.planning import Gap
 from retrieval.embed import embed_texts
 from retrieval.index import PoolIndex
+from retrieval.records import Sample
 from retrieval.rerank import Candidate
+from training.evaluate import evaluate
+from training.student import Student
 
 
 class Embedder(Protocol):
@@ -53,3 +56,17 @@ def random_selection(all_ids: Sequence[str], n: int, *, seed: int, round_number:
     rng = np.random.default_rng([seed, round_number])
     picked = rng.choice(len(pool), size=min(n, len(pool)), replace=False)
     return [pool[i] for i in sorted(picked)]
+
+
+def known_replay(student: Student, samples: Sequence[Sample], image_root, n: int, *, matcher: str = "vqa",
+                 batch_size: int = 32, max_new_tokens: int = 16) -> list[str]:
+    """The first ``n`` ids of ``samples`` that ``student`` already answers right (in their order).
+
+    Training on one new skill alone taught a small student to answer every question sharing its words
+    with that skill's answer (side questions got colours); replaying what it knows keeps those skills,
+    and skips pool samples whose answer it disputes (often the pool's wrong answers)."""
+    if n <= 0 or not samples:
+        return []
+    records = evaluate(student, list(samples), image_root, matcher=matcher, batch_size=batch_size,
+                       max_new_tokens=max_new_tokens, progress=False).records
+    return [r.id for r in records if r.correct][:n]

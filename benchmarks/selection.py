@@ -56,12 +56,14 @@ class Strategy:
     selector: str
     rerank: dict = field(default_factory=dict)
     lora: dict = field(default_factory=dict)
+    run: dict = field(default_factory=dict)  # top-level RunConfig fields
 
     @property
     def needs_teacher(self) -> bool:
         return self.selector == "teacher"
 
 
+KNOWN_SHARE = 0.3  # "-known": this share of each round replays samples the untouched student answers right
 STRATEGIES: tuple[Strategy, ...] = (
     Strategy("random", "random"),
     Strategy("failures", "failures"),
@@ -69,6 +71,8 @@ STRATEGIES: tuple[Strategy, ...] = (
     Strategy("teacher-no-perturbation", "teacher", rerank={"use_perturbation": False}),
     Strategy("teacher-no-clusters", "teacher", rerank={"use_clusters": False}),
     Strategy("teacher-no-replay", "teacher", lora={"replay_ratio": 0.0}),
+    Strategy("failures-known", "failures", run={"known_share": KNOWN_SHARE}),
+    Strategy("teacher-known", "teacher", run={"known_share": KNOWN_SHARE}),
 )
 ROW_ORDER = ("zero-shot", *(s.name for s in STRATEGIES), "full-pool")
 
@@ -175,6 +179,7 @@ def run_config(world: World, strategy: Strategy, fraction: float, seed: int, out
         teacher=teacher or {"progress": False},
         rerank={"perturbation_draws": settings.perturbation_draws, **strategy.rerank},
         lora={"epochs": settings.epochs, "batch_size": settings.batch_size, "seed": seed, **strategy.lora},
+        **strategy.run,
     ))
 
 
@@ -510,28 +515,28 @@ def _pct(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:.1f}"
 
 
-def check_targets(table: list[dict], max_fraction: float = 0.10) -> list[dict]:
-    """The issue's four targets, judged on the aggregated table (best teacher budget ≤ 10% of the pool)."""
-    def entry(strategy: str, fraction: float | None = None) -> dict | None:
-        return next((e for e in table if e["strategy"] == strategy
+def check_targets(table: list[dict], max_fraction: float = 0.10, strategy: str = "teacher") -> list[dict]:
+    """The issue's four targets for ``strategy``'s rows, judged on the aggregated table (best budget ≤ 10%)."""
+    def entry(name: str, fraction: float | None = None) -> dict | None:
+        return next((e for e in table if e["strategy"] == name
                      and (fraction is None or math.isclose(e["budget_fraction"], fraction))), None)
 
-    teacher = [e for e in table if e["strategy"] == "teacher" and e["budget_fraction"] <= max_fraction + 1e-9
+    teacher = [e for e in table if e["strategy"] == strategy and e["budget_fraction"] <= max_fraction + 1e-9
                and e["test_accuracy"]]
     full = entry("full-pool")
     if not teacher:
-        return [{"target": "all", "met": "n/a", "measured": "no teacher rows (teacher unavailable or not run)"}]
+        return [{"target": "all", "met": "n/a", "measured": f"no {strategy} rows (teacher unavailable or not run)"}]
     best = max(teacher, key=lambda e: e["test_accuracy"]["mean"])
-    tb = f"teacher at {100 * best['budget_fraction']:g}%"
+    tb = f"{strategy} at {100 * best['budget_fraction']:g}%"
     checks = []
     t_acc = best["test_accuracy"]["mean"]
     if full and full["test_accuracy"]:
         f_acc = full["test_accuracy"]["mean"]
-        checks.append({"target": "teacher ≤10% reaches ≥ full-pool accuracy", "met": _yes(t_acc >= f_acc),
+        checks.append({"target": f"{strategy} ≤10% reaches ≥ full-pool accuracy", "met": _yes(t_acc >= f_acc),
                        "measured": f"{tb}: {100 * t_acc:.1f}% vs full pool {100 * f_acc:.1f}% "
                                    f"({100 * (t_acc - f_acc):+.1f} points)"})
     else:
-        checks.append({"target": "teacher ≤10% reaches ≥ full-pool accuracy", "met": "n/a",
+        checks.append({"target": f"{strategy} ≤10% reaches ≥ full-pool accuracy", "met": "n/a",
                        "measured": "full-pool row missing"})
     margins = []
     for e in teacher:
@@ -544,13 +549,13 @@ def check_targets(table: list[dict], max_fraction: float = 0.10) -> list[dict]:
         met = all(gap > spread for _, gap, spread, _ in margins) and all(n > 1 for *_, n in margins)
         text = "; ".join(f"{100 * f:g}%: {100 * g:+.1f} points vs spread {100 * s:.1f} (n={n})"
                          for f, g, s, n in margins)
-        checks.append({"target": "teacher beats random by more than the seed spread",
+        checks.append({"target": f"{strategy} beats random by more than the seed spread",
                        "met": _yes(met) + ("" if all(n > 1 for *_, n in margins) else " (one seed: spread unknown)"),
                        "measured": text})
     forgetting = [(e["budget_fraction"], e["forgetting"]["mean"]) for e in teacher if e["forgetting"]]
     if forgetting:
         worst = min(f for _, f in forgetting)
-        checks.append({"target": "forgetting of generic skills ≤ 1 point", "met": _yes(worst >= -0.01),
+        checks.append({"target": _named("forgetting of generic skills ≤ 1 point", strategy), "met": _yes(worst >= -0.01),
                        "measured": "; ".join(f"{100 * b:g}%: {100 * f:+.1f} points" for b, f in forgetting)})
     if full:
         ratios = []
@@ -558,11 +563,15 @@ def check_targets(table: list[dict], max_fraction: float = 0.10) -> list[dict]:
             saved = full["training_s"]["mean"] - e["training_s"]["mean"]
             ratios.append((e["budget_fraction"], e["selection_s"]["mean"], saved))
         met = all(saved > 0 and sel <= 0.1 * saved for _, sel, saved in ratios)
-        checks.append({"target": "selection cost ≤ 10% of the training time saved vs full pool", "met": _yes(met),
+        checks.append({"target": _named("selection cost ≤ 10% of the training time saved vs full pool", strategy), "met": _yes(met),
                        "measured": "; ".join(f"{100 * b:g}%: {sel:.0f} s selection / {saved:.0f} s saved = "
                                              f"{(sel / saved if saved > 0 else math.inf):.2f}"
                                              for b, sel, saved in ratios)})
     return checks
+
+
+def _named(target: str, strategy: str) -> str:
+    return target if strategy == "teacher" else f"{strategy}: {target}"
 
 
 def _yes(ok: bool) -> str:
@@ -603,7 +612,8 @@ def write_results(task: str, rows: list[dict], settings: dict, notes: list[str],
                   command: str) -> dict[str, Path]:
     results.mkdir(parents=True, exist_ok=True)
     table = aggregate(rows)
-    checks = check_targets(table)
+    checks = [c for name in ("teacher", "teacher-known") if any(e["strategy"] == name for e in table)
+              for c in check_targets(table, strategy=name)] or check_targets(table)
     paths = {ext: results / f"selection-{task}.{ext}" for ext in ("json", "md", "png")}
     paths["json"].write_text(json.dumps({
         "task": task, "settings": settings, "policies": [FULL_POOL_POLICY, FINAL_POLICY], "notes": notes,

@@ -15,9 +15,9 @@ export HF_HUB_OFFLINE=1
 student=$($py -c "from demo.build import build_world; print(build_world('runs/bench/world', targets=['$task']).student)" | tail -1)
 common=(--target "$task" --out runs/bench3 --world "$world" --student "$student" --rounds 2 --epochs 3 --max-diagnoses 8)
 tmp=(--results "runs/bench3/tmp-$task")  # partial reports; the last call writes benchmarks/results
-$py benchmarks/selection.py "${common[@]}" --strategies random,failures,teacher --budgets 0.02,0.05,0.1 --seeds 0,1,2 --no-full-pool "${tmp[@]}"
+$py benchmarks/selection.py "${common[@]}" --strategies random,failures,teacher,failures-known,teacher-known --budgets 0.02,0.05,0.1 --seeds 0,1,2 --no-full-pool "${tmp[@]}"
 $py benchmarks/selection.py "${common[@]}" --strategies random --budgets 0.02 --seeds 0 "${tmp[@]}"  # + full pool, seed 0
 $py benchmarks/selection.py "${common[@]}" --strategies teacher-no-perturbation,teacher-no-clusters,teacher-no-replay \
     --budgets 0.05,0.1 --seeds 0 --no-full-pool "${tmp[@]}"
 $py benchmarks/selection.py "${common[@]}" --budgets 0.02,0.05,0.1 --seeds 0,1,2 --report-only --note \
-    "runs made by benchmarks/selection_results.sh: random/failures/teacher at 2/5/10% × seeds 0-2; ablations at 5% and 10%, seed 0; full pool seed 0 (its adapter does not depend on the target: same pool, same seed); both targets ran at once, one process each, on 2 shared CPU cores"
+    "runs made by benchmarks/selection_results.sh: random/failures/teacher (+ -known) at 2/5/10% × seeds 0-2; ablations at 5% and 10%, seed 0; full pool seed 0 (its adapter does not depend on the target: same pool, same seed); both targets ran at once, one process each, on 2 shared CPU cores"

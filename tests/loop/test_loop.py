@@ -94,3 +94,13 @@ def test_run_command_resumes_a_finished_run_without_recomputing(tiny_world, loop
 def test_run_command_rejects_an_incomplete_or_contradictory_config(tmp_path, flags, capsys):
     assert main(["run", "--out", str(tmp_path / "r"), *flags]) == 2
     assert "tutorloop run:" in capsys.readouterr().err
+
+
+def test_known_share_takes_its_part_of_the_round_budget(tiny_world, loop_config, tmp_path):
+    config = loop_config(tiny_world, tmp_path / "run", selector="failures", known_share=0.5, rounds=1, budget=6)
+    execute(config, run_id="test-known")
+    plan = read_json(config.out / "round_01" / "gaps.json")
+    assert plan["known"] == 3 and sum(g["budget"] for g in plan["gaps"]) == 3
+    rows = read_jsonl(config.out / "round_01" / "selected.jsonl")
+    # the random tiny student answers no pool sample right: nothing to replay, the gaps keep their half only
+    assert [r for r in rows if r["selection"]["gap"] == "known"] == [] and len(rows) == 3
