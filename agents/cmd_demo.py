@@ -27,6 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="default: teacher when the CPU teacher is installed, else failures")
     parser.add_argument("--max-diagnoses", type=int, default=8,
                         help="failures the CPU teacher diagnoses per round (SmolLM2 takes ~10 s each; default: 8)")
+    parser.add_argument("--known-share", type=float, default=0.3,
+                        help="share of each round replaying pool samples the student already answers right, "
+                             "against forgetting (default: 0.3; 0 for the plain loop)")
     parser.add_argument("--seed", type=int, default=0, help="seed of world, student and selection (default: 0)")
 
 
@@ -57,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
             teacher["base_url"] = teacher_url
         config = RunConfig(student=world.student, val=val, test=test, generic=world.generic, store=store,
                            budget=args.budget, rounds=args.rounds, selector=selector, seed=args.seed, out=out,
-                           teacher=teacher, max_diagnoses=args.max_diagnoses)
+                           teacher=teacher, max_diagnoses=args.max_diagnoses, known_share=args.known_share)
         summary = execute(config, run_id=f"demo-{target}-{selector}-{args.seed}")
     print_summary(summary, out)
     console.print(before_after_table(out))

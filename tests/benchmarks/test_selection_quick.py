@@ -36,7 +36,9 @@ def test_quick_benchmark_writes_every_row(tmp_path):
         for key in ("test_accuracy", "generic_accuracy", "noise_share", "on_target_share"):
             assert 0.0 <= row[key] <= 1.0, (row["strategy"], key, row[key])
         assert row["seconds"]["training"] >= 0 and row["seconds"]["selection"] >= 0
-        if row["strategy"] not in {"zero-shot", "full-pool"}:
+        if row["strategy"].endswith("-known"):  # the random student knows nothing: only the gaps' share
+            assert row["budget"] == 30 and row["selected"] <= 30
+        elif row["strategy"] not in {"zero-shot", "full-pool"}:
             assert row["selected"] == row["budget"] == 30  # 5% of 600, all spent
             assert sum(row["by_source"].values()) == row["selected"]
     full = next(r for r in data["rows"] if r["strategy"] == "full-pool")
