@@ -9,6 +9,7 @@ is most relevant, so one sample is never counted twice.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -58,7 +59,7 @@ def random_selection(all_ids: Sequence[str], n: int, *, seed: int, round_number:
     return [pool[i] for i in sorted(picked)]
 
 
-def known_replay(student: Student, samples: Sequence[Sample], image_root, n: int, *, matcher: str = "vqa",
+def known_replay(student: Student, samples: Sequence[Sample], image_root: Path | None, n: int, *, matcher: str = "vqa",
                  batch_size: int = 32, max_new_tokens: int = 16) -> list[str]:
     """The first ``n`` ids of ``samples`` that ``student`` already answers right (in their order).
 

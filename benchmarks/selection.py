@@ -9,6 +9,7 @@ training. Rows:
 - ``zero-shot``: the student as given (round 0 of the runs);
 - ``random``, ``failures``, ``teacher`` at every budget;
 - teacher ablations: ``teacher-no-perturbation``, ``teacher-no-clusters``, ``teacher-no-replay``;
+- ``failures-known``, ``teacher-known``: the same with known-skill replay (``known_share`` = KNOWN_SHARE);
 - ``full-pool``: one LoRA run over every accepted pool sample (policy in ``FULL_POOL_POLICY``).
 
 Every run has its own folder under ``--out`` and is reused when complete, so an interrupted benchmark
