@@ -319,12 +319,11 @@ def strategy_row(out: Path, strategy: str, fraction: float, seed: int, zero_gene
     a run's selection cost is what it would pay alone, never what the cache saved it."""
     rounds = _rounds(out)
     final = _read(out / f"round_{rounds[-1]:02d}" / "metrics.json")
+    by_round = per_round(out, rounds)
     seconds: Counter = Counter()
-    selected: list[dict] = []
-    for n in rounds[1:]:
-        folder = out / f"round_{n:02d}"
-        seconds.update(_read(folder / "seconds.json"))
-        selected += _read_jsonl(folder / "selected.jsonl")
+    for r in by_round[1:]:
+        seconds.update(r["seconds"])
+    selected = [row for n in rounds[1:] for row in _read_jsonl(out / f"round_{n:02d}" / "selected.jsonl")]
     cached = sum(c * diagnosis_s for _, _, c in diagnose_rounds(out))
     seconds["diagnose"] = seconds.get("diagnose", 0.0) + cached
     selection_s = sum(seconds.get(k, 0.0) for k in ("diagnose", "retrieve", "rerank"))
@@ -341,7 +340,7 @@ def strategy_row(out: Path, strategy: str, fraction: float, seed: int, zero_gene
                     "evaluation": round(seconds.get("evaluate", 0.0), 3),
                     **{k: round(seconds.get(k, 0.0), 3) for k in ("diagnose", "retrieve", "rerank")},
                     "diagnose_charged_for_cache": round(cached, 3)},
-        "per_round": per_round(out, rounds),
+        "per_round": by_round,
         "run_dir": str(out),
     }
 
