@@ -16,6 +16,7 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from training.evaluate import DEFAULT_BATCH_SIZE, DEFAULT_MATCHER, DEFAULT_MAX_NEW_TOKENS
     from training.matching import MATCHERS
 
     parser.add_argument("--student", required=True, metavar="DIR",
@@ -28,11 +29,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-root", type=Path, metavar="DIR",
                         help="folder the records' image paths are relative to (default: the data file's folder)")
     parser.add_argument("--out", type=Path, metavar="FILE", help="write one evaluation record per sample here (JSONL)")
-    parser.add_argument("--batch-size", type=int, default=16, help="samples per generation batch (default: 16)")
-    parser.add_argument("--matcher", default="vqa", choices=sorted(MATCHERS),
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                        help=f"samples per generation batch (default: {DEFAULT_BATCH_SIZE})")
+    parser.add_argument("--matcher", default=DEFAULT_MATCHER, choices=sorted(MATCHERS),
                         help="answer matcher: vqa normalises case, punctuation, articles, number words, yes/no and "
-                        "choice letters; exact compares stripped strings (default: vqa)")
-    parser.add_argument("--max-new-tokens", type=int, default=16, help="generation length limit (default: 16)")
+                        "choice letters; exact compares stripped strings (default: %(default)s)")
+    parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
+                        help="generation length limit (default: %(default)s)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -46,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
         errors.print(f"[red]error:[/red] {problem}")
         return 2
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never download a model at run time
+    from retrieval.files import write_jsonl
     from retrieval.ingest import default_image_root, load_samples
     from training.evaluate import evaluate
     from training.student import load_student
@@ -64,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         errors.print(f"[red]error:[/red] {error}")
         return 1
     if args.out:
-        _write_records(args.out, result.records)
+        write_jsonl(args.out, result.records)
     Console(file=sys.stdout).print(summary_table(result.summary, args))
     print(json.dumps(result.summary), flush=True)  # the last stdout line: the machine-readable summary
     return 0
@@ -82,15 +86,6 @@ def _check_args(args: argparse.Namespace) -> str | None:
     if args.batch_size < 1 or args.max_new_tokens < 1:
         return "--batch-size and --max-new-tokens must be positive"
     return None
-
-
-def _write_records(path: Path, records: list) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w") as handle:
-        for record in records:
-            handle.write(record.model_dump_json() + "\n")
-    tmp.replace(path)
 
 
 def summary_table(summary: dict, args: argparse.Namespace):

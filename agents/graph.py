@@ -1,7 +1,10 @@
-"""The loop as a LangGraph graph. This module only wires the stages of agents/nodes.py.
+"""The loop as a LangGraph graph. This module only wires the nodes of agents/nodes.py.
 
-    evaluate → decide ─┬─► diagnose → retrieve → rerank → train ─► evaluate
+    evaluate → decide ─┬─► plan → select → train ─► evaluate
                        └─► END
+
+``plan`` asks the selector for the round's gaps (the teacher's diagnoses, or the failures themselves),
+``select`` for the samples (retrieval + re-rank, or a uniform draw) plus known-skill replay.
 
 ``decide`` follows ``evaluate`` (not ``train``) because every stop rule — target met, no gain — needs
 the accuracy after the round's training, and the final round's evaluation is wanted anyway.
@@ -29,15 +32,14 @@ os.environ.setdefault("LANGGRAPH_STRICT_MSGPACK", "true")
 
 def build_graph(runtime: Runtime, checkpointer: SqliteSaver | None = None):
     graph = StateGraph(nodes.LoopState)
-    for name, node in (("evaluate", nodes.evaluate), ("decide", nodes.decide), ("diagnose", nodes.diagnose),
-                       ("retrieve", nodes.retrieve), ("rerank", nodes.rerank_node), ("train", nodes.train)):
+    for name, node in (("evaluate", nodes.evaluate), ("decide", nodes.decide), ("plan", nodes.plan),
+                       ("select", nodes.select), ("train", nodes.train)):
         graph.add_node(name, functools.partial(node, loop=runtime))
     graph.add_edge(START, "evaluate")
     graph.add_edge("evaluate", "decide")
-    graph.add_conditional_edges("decide", nodes.route_after_decide, {"diagnose": "diagnose", "end": END})
-    graph.add_edge("diagnose", "retrieve")
-    graph.add_edge("retrieve", "rerank")
-    graph.add_edge("rerank", "train")
+    graph.add_conditional_edges("decide", nodes.route_after_decide, {"plan": "plan", "end": END})
+    graph.add_edge("plan", "select")
+    graph.add_edge("select", "train")
     graph.add_edge("train", "evaluate")
     return graph.compile(checkpointer=checkpointer)
 
@@ -53,7 +55,7 @@ def checkpointer_at(path) -> Iterator[SqliteSaver]:
 
 def run_loop(runtime: Runtime, run_id: str) -> dict:
     """Start the run, or resume it where it stopped when its checkpoint says it is unfinished."""
-    with checkpointer_at(runtime.run_dir.root / "checkpoints.sqlite") as saver:
+    with checkpointer_at(runtime.run_dir.checkpoints) as saver:
         graph = build_graph(runtime, saver)
         thread = {"configurable": {"thread_id": run_id}, "recursion_limit": 10 + 6 * runtime.config.rounds}
         snapshot = graph.get_state(thread)

@@ -39,6 +39,14 @@ class Gap(BaseModel):
     budget: int = Field(0, description="samples this gap may select this round")
 
 
+class GapPlan(BaseModel):
+    """``gaps.json`` of a round: its budget, the share kept for known-skill replay, and the gaps."""
+
+    budget: int = Field(description="samples the round may select in all")
+    known: int = Field(0, description="of which replay of skills the untouched student has")
+    gaps: list[Gap] = Field(default_factory=list)
+
+
 # --- skill names ----------------------------------------------------------------------------------
 
 

@@ -9,10 +9,11 @@ the reason, never dropped.
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from retrieval.records import Sample
 from training.records import EvalRecord
 
 ErrorType = Literal["perception", "reasoning", "knowledge", "instruction_following", "format", "other"]
@@ -81,3 +82,105 @@ class DiagnosisLog(BaseModel):
         """A row for a failed sample; without a teacher (``--selector failures``) it stays undiagnosed."""
         return cls(sample_id=record.id, source=record.source, question=record.question,
                    reference=record.reference, prediction=record.prediction, steps=list(record.steps), **fields)
+
+
+# --- the loop's artefacts (agents/run_dir.py binds each to its file) ----------------------------------
+
+
+class SelectionWhy(BaseModel):
+    """Why a sample was selected: its gap, the query that found it, its scores and a one-line reason."""
+
+    gap: str
+    query: str
+    relevance: float
+    perturbation: float | None = None
+    cluster: int | None = None
+    score: float
+    reason: str
+
+
+class SelectedSample(BaseModel):
+    """A row of ``selected.jsonl``: the pool sample in its own format plus ``"selection": {why}``, so any
+    LLaVA-style trainer reads the file as is and a person sees why each sample is there."""
+
+    sample: Sample
+    why: SelectionWhy
+
+    def to_record(self) -> dict:
+        return {**self.sample.to_record(), "selection": self.why.model_dump()}
+
+    @classmethod
+    def from_record(cls, row: dict) -> SelectedSample:
+        fields = dict(row)
+        why = fields.pop("selection")
+        return cls(sample=Sample.model_validate(fields), why=SelectionWhy.model_validate(why))
+
+
+class RoundMetrics(BaseModel):
+    """``metrics.json`` of a round: accuracy per split after the round (round 0: the student as given).
+    Its presence means the round is complete."""
+
+    round: int
+    val_accuracy: float | None = None
+    val_by_source: dict[str, Any] | None = None
+    test_accuracy: float | None = None
+    test_by_source: dict[str, Any] | None = None
+    generic_accuracy: float | None = None
+    generic_by_source: dict[str, Any] | None = None
+    selected: int = 0
+    seconds: dict[str, float] = Field(default_factory=dict)
+
+    def accuracy(self, split: str) -> float | None:
+        return getattr(self, f"{split}_accuracy")
+
+    def by_source(self, split: str) -> dict[str, Any]:
+        return getattr(self, f"{split}_by_source") or {}
+
+
+class Accuracies(BaseModel):
+    val_accuracy: float | None = None
+    test_accuracy: float | None = None
+    generic_accuracy: float | None = None
+
+
+class RoundSummary(BaseModel):
+    round: int
+    selected: int
+    val_accuracy: float | None = None
+    test_accuracy: float | None = None
+    generic_accuracy: float | None = None
+    seconds: dict[str, float] = Field(default_factory=dict)
+
+
+class FinalSummary(Accuracies):
+    rounds: int
+    selected: int
+
+
+class RunSummary(BaseModel):
+    """``summary.json``: the run at a glance (design.md's contract)."""
+
+    initial: Accuracies
+    rounds: list[RoundSummary]
+    final: FinalSummary
+    stop_reason: str | None
+    selector: str
+    budget: int
+
+    @classmethod
+    def from_history(cls, history: list[RoundMetrics], stop_reason: str | None, selector: str,
+                     budget: int) -> RunSummary:
+        keys = ("val_accuracy", "test_accuracy", "generic_accuracy")
+        rounds = [RoundSummary(round=m.round, selected=m.selected, seconds=m.seconds,
+                               **{k: getattr(m, k) for k in keys}) for m in history[1:]]
+        return cls(initial=Accuracies(**{k: getattr(history[0], k) for k in keys}), rounds=rounds,
+                   final=FinalSummary(**{k: getattr(history[-1], k) for k in keys}, rounds=len(rounds),
+                                      selected=sum(r.selected for r in rounds)),
+                   stop_reason=stop_reason, selector=selector, budget=budget)
+
+
+class RunInfo(BaseModel):
+    """``run.json``: the run id (the checkpointer's thread) and the validated config it runs with."""
+
+    run_id: str
+    config: dict[str, Any]

@@ -1,69 +1,158 @@
-"""The run directory: where every artefact of a run lives, written atomically.
+"""The run directory: the one module that knows its layout; everything else reads and writes through it.
 
-Layout (design.md): ``summary.json``, ``run.json`` (config + run id), ``checkpoints.sqlite`` and one
-``round_NN/`` per round. ``round_00/`` holds the evaluation of the student as given; ``round_NN/``
-(N >= 1) holds what round N did — ``diagnoses.jsonl``, ``gaps.json``, ``candidates.jsonl``,
-``scored.jsonl``, ``selected.jsonl``, ``adapter/`` — and the evaluation after it: ``eval.jsonl``
-(validation), ``eval_test.jsonl``, ``eval_generic.jsonl`` and ``metrics.json``.
-Because a file appears only once complete, "does the artefact exist" is how a resumed node knows its
-work is already done.
+    RUNDIR/run.json                 RunInfo: run id + validated config
+    RUNDIR/summary.json             RunSummary (design.md's contract)
+    RUNDIR/checkpoints.sqlite       LangGraph's checkpoints (thread id = run id)
+    RUNDIR/teacher_cache/           the teacher's valid replies, by request hash
+    RUNDIR/round_NN/                round 0: the student as given; round N >= 1: what round N did
+        diagnoses.jsonl   DiagnosisLog per failure      gaps.json        GapPlan
+        candidates.jsonl  Candidate per retrieved hit   scored.jsonl     ScoredCandidate (selected or why not)
+        selected.jsonl    SelectedSample (pool format + "selection")    adapter/  the LoRA adapter
+        eval.jsonl / eval_test.jsonl / eval_generic.jsonl   EvalRecord per sample, after the round
+        seconds.json      seconds per stage             metrics.json     RoundMetrics (written last)
+
+Every file is written atomically (retrieval/files.py), so "does the artefact exist" is how a resumed node
+knows its work is done. A node writes its "done" artefact last.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
-from collections.abc import Iterable
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
+from agents.planning import GapPlan
+from agents.records import DiagnosisLog, RoundMetrics, RunInfo, RunSummary, SelectedSample
+from retrieval.files import read_json, read_jsonl, write_json, write_jsonl
+from retrieval.rerank import Candidate, ScoredCandidate
+from training.records import EvalRecord
+
+
+@dataclass(frozen=True)
+class Artefact:
+    """A file of one round: its name and the record it holds (one, or one per line)."""
+
+    name: str
+    record: type[BaseModel]
+    rows: bool
+
+
+DIAGNOSES = Artefact("diagnoses.jsonl", DiagnosisLog, rows=True)
+PLAN = Artefact("gaps.json", GapPlan, rows=False)
+CANDIDATES = Artefact("candidates.jsonl", Candidate, rows=True)
+SCORED = Artefact("scored.jsonl", ScoredCandidate, rows=True)
+SELECTED = Artefact("selected.jsonl", SelectedSample, rows=True)
+METRICS = Artefact("metrics.json", RoundMetrics, rows=False)
+EVALS = {"val": Artefact("eval.jsonl", EvalRecord, rows=True),
+         "test": Artefact("eval_test.jsonl", EvalRecord, rows=True),
+         "generic": Artefact("eval_generic.jsonl", EvalRecord, rows=True)}
+SECONDS = "seconds.json"
+ADAPTER = "adapter"
+TRAINED = "training.json"  # written by training/lora.py last: a finished adapter
+
+
+def _to_json(record: BaseModel) -> dict:
+    return record.to_record() if hasattr(record, "to_record") else record.model_dump(mode="json")
+
+
+def _from_json(record: type[BaseModel], row: dict) -> Any:
+    return record.from_record(row) if hasattr(record, "from_record") else record.model_validate(row)
+
 
 class RunDir:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
 
-    def round(self, number: int) -> Path:
-        path = self.root / f"round_{number:02d}"
-        path.mkdir(parents=True, exist_ok=True)
-        return path
+    # --- the run's own files --------------------------------------------------------------------
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints.sqlite"
+
+    @property
+    def teacher_cache(self) -> Path:
+        return self.root / "teacher_cache"
+
+    def exists(self) -> bool:
+        return (self.root / "run.json").exists()
+
+    def read_info(self) -> RunInfo:
+        return RunInfo.model_validate(read_json(self.root / "run.json"))
+
+    def write_info(self, info: RunInfo) -> None:
+        write_json(self.root / "run.json", info)
+
+    def has_summary(self) -> bool:
+        return (self.root / "summary.json").exists()
+
+    def read_summary(self) -> RunSummary:
+        return RunSummary.model_validate(read_json(self.root / "summary.json"))
+
+    def write_summary(self, summary: RunSummary) -> None:
+        write_json(self.root / "summary.json", summary)
+
+    # --- rounds -----------------------------------------------------------------------------------
+
+    def folder(self, number: int) -> Path:
+        return self.root / f"round_{number:02d}"
+
+    def path(self, number: int, artefact: Artefact) -> Path:
+        return self.folder(number) / artefact.name
+
+    def has(self, number: int, artefact: Artefact) -> bool:
+        return self.path(number, artefact).exists()
+
+    def read(self, number: int, artefact: Artefact) -> Any:
+        """The artefact's records: a list for a JSONL artefact (empty when absent), else one record."""
+        path = self.path(number, artefact)
+        if artefact.rows:
+            return [_from_json(artefact.record, row) for row in read_jsonl(path)]
+        return _from_json(artefact.record, read_json(path))
+
+    def write(self, number: int, artefact: Artefact, value: Any) -> None:
+        path = self.path(number, artefact)
+        if artefact.rows:
+            write_jsonl(path, [_to_json(r) if hasattr(r, "to_record") else r for r in value])
+        elif isinstance(value, RoundMetrics):
+            write_json(path, value.model_dump(mode="json", exclude_none=True))  # absent splits stay absent
+        else:
+            write_json(path, _to_json(value))
+
+    def rounds(self) -> list[int]:
+        """Every round folder there is, 0 included, in order."""
+        return sorted(int(p.name[6:]) for p in self.root.glob("round_[0-9][0-9]*") if p.name[6:].isdigit())
 
     def rounds_done(self) -> list[int]:
-        """Round numbers (0 = before any training) whose evaluation is complete."""
-        return sorted(int(p.parent.name[6:]) for p in self.root.glob("round_*/metrics.json"))
+        """Rounds (0 = before any training) whose evaluation is complete."""
+        return [n for n in self.rounds() if self.has(n, METRICS)]
+
+    def metrics_history(self) -> list[RoundMetrics]:
+        return [self.read(n, METRICS) for n in self.rounds_done()]
 
     def selected_ids(self, upto: int) -> list[str]:
         """Ids trained on in rounds 1..upto, in selection order."""
-        return [row["id"] for n in range(1, upto + 1) for row in read_jsonl(self.round(n) / "selected.jsonl")]
+        return [row.sample.id for n in range(1, upto + 1) for row in self.read(n, SELECTED)]
 
+    def adapter(self, number: int) -> Path | None:
+        """The adapter the student carries after ``number`` rounds (None before the first)."""
+        return None if number == 0 else self.folder(number) / ADAPTER
 
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    def has_adapter(self, number: int) -> bool:
+        return number > 0 and (self.folder(number) / ADAPTER / TRAINED).exists()
 
+    def seconds(self, number: int) -> dict[str, float]:
+        path = self.folder(number) / SECONDS
+        return read_json(path) if path.exists() else {}
 
-def write_json(path: Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
+    def add_seconds(self, number: int, stage: str, seconds: float) -> None:
+        write_json(self.folder(number) / SECONDS, {**self.seconds(number), stage: round(seconds, 3)})
 
-
-def read_json(path: Path) -> Any:
-    return json.loads(path.read_text())
-
-
-def write_jsonl(path: Path, rows: Iterable[BaseModel | dict]) -> None:
-    lines = (r.model_dump_json() if isinstance(r, BaseModel) else json.dumps(r, default=str) for r in rows)
-    atomic_write_text(path, "".join(line + "\n" for line in lines))
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    def copy_round(self, number: int, target: RunDir, *, without: tuple[Artefact, ...] = ()) -> None:
+        """Copy a complete round into another run directory (it appears whole: staged, then renamed)."""
+        staging = target.folder(number).with_name(target.folder(number).name + ".partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(self.folder(number), staging, ignore=shutil.ignore_patterns(*(a.name for a in without)))
+        staging.rename(target.folder(number))

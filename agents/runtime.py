@@ -1,8 +1,8 @@
 """What the loop's nodes share besides the graph state: the config, the run directory and the
-external services (index, embedder, student, teacher), opened lazily and once.
+external services (pool index, query embedder, student), opened lazily and once.
 
 Injecting these (rather than building them inside nodes) is what lets tests hand the loop a tiny
-student, a local Qdrant and a scripted teacher.
+student, an embedded Qdrant and a scripted teacher.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ class Runtime:
     run_dir: RunDir
     index: PoolIndex | None = None
     embedder: Any = None
-    _student: tuple[tuple, Student] | None = field(default=None, repr=False)
+    _student: tuple[Path | None, Student] | None = field(default=None, repr=False)
 
     def pool_index(self) -> PoolIndex:
         if self.index is None:
@@ -43,17 +43,17 @@ class Runtime:
     def pool_image_root(self) -> Path:
         return Path(self.pool_index().manifest.image_root)
 
-    def student(self, adapter: Path | None, *, trainable: bool = False) -> Student:
-        """The student with the adapter of a round; the last one loaded is kept for the next node."""
-        key = (adapter, trainable)
-        if self._student is None or self._student[0] != key or trainable:
+    def student(self, adapter: Path | None) -> Student:
+        """The student (for inference) with a round's adapter; the last one loaded is kept for the next node."""
+        if self._student is None or self._student[0] != adapter:
             self._student = None  # free the old model before loading the next
-            self._student = (key, load_student(self.config.student, adapter=adapter, is_trainable=trainable))
+            self._student = (adapter, load_student(self.config.student, adapter=adapter))
         return self._student[1]
 
-    def adapter_of(self, round_number: int) -> Path | None:
-        """The adapter the student carries after ``round_number`` rounds (None before the first)."""
-        return None if round_number == 0 else self.run_dir.round(round_number) / "adapter"
+    def trainable_student(self, adapter: Path | None) -> Student:
+        """A fresh trainable copy; not kept, since training changes it (the cache is freed for its memory)."""
+        self._student = None
+        return load_student(self.config.student, adapter=adapter, is_trainable=True)
 
     def close(self) -> None:
         if self.index is not None:

@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 
 from agents.records import Diagnosis, DiagnosisLog
 from prompts.render import data_tag, render
+from retrieval.files import atomic_write_text
 from training.records import EvalRecord
 
 DEFAULT_TEACHER_URL = "http://127.0.0.1:8000/v1"
@@ -213,7 +214,7 @@ def _check_step(diagnosis: Diagnosis, steps: list[str], warnings: list[str]) -> 
 
 
 class ReplyCache:
-    """One JSON file per valid reply, written atomically (tmp file + os.replace)."""
+    """One JSON file per valid reply, written atomically (retrieval/files.py)."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
@@ -232,11 +233,7 @@ class ReplyCache:
             return None
 
     def put(self, key: str, content: str, model: str, dialect: Dialect) -> None:
-        path = self.path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{id(content)}.tmp")
-        tmp.write_text(json.dumps({"model": model, "dialect": dialect, "content": content}))
-        os.replace(tmp, path)
+        atomic_write_text(self.path(key), json.dumps({"model": model, "dialect": dialect, "content": content}))
 
 
 # --- the client -----------------------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """The selection benchmark: every strategy side by side at equal budget, with its cost (issue 6).
 
 For one or more demo target tasks, budgets (fractions of the pool) and seeds, runs the loop
-(`agents.cmd_run.execute`) with each strategy and records target test accuracy, generic-skill accuracy
+(`agents.api.run`) with each strategy and records target test accuracy, generic-skill accuracy
 (forgetting against the zero-shot student), what was selected (skill mix, noise share) and wall-clock
-seconds split into selection (diagnose + retrieve + rerank: teacher, embedding, retrieval, scoring) and
+seconds split into selection (diagnose + retrieve + rerank + draw + replay: teacher, embedding, retrieval,
+scoring, uniform draws, known-skill replay) and
 training. Rows:
 
 - ``zero-shot``: the student as given (round 0 of the runs);
@@ -41,7 +42,15 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach the hub
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
+from agents.run_dir import DIAGNOSES, SELECTED, RunDir  # noqa: E402  (after the sys.path line above)
+from agents.run_dir import METRICS as METRICS_FILE  # noqa: E402
+
 log = logging.getLogger("benchmarks.selection")
+# Seconds of a round that are not selection; every other stage a selector timed is (diagnose, retrieve,
+# rerank, draw, replay).
+NOT_SELECTION = ("train", "evaluate")
+SELECTION_STAGES = ("diagnose", "retrieve", "rerank", "draw", "replay")
+ROUND_STAGES = (*SELECTION_STAGES, *NOT_SELECTION)
 
 FULL_POOL_POLICY = (
     "full-pool: one LoRA run over every accepted pool sample (noise included, as a user without selection "
@@ -115,7 +124,7 @@ class World:
 
 def prepare_world(task: str, args: argparse.Namespace, settings: Settings) -> World:
     """The demo world (pool, target splits, generic set), its index and the student; built once, cached."""
-    from agents.cmd_demo import ensure_index
+    from agents import api
     from demo.build import build_world
     from demo.targets import TARGETS
     from demo.world import SKILLS
@@ -136,7 +145,7 @@ def prepare_world(task: str, args: argparse.Namespace, settings: Settings) -> Wo
         student = root / "tiny-student"
         if not (student / "config.json").exists():
             build_tiny_llava(student, vocabulary_texts() + target_texts(), seed=0)
-    store = ensure_index(world.pool, world.image_root, root / "index")
+    store = api.ensure_index(api.IndexConfig(pool=world.pool, image_root=world.image_root, store=root / "index"))
     index = PoolIndex.open(store=store)
     try:
         count = index.count()
@@ -185,32 +194,30 @@ def run_config(world: World, strategy: Strategy, fraction: float, seed: int, out
 
 
 def run_complete(out: Path) -> bool:
-    summary = out / "summary.json"
-    return summary.exists() and json.loads(summary.read_text()).get("stop_reason") is not None
+    run = RunDir(out)
+    return run.has_summary() and run.read_summary().stop_reason is not None
 
 
 def seed_round_zero(out: Path, zero_shot: Path) -> None:
     """Round 0 (the untouched student's evaluation) is the same for every run of a task: copy it, do not
-    recompute it. The loop's evaluate node skips a round whose metrics.json exists."""
-    target = out / "round_00"
-    if target.exists() or not (zero_shot / "metrics.json").exists():
+    recompute it. The loop's evaluate node skips a round whose metrics exist. ``zero_shot`` is a run
+    directory holding round 0 only."""
+    run, zero = RunDir(out), RunDir(zero_shot)
+    if run.folder(0).exists() or not zero.has(0, METRICS_FILE):
         return
-    shutil.copytree(zero_shot, target)
+    zero.copy_round(0, run)
 
 
 def save_round_zero(out: Path, zero_shot: Path) -> None:
-    source = out / "round_00"
-    if zero_shot.exists() or not (source / "metrics.json").exists():
+    run, zero = RunDir(out), RunDir(zero_shot)
+    if zero.folder(0).exists() or not run.has(0, METRICS_FILE):
         return
-    partial = zero_shot.with_name(zero_shot.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    shutil.copytree(source, partial, ignore=shutil.ignore_patterns("selected.jsonl"))
-    partial.rename(zero_shot)
+    run.copy_round(0, zero, without=(SELECTED,))
 
 
 def run_strategy(world: World, strategy: Strategy, fraction: float, seed: int, task_dir: Path,
                  settings: Settings, teacher: dict | None) -> Path:
-    from agents.cmd_run import execute
+    from agents import api
 
     out = task_dir / f"seed{seed}" / f"{strategy.name}-b{fraction:g}"
     zero_shot = task_dir / "zero-shot"
@@ -219,14 +226,14 @@ def run_strategy(world: World, strategy: Strategy, fraction: float, seed: int, t
         config = run_config(world, strategy, fraction, seed, out, settings, teacher)
         log.info("running %s at budget %g (%d samples), seed %d → %s", strategy.name, fraction, config.budget,
                  seed, out)
-        execute(config, run_id=f"selection-{world.task}-{strategy.name}-{fraction:g}-{seed}")
+        api.run(config, run_id=f"selection-{world.task}-{strategy.name}-{fraction:g}-{seed}")
     save_round_zero(out, zero_shot)
     return out
 
 
 def run_full_pool(world: World, seed: int, task_dir: Path, settings: Settings) -> Path:
     """Train on every accepted pool sample with the loop's round-1 LoRA settings, then evaluate (timed)."""
-    from agents.run_dir import write_json
+    from retrieval.files import write_json
     from retrieval.ingest import Accepted, iter_samples
     from training.evaluate import evaluate
     from training.lora import LoraTrainConfig, train_lora
@@ -268,16 +275,8 @@ def run_full_pool(world: World, seed: int, task_dir: Path, settings: Settings) -
 # --- reading results -------------------------------------------------------------------------------
 
 
-def _rounds(out: Path) -> list[int]:
-    return sorted(int(p.parent.name[6:]) for p in out.glob("round_*/metrics.json"))
-
-
 def _read(path: Path) -> Any:
     return json.loads(path.read_text())
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
 def composition(records: list[dict], target_sources: tuple[str, ...]) -> dict:
@@ -296,12 +295,10 @@ def composition(records: list[dict], target_sources: tuple[str, ...]) -> dict:
 
 def diagnose_rounds(out: Path) -> list[tuple[float, int, int]]:
     """(diagnose seconds, diagnoses asked, of which served from the reply cache) of each round >= 1."""
-    found = []
-    for n in _rounds(out)[1:]:
-        folder = out / f"round_{n:02d}"
-        rows = _read_jsonl(folder / "diagnoses.jsonl")
-        found.append((_read(folder / "seconds.json").get("diagnose", 0.0), len(rows),
-                      sum(1 for r in rows if r.get("cached"))))
+    run, found = RunDir(out), []
+    for n in run.rounds_done()[1:]:
+        rows = run.read(n, DIAGNOSES)
+        found.append((run.seconds(n).get("diagnose", 0.0), len(rows), sum(1 for r in rows if r.cached)))
     return found
 
 
@@ -317,44 +314,43 @@ def strategy_row(out: Path, strategy: str, fraction: float, seed: int, zero_gene
     by the runs of a task (round 1 asks every run of a seed the same questions, and a student that barely
     moved asks some again in round 2), so each reply a run got from the cache is charged ``diagnosis_s``:
     a run's selection cost is what it would pay alone, never what the cache saved it."""
-    rounds = _rounds(out)
-    final = _read(out / f"round_{rounds[-1]:02d}" / "metrics.json")
-    by_round = per_round(out, rounds)
+    run = RunDir(out)
+    rounds = run.rounds_done()
+    final = run.read(rounds[-1], METRICS_FILE)
+    summary = run.read_summary()
+    by_round = per_round(run, rounds)
     seconds: Counter = Counter()
     for r in by_round[1:]:
         seconds.update(r["seconds"])
-    selected = [row for n in rounds[1:] for row in _read_jsonl(out / f"round_{n:02d}" / "selected.jsonl")]
+    selected = [row.sample.to_record() for n in rounds[1:] for row in run.read(n, SELECTED)]
     cached = sum(c * diagnosis_s for _, _, c in diagnose_rounds(out))
     seconds["diagnose"] = seconds.get("diagnose", 0.0) + cached
-    selection_s = sum(seconds.get(k, 0.0) for k in ("diagnose", "retrieve", "rerank"))
+    selection_s = sum(v for k, v in seconds.items() if k not in NOT_SELECTION)
     return {
         "strategy": strategy, "budget_fraction": fraction, "seed": seed,
-        "budget": _read(out / "summary.json")["budget"], "rounds": len(rounds) - 1,
-        "stop_reason": _read(out / "summary.json")["stop_reason"],
-        "val_accuracy": final.get("val_accuracy"), "test_accuracy": final.get("test_accuracy"),
-        "generic_accuracy": final.get("generic_accuracy"),
-        "forgetting": _forgetting(final.get("generic_accuracy"), zero_generic),
-        "test_by_source": final.get("test_by_source"), "generic_by_source": final.get("generic_by_source"),
+        "budget": summary.budget, "rounds": len(rounds) - 1, "stop_reason": summary.stop_reason,
+        "val_accuracy": final.val_accuracy, "test_accuracy": final.test_accuracy,
+        "generic_accuracy": final.generic_accuracy,
+        "forgetting": _forgetting(final.generic_accuracy, zero_generic),
+        "test_by_source": final.test_by_source, "generic_by_source": final.generic_by_source,
         **composition(selected, target_sources),
         "seconds": {"selection": round(selection_s, 3), "training": round(seconds.get("train", 0.0), 3),
                     "evaluation": round(seconds.get("evaluate", 0.0), 3),
-                    **{k: round(seconds.get(k, 0.0), 3) for k in ("diagnose", "retrieve", "rerank")},
+                    **{k: round(seconds.get(k, 0.0), 3) for k in SELECTION_STAGES},
                     "diagnose_charged_for_cache": round(cached, 3)},
         "per_round": by_round,
         "run_dir": str(out),
     }
 
 
-def per_round(out: Path, rounds: list[int]) -> list[dict]:
+def per_round(run: RunDir, rounds: list[int]) -> list[dict]:
     """Accuracies after each round (0 = the untouched student) and the round's seconds per stage."""
     found = []
     for n in rounds:
-        folder = out / f"round_{n:02d}"
-        metrics = _read(folder / "metrics.json")
-        seconds = _read(folder / "seconds.json") if (folder / "seconds.json").exists() else {}
-        found.append({"round": n, "selected": len(_read_jsonl(folder / "selected.jsonl")),
-                      **{k: metrics.get(k) for k in ("val_accuracy", "test_accuracy", "generic_accuracy")},
-                      "seconds": seconds})
+        metrics = run.read(n, METRICS_FILE)
+        found.append({"round": n, "selected": len(run.read(n, SELECTED)),
+                      **{k: getattr(metrics, k) for k in ("val_accuracy", "test_accuracy", "generic_accuracy")},
+                      "seconds": run.seconds(n)})
     return found
 
 
@@ -367,20 +363,20 @@ def recorded_teacher(runs: list[tuple[str, float, int, Path]]) -> dict | None:
     """The teacher settings a teacher run was made with (from its run.json)."""
     for name, _, _, out in runs:
         if name.startswith("teacher"):
-            teacher = _read(out / "run.json")["config"]["teacher"]
+            teacher = RunDir(out).read_info().config["teacher"]
             return {k: teacher.get(k) for k in ("base_url", "model", "dialect", "send_images", "concurrency")}
     return None
 
 
 def zero_shot_row(zero_shot: Path) -> dict:
-    metrics = _read(zero_shot / "metrics.json")
+    run = RunDir(zero_shot)
+    metrics = run.read(0, METRICS_FILE)
     return {"strategy": "zero-shot", "budget_fraction": 0.0, "seed": None, "budget": 0,
-            "val_accuracy": metrics.get("val_accuracy"), "test_accuracy": metrics.get("test_accuracy"),
-            "generic_accuracy": metrics.get("generic_accuracy"), "forgetting": 0.0,
-            "test_by_source": metrics.get("test_by_source"), "generic_by_source": metrics.get("generic_by_source"),
+            "val_accuracy": metrics.val_accuracy, "test_accuracy": metrics.test_accuracy,
+            "generic_accuracy": metrics.generic_accuracy, "forgetting": 0.0,
+            "test_by_source": metrics.test_by_source, "generic_by_source": metrics.generic_by_source,
             "selected": 0, "by_source": {}, "noise": {}, "noise_share": 0.0, "on_target_share": 0.0,
-            "seconds": {"selection": 0.0, "training": 0.0,
-                        "evaluation": _read(zero_shot / "seconds.json").get("evaluate", 0.0)},
+            "seconds": {"selection": 0.0, "training": 0.0, "evaluation": run.seconds(0).get("evaluate", 0.0)},
             "run_dir": str(zero_shot)}
 
 
@@ -457,7 +453,8 @@ def markdown(task: str, table: list[dict], checks: list[dict], settings: dict, n
         f"epoch(s) per round, batch {settings['batch_size']}; teacher diagnoses ≤ {settings['max_diagnoses']} "
         "failures per round. Values are mean ± sample standard deviation over the seeds (n). Accuracies and "
         "shares in %; forgetting = generic accuracy − zero-shot generic accuracy (points; negative = forgot). "
-        "Selection = diagnose + retrieve + rerank seconds (teacher, embedding, retrieval, scoring).", "",
+        "Selection = diagnose + retrieve + rerank + draw + replay seconds (teacher, embedding, retrieval, "
+        "scoring, uniform draws, known-skill replay).", "",
         "| strategy | budget | n | target test acc | generic acc | forgetting | noise share | on-target share "
         "| selection s | training s | selected skills (top 3) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -499,15 +496,14 @@ def round_lines(rows: list[dict]) -> list[str]:
     lines = ["", f"## Round by round (seed {seed}, budget {100 * fraction:g}%)", "",
              "Accuracy after each round in % (round 0 = the untouched student) and that round's seconds per "
              "stage (the teacher's replies may come from the shared cache: these are the seconds paid).", "",
-             "| strategy | round | selected | val acc | target test acc | generic acc | diagnose s | retrieve s "
-             "| rerank s | train s | evaluate s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| strategy | round | selected | val acc | target test acc | generic acc | "
+             + " | ".join(f"{k} s" for k in ROUND_STAGES) + " |", "|---" * (6 + len(ROUND_STAGES)) + "|"]
     for name in ROUND_STRATEGIES:
         for r in runs[(name, fraction, seed)]["per_round"]:
             sec = r["seconds"]
             lines.append(f"| {name} | {r['round']} | {r['selected']} | {_pct(r['val_accuracy'])} "
                          f"| {_pct(r['test_accuracy'])} | {_pct(r['generic_accuracy'])} | "
-                         + " | ".join(f"{sec.get(k, 0.0):.1f}" for k in ("diagnose", "retrieve", "rerank", "train",
-                                                                         "evaluate")) + " |")
+                         + " | ".join(f"{sec.get(k, 0.0):.1f}" for k in ROUND_STAGES) + " |")
     return lines
 
 
@@ -772,7 +768,7 @@ def benchmark_task(task: str, args: argparse.Namespace, settings: Settings, comm
               for name, which in missing.items()]
     zero_shot = task_dir / "zero-shot"
     zero_generic = None
-    if (zero_shot / "metrics.json").exists():
+    if RunDir(zero_shot).has(0, METRICS_FILE):
         rows.append(zero_shot_row(zero_shot))
         zero_generic = rows[0]["generic_accuracy"]
     teacher_names = {s.name for s in STRATEGIES if s.needs_teacher}

@@ -26,6 +26,7 @@ from pydantic import BaseModel
 from demo.pool import NoiseConfig, write_clean, write_pool
 from demo.targets import TARGETS, write_target
 from demo.world import GENERIC_SKILLS, WORLD_VERSION
+from retrieval.files import write_json
 
 if TYPE_CHECKING:
     from demo.student import PretrainSettings
@@ -121,6 +122,4 @@ def _read_manifest(path: Path) -> dict:
 
 
 def _write_manifest(path: Path, manifest: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_json(path, manifest, sort_keys=True)

@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field
 from tqdm import tqdm
 
 from demo.world import OFF_TOPIC, SKILLS, Scene, Skill, png_bytes, sample_scene
+from retrieval.files import atomic_write_text
 
 OFF_TOPIC_SOURCE = "misc-v1"
 
@@ -222,11 +223,7 @@ def _corrupt_answers(clean: list[_Draft], n_wrong: int, rng: random.Random) -> N
 
 def _write_jsonl(path: Path, drafts: list[_Draft], *, id_prefix: str, images: _Images) -> None:
     ids = {d.key: f"{id_prefix}-{i:06d}" for i, d in enumerate(drafts)}
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for draft in drafts:
-            f.write(json.dumps(_record(draft, ids, images), ensure_ascii=False) + "\n")
-    tmp.replace(path)
+    atomic_write_text(path, "".join(json.dumps(_record(d, ids, images), ensure_ascii=False) + "\n" for d in drafts))
 
 
 def _record(d: _Draft, ids: dict[int, str], images: _Images) -> dict:

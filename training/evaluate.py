@@ -82,14 +82,20 @@ def generate(student: Student, samples: list[Sample], image_root: Path | None, *
     return tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
+# The evaluation defaults, defined once: the loop's config, `tutorloop eval` and every caller take these.
+DEFAULT_MATCHER = "vqa"
+DEFAULT_BATCH_SIZE = 32
+DEFAULT_MAX_NEW_TOKENS = 16
+
+
 def evaluate(
     student: Student,
     samples: list[Sample],
     image_root: Path | None,
     *,
-    matcher: str = "vqa",
-    batch_size: int = 16,
-    max_new_tokens: int = 16,
+    matcher: str = DEFAULT_MATCHER,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     progress: bool = True,
 ) -> EvalResult:
     match = get_matcher(matcher)

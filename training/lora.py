@@ -13,7 +13,6 @@ deterministic kernels are requested while training, so the same call on CPU give
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
@@ -28,6 +27,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
+from retrieval.files import write_json
 from retrieval.records import Sample
 from training.student import Student, answer_nll, build_inputs, items_from_samples, quiet_peft
 
@@ -341,6 +341,4 @@ def _report(student: Student, out: Path, mode: str, samples: Sequence[Sample], r
 
 
 def _write_report(out: Path, report: TrainReport) -> None:
-    tmp = out / "training.json.tmp"
-    tmp.write_text(json.dumps(report.model_dump(), indent=2))
-    tmp.replace(out / "training.json")  # training.json marks a finished adapter (the loop checks for it)
+    write_json(out / "training.json", report)  # training.json marks a finished adapter (the loop checks for it)

@@ -99,22 +99,28 @@ def test_plot_writes_png(selection, tmp_path):
 
 
 def _write_run(root: Path, rounds: list[tuple[float, int, int]]) -> Path:
-    import json
+    from agents.records import DiagnosisLog, RoundMetrics, RunSummary, SelectedSample
+    from agents.run_dir import DIAGNOSES, METRICS, SELECTED, RunDir
 
-    (root / "round_00").mkdir(parents=True)
-    (root / "round_00" / "metrics.json").write_text(json.dumps({"test_accuracy": 0.2, "generic_accuracy": 0.9}))
+    run = RunDir(root)
+    run.write(0, METRICS, RoundMetrics(round=0, test_accuracy=0.2, generic_accuracy=0.9))
+    history = [run.read(0, METRICS)]
     for n, (diagnose_s, asked, cached) in enumerate(rounds, start=1):
-        folder = root / f"round_{n:02d}"
-        folder.mkdir()
-        (folder / "metrics.json").write_text(json.dumps({"test_accuracy": 0.5, "generic_accuracy": 0.88}))
-        (folder / "seconds.json").write_text(json.dumps({"diagnose": diagnose_s, "retrieve": 1.0, "rerank": 2.0,
-                                                         "train": 5.0, "evaluate": 3.0}))
-        (folder / "diagnoses.jsonl").write_text(
-            "".join(json.dumps({"cached": i < cached}) + "\n" for i in range(asked)))
-        (folder / "selected.jsonl").write_text(
-            json.dumps({"id": f"a{n}", "source": "side_colour-v1"}) + "\n"
-            + json.dumps({"id": f"b{n}", "source": "colour-v1", "noise": "wrong_answer"}) + "\n")
-    (root / "summary.json").write_text(json.dumps({"budget": 2 * len(rounds), "stop_reason": "rounds spent"}))
+        for stage, seconds in {"diagnose": diagnose_s, "retrieve": 1.0, "rerank": 2.0, "train": 5.0,
+                               "evaluate": 3.0}.items():
+            run.add_seconds(n, stage, seconds)
+        run.write(n, DIAGNOSES, [DiagnosisLog(sample_id=f"f{i}", question="q", reference="r", prediction="p",
+                                              cached=i < cached) for i in range(asked)])
+        sample = {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}
+        why = {"gap": "g", "query": "q", "relevance": 1.0, "score": 1.0, "reason": "test"}
+        run.write(n, SELECTED, [
+            SelectedSample.from_record({"id": f"a{n}", "source": "side_colour-v1", **sample, "selection": why}),
+            SelectedSample.from_record({"id": f"b{n}", "source": "colour-v1", "noise": "wrong_answer", **sample,
+                                        "selection": why})])
+        run.write(n, METRICS, RoundMetrics(round=n, test_accuracy=0.5, generic_accuracy=0.88, selected=2,
+                                           seconds=run.seconds(n)))
+        history.append(run.read(n, METRICS))
+    run.write_summary(RunSummary.from_history(history, "rounds spent", "teacher", 2 * len(rounds)))
     return root
 
 
@@ -139,6 +145,6 @@ def test_round_by_round_table(selection, tmp_path):
     assert rows[2]["per_round"][1]["selected"] == 2 and rows[2]["per_round"][0]["test_accuracy"] == 0.2
     lines = selection.round_lines(rows)
     assert lines[1] == "## Round by round (seed 0, budget 5%)"
-    assert "| teacher | 1 | 2 | — | 50.0 | 88.0 | 4.0 | 1.0 | 2.0 | 5.0 | 3.0 |" in lines
+    assert "| teacher | 1 | 2 | — | 50.0 | 88.0 | 4.0 | 1.0 | 2.0 | 0.0 | 0.0 | 5.0 | 3.0 |" in lines
     assert sum(line.startswith("| random |") for line in lines) == 3  # rounds 0, 1, 2
     assert selection.round_lines(rows[:2]) == []  # no teacher run at that budget: no table

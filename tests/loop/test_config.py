@@ -7,19 +7,46 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from agents.config import build_config, load_config_file
+from agents.config import IndexConfig, RunConfig, build_config, load_config_file
 
 SHIPPED = sorted((Path(__file__).parents[2] / "agents" / "configs").glob("*.yaml"))
+KIND = {"run.yaml": RunConfig, "index.yaml": IndexConfig}  # one config per entry point
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
-def test_every_shipped_config_validates(path):
-    config = build_config(path, {})
-    assert config.budget > 0 and config.rounds > 0
+def test_every_shipped_config_validates_and_states_the_defaults(path):
+    kind = KIND[path.name]
+    config = build_config(path, {}, kind)
+    # "every other value here is the default": the file must not drift from the code
+    for key, value in load_config_file(path).items():
+        field = kind.model_fields[key]
+        if field.is_required() or field.default is None or isinstance(value, dict):
+            continue  # the user's paths and nested sections
+        assert value == field.get_default(call_default_factory=True), f"{path.name}: {key}"
+    assert config is not None
 
 
-def test_shipped_configs_exist():
-    assert SHIPPED, "agents/configs/ ships at least one example config"
+def test_a_config_ships_for_every_entry_point():
+    assert {p.name for p in SHIPPED} == set(KIND)
+
+
+def test_index_config_defaults_and_refusals(tmp_path, monkeypatch):
+    monkeypatch.delenv("QDRANT_URL", raising=False)
+    config = build_config(None, {"pool": "p.jsonl", "clusters": "7"}, IndexConfig)
+    assert config.clusters == 7 and config.store is not None and config.quarantine.parent == config.store
+    monkeypatch.setenv("QDRANT_URL", "http://qdrant:6333")
+    assert build_config(None, {"pool": "p.jsonl"}, IndexConfig).qdrant_url == "http://qdrant:6333"
+    with pytest.raises(ValidationError, match="clusters"):
+        build_config(None, {"pool": "p.jsonl", "clusters": "0"}, IndexConfig)
+
+
+def test_selector_names_come_from_the_registry():
+    from agents.selectors import SELECTORS
+
+    base = {"student": "s", "val": "v", "store": "i", "out": "o", "budget": 3}
+    assert all(build_config(None, {**base, "selector": name}).selector == name for name in SELECTORS)
+    with pytest.raises(ValidationError, match="known: teacher, failures, random"):
+        build_config(None, {**base, "selector": "oracle"})
 
 
 def test_flags_override_the_file_and_nested_sections_merge(tmp_path):

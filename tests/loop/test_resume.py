@@ -1,5 +1,6 @@
 """Crash-resume: a `tutorloop run` subprocess SIGKILLed mid-run, resumed with only `--out`, ends with
-the same selections as an uninterrupted run — no sample selected twice, no round lost."""
+the same selections as an uninterrupted run — no sample selected twice, no round lost. And a kill between
+any two writes of a node leaves nothing behind that a resume cannot finish."""
 
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from agents.cmd_run import execute
-from agents.run_dir import read_json, read_jsonl
+from agents.api import run
+from agents.run_dir import DIAGNOSES, METRICS, PLAN, SCORED, SELECTED, RunDir
 
 pytestmark = pytest.mark.integration
 
@@ -38,26 +39,26 @@ def _kill_when(process: subprocess.Popen, marker: Path, timeout: float = 300) ->
 
 
 def _selections(out: Path) -> list[list[str]]:
-    return [[r["id"] for r in read_jsonl(out / f"round_{n:02d}" / "selected.jsonl")] for n in (1, 2)]
+    return [[r.sample.id for r in RunDir(out).read(n, SELECTED)] for n in (1, 2)]
 
 
 @pytest.fixture(scope="module")
 def reference(tiny_world, loop_config, tmp_path_factory):
     config = loop_config(tiny_world, tmp_path_factory.mktemp("resume") / "reference", selector="failures")
-    execute(config, run_id="reference")
+    run(config, run_id="reference")
     return config
 
 
 @pytest.mark.parametrize("kill_after", [
-    "round_01/selected.jsonl",  # killed in round 1's training
-    pytest.param("round_02/gaps.json", marks=pytest.mark.slow),  # killed in round 2's retrieval
+    (1, SELECTED),  # killed in round 1's training
+    pytest.param((2, PLAN), marks=pytest.mark.slow),  # killed in round 2's selection
 ])
 def test_killed_run_resumes_to_the_same_selections(reference, tmp_path, kill_after):
     crashed = reference.model_copy(update={"out": tmp_path / "crashed"})
     (tmp_path / "cfg.json").write_text(json.dumps(crashed.model_dump(mode="json")))
     process = _start(["--config", str(tmp_path / "cfg.json"), "--out", str(crashed.out)])
-    _kill_when(process, crashed.out / kill_after)
-    assert not (crashed.out / "round_02" / "metrics.json").exists(), "killed too late to test a resume"
+    _kill_when(process, RunDir(crashed.out).path(*kill_after))
+    assert not RunDir(crashed.out).has(2, METRICS), "killed too late to test a resume"
 
     resumed = _start(["--out", str(crashed.out)])
     _, stderr = resumed.communicate(timeout=600)
@@ -67,9 +68,9 @@ def test_killed_run_resumes_to_the_same_selections(reference, tmp_path, kill_aft
     assert _selections(crashed.out) == _selections(reference.out)
     flat = [i for ids in _selections(crashed.out) for i in ids]
     assert len(flat) == len(set(flat)) == 12
-    summary = read_json(crashed.out / "summary.json")
-    assert [r["round"] for r in summary["rounds"]] == [1, 2]
-    assert summary["final"] == read_json(reference.out / "summary.json")["final"]
+    summary = RunDir(crashed.out).read_summary()
+    assert [r.round for r in summary.rounds] == [1, 2]
+    assert summary.final == RunDir(reference.out).read_summary().final
 
 
 def test_kill_between_a_nodes_writes_and_the_next_checkpoint_resumes(reference, tmp_path):
@@ -83,11 +84,47 @@ def test_kill_between_a_nodes_writes_and_the_next_checkpoint_resumes(reference, 
         cut = next(c for c, _ in rows if c in wrote)  # the first rerank: its writes kept, nothing after it
         db.execute("DELETE FROM checkpoints WHERE checkpoint_id > ?", (cut,))
         db.execute("DELETE FROM writes WHERE checkpoint_id > ?", (cut,))
-    for later in ("summary.json", "round_01/adapter", "round_01/metrics.json", "round_02"):
-        path = crashed / later
+    run_dir = RunDir(crashed)
+    for path in (crashed / "summary.json", run_dir.adapter(1), run_dir.path(1, METRICS), run_dir.folder(2)):
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     config = reference.model_copy(update={"out": crashed})
-    execute(config, run_id="reference")
+    run(config, run_id="reference")
 
     assert _selections(crashed) == _selections(reference.out)
-    assert [r["round"] for r in read_json(crashed / "summary.json")["rounds"]] == [1, 2]
+    assert [r.round for r in run_dir.read_summary().rounds] == [1, 2]
+
+
+class Killed(BaseException):
+    """Stands in for SIGKILL inside the process: nothing after the write runs (not even except clauses)."""
+
+
+@pytest.mark.parametrize("artefact", [
+    SELECTED, pytest.param(SCORED, marks=pytest.mark.slow), pytest.param(DIAGNOSES, marks=pytest.mark.slow)])
+def test_a_kill_right_after_any_write_of_the_select_node_resumes_to_the_reference(
+        reference, tmp_path, monkeypatch, artefact):
+    """The select node writes scored.jsonl, links the diagnoses to the selection, and writes selected.jsonl
+    (its "done" marker). A kill right after any of these writes, resumed, must give the reference run's
+    files — the diagnoses linked to what their gaps selected included (the old order wrote selected.jsonl
+    before the diagnoses' links, so a kill between the two left them unlinked for good)."""
+    config = reference.model_copy(update={"out": tmp_path / "crashed"})
+    target = RunDir(config.out).path(1, artefact)
+    real_replace, writes = os.replace, []
+
+    def replace_then_die(src, dst, *args, **kwargs):  # the commit point of every atomic write
+        real_replace(src, dst, *args, **kwargs)
+        if Path(dst) == target:
+            writes.append(dst)
+            if artefact is not DIAGNOSES or len(writes) == 2:  # diagnoses: the select node's rewrite
+                raise Killed
+
+    monkeypatch.setattr(os, "replace", replace_then_die)
+    with pytest.raises(Killed):
+        run(config, run_id="killed")
+    monkeypatch.setattr(os, "replace", real_replace)
+    run(config, run_id="killed")
+
+    crashed, expected = RunDir(config.out), RunDir(reference.out)
+    assert crashed.read(1, SELECTED) == expected.read(1, SELECTED)
+    linked = [row.selected_ids for row in crashed.read(1, DIAGNOSES)]
+    assert linked == [row.selected_ids for row in expected.read(1, DIAGNOSES)]
+    assert set().union(*linked) == set(_selections(config.out)[0])

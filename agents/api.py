@@ -1,0 +1,101 @@
+"""The Python API: index a pool, run (or resume) the loop, evaluate a student. The CLI, the demo and the
+benchmarks call these; so can a notebook:
+
+    from agents import api
+    api.index(api.IndexConfig(pool="pool.jsonl", store="index"))
+    config = api.RunConfig(student="student/", val="val.jsonl", store="index", budget=300, rounds=1,
+                           selector="failures", out="runs/first")
+    summary = api.run(config)          # one round: evaluate, plan, select, LoRA-train, evaluate
+    print(summary.final.val_accuracy)
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+from agents.config import IndexConfig, RunConfig, merge
+from agents.records import RunInfo, RunSummary
+from agents.run_dir import RunDir
+
+__all__ = ["IndexConfig", "RunConfig", "ensure_index", "evaluate", "index", "resume", "run"]
+
+INDEX_COMPLETE = ".complete"  # marks a store that `ensure_index` built to the end
+
+
+def index(config: IndexConfig, *, embedder: Any = None, pool_index: Any = None):
+    """Ingest, embed, cluster and upsert the pool; returns the IndexReport (counts, clusters, seconds).
+
+    ``embedder`` and ``pool_index`` may be given (tests, a shared server client); else they are opened from
+    the config and the index is closed at the end."""
+    from retrieval.embed import load_embedder, resolve_embedder_name
+    from retrieval.index import PoolIndex, index_pool
+
+    target = pool_index or PoolIndex.open(store=config.store, url=config.qdrant_url, collection=config.collection)
+    try:
+        return index_pool(
+            config.pool, index=target, embedder=embedder or load_embedder(config.embedder),
+            embedder_name=resolve_embedder_name(config.embedder), image_root=config.image_root,
+            clusters=config.clusters, batch_size=config.batch_size, cluster_sample=config.cluster_sample,
+            quarantine_path=config.quarantine, check_images=config.check_images, seed=config.seed,
+            progress=config.progress)
+    finally:
+        if pool_index is None:
+            target.close()
+
+
+def ensure_index(config: IndexConfig) -> Path:
+    """Index into ``config.store`` once; a later call reuses a store that was built to the end."""
+    if config.store is None:
+        raise ValueError("ensure_index needs an embedded store (--store)")
+    if not (config.store / INDEX_COMPLETE).exists():
+        report = index(config)
+        counts = report.counts
+        print(f"indexed {counts['accepted']} of {counts['read']} pool samples ({report.k} clusters)", file=sys.stderr)
+        (config.store / INDEX_COMPLETE).write_text("ok\n")
+    return config.store
+
+
+def run(config: RunConfig, *, run_id: str | None = None, pool_index: Any = None, embedder: Any = None) -> RunSummary:
+    """Run the loop for a validated config, or resume it when ``config.out`` holds an unfinished run of it.
+
+    The run id is the checkpointer's thread: a new run gets a fresh one unless given, a resumed run keeps
+    the one in ``run.json``."""
+    from agents.graph import run_loop
+    from agents.runtime import Runtime
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never download a model at run time
+    run_dir = RunDir(config.out)
+    if run_id is None:
+        run_id = run_dir.read_info().run_id if run_dir.exists() else uuid.uuid4().hex
+    run_dir.write_info(RunInfo(run_id=run_id, config=config.model_dump(mode="json")))
+    runtime = Runtime(config=config, run_dir=run_dir, index=pool_index, embedder=embedder)
+    try:
+        run_loop(runtime, run_id)
+    finally:
+        if pool_index is None:
+            runtime.close()
+    return run_dir.read_summary()
+
+
+def resume(out: Path, overrides: dict[str, Any] | None = None) -> RunSummary:
+    """Resume the run in ``out`` with the config it was started with (``overrides`` on top)."""
+    info = RunDir(out).read_info()
+    config = RunConfig.model_validate(merge(info.config, overrides or {}))
+    return run(config, run_id=info.run_id)
+
+
+def evaluate(student: str | Path, data: Path, *, adapter: Path | None = None, image_root: Path | None = None,
+             **settings: Any):
+    """The student (with an optional adapter) on a data file; ``settings``: matcher, batch_size,
+    max_new_tokens, progress (training/evaluate.py's defaults)."""
+    from retrieval.ingest import default_image_root, load_samples
+    from training.evaluate import evaluate as evaluate_student
+    from training.student import load_student
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    root = image_root or default_image_root(data)
+    return evaluate_student(load_student(student, adapter=adapter), load_samples(data, root), root, **settings)

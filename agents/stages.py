@@ -1,0 +1,80 @@
+"""The loop's stages as plain functions: inputs as arguments, records as results, no run directory.
+
+The nodes (agents/nodes.py) call these and write what they return; a notebook or a test can call them
+directly with a tiny student and an embedded index. Selection itself (plan and choose) is the selectors'
+(agents/selectors/); the functions here are the stages around it and the parts selectors share.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from agents.retrieve import known_replay, random_selection
+from retrieval.dedup import dedup_vectors
+from retrieval.index import PoolIndex
+from retrieval.ingest import load_samples
+from retrieval.records import Sample
+from retrieval.rerank import Candidate, RerankConfig, ScoredCandidate, rerank
+from training.evaluate import EvalResult, evaluate
+from training.lora import LoraTrainConfig, TrainReport, train_lora
+from training.scores import perturbation_distance
+from training.student import Student
+
+KNOWN_OVERDRAW = 4  # pool samples drawn per known sample wanted: the student answers only some of them right
+
+
+def evaluate_splits(student: Student, splits: Mapping[str, tuple[Path, Path]], *, matcher: str, batch_size: int,
+                    max_new_tokens: int) -> dict[str, EvalResult]:
+    """``splits``: name -> (data file, image root). The student's result on each, in the given order."""
+    return {name: evaluate(student, load_samples(path, root), root, matcher=matcher, batch_size=batch_size,
+                           max_new_tokens=max_new_tokens)
+            for name, (path, root) in splits.items()}
+
+
+def rerank_for_student(candidates: dict[str, list[Candidate]], shares: dict[str, int], config: RerankConfig,
+                       student: Callable[[], Student], index: PoolIndex, image_root: Path | None, *,
+                       seed: int) -> list[ScoredCandidate]:
+    """The re-rank (retrieval/rerank.py) with the student's perturbation score and text+image de-dup.
+
+    ``student`` is called only when the perturbation score is needed, and only for the shortlist."""
+
+    def perturbation(ids: Sequence[str]) -> np.ndarray:
+        return perturbation_distance(student(), index.fetch(list(ids)), image_root, n_words=config.perturbation_words,
+                                     m=config.perturbation_draws, seed=seed)
+
+    text_vectors = {c.sample_id: c.vector for cands in candidates.values() for c in cands}
+
+    def near_duplicate_vectors(ids: Sequence[str]) -> np.ndarray:  # text meaning + image look (retrieval/dedup.py)
+        return dedup_vectors(index.fetch(list(ids)), np.asarray([text_vectors[i] for i in ids]), image_root)
+
+    return rerank(candidates, shares, config, perturbation, near_duplicate_vectors)
+
+
+def known_draw(untouched: Student, index: PoolIndex, image_root: Path | None, n: int, *, seed: int,
+               round_number: int, exclude: frozenset[str], matcher: str, batch_size: int,
+               max_new_tokens: int) -> list[ScoredCandidate]:
+    """Known-skill replay: ``n`` pool samples, drawn uniformly, that the untouched student answers right."""
+    if n <= 0:
+        return []
+    drawn = random_selection(index.all_ids(), KNOWN_OVERDRAW * n, seed=seed, round_number=round_number,
+                             exclude=exclude)
+    ids = known_replay(untouched, index.fetch(drawn), image_root, n, matcher=matcher, batch_size=batch_size,
+                       max_new_tokens=max_new_tokens)
+    return [ScoredCandidate(sample_id=i, gap="known", query="", relevance=0.0, score=1.0, selected=True,
+                            reason=f"replay: the untouched student answers it right ({len(ids)} of {len(drawn)} "
+                                   f"drawn uniformly, seed {seed}, round {round_number}; {n} wanted)") for i in ids]
+
+
+def train_round(student: Student, selected: Sequence[Sample], replay: Sequence[Sample], image_root: Path | None,
+                config: LoraTrainConfig, adapter: Path) -> TrainReport:
+    """LoRA-train on the round's samples (+ replay of earlier rounds); the adapter appears whole or not at all."""
+    staging = adapter.with_name(adapter.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    report = train_lora(student, selected, image_root, config, staging, replay=replay)
+    shutil.rmtree(adapter, ignore_errors=True)
+    staging.rename(adapter)
+    return report

@@ -1,0 +1,39 @@
+"""Terminal tables a person reads at the end of a run or a demo (rich)."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+from agents.records import RunSummary
+from agents.run_dir import RunDir
+
+SPLITS = ("val", "test", "generic")
+
+
+def pct(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.1f}%"
+
+
+def summary_table(summary: RunSummary) -> Table:
+    table = Table(title=f"tutorloop run — {summary.selector}, budget {summary.budget}")
+    for column in ("round", "selected", "val acc", "test acc", "generic acc", "seconds"):
+        table.add_column(column, justify="right")
+    table.add_row("0", "0", *(pct(getattr(summary.initial, f"{s}_accuracy")) for s in SPLITS), "")
+    for row in summary.rounds:
+        table.add_row(str(row.round), str(row.selected), *(pct(getattr(row, f"{s}_accuracy")) for s in SPLITS),
+                      " ".join(f"{k} {v:.0f}" for k, v in row.seconds.items()))
+    return table
+
+
+def before_after_table(run_dir: RunDir) -> Table:
+    """Accuracy per skill (source) of the test and generic splits: the student as given vs after the run."""
+    history = run_dir.metrics_history()
+    before, after = history[0], history[-1]
+    table = Table(title=f"accuracy per skill: before → after {len(history) - 1} round(s)")
+    for column in ("split", "skill", "before", "after", "change"):
+        table.add_column(column, justify="right" if column in {"before", "after", "change"} else "left")
+    for split in ("test", "generic"):
+        for skill, entry in sorted(before.by_source(split).items()):
+            old, new = entry["accuracy"], after.by_source(split)[skill]["accuracy"]
+            table.add_row(split, skill, pct(old), pct(new), f"{100 * (new - old):+.1f}")
+    return table
