@@ -71,9 +71,10 @@ def run(config: RunConfig, *, run_id: str | None = None, pool_index: Any = None,
     run_dir = RunDir(config.out)
     if run_id is None:
         run_id = run_dir.read_info().run_id if run_dir.exists() else uuid.uuid4().hex
-    run_dir.write_info(RunInfo(run_id=run_id, config=config.model_dump(mode="json")))
     runtime = Runtime(config=config, run_dir=run_dir, index=pool_index, embedder=embedder)
     try:
+        run_dir.write_info(RunInfo(run_id=run_id, config=config.model_dump(mode="json"),
+                                   pool_image_root=str(runtime.pool_image_root)))
         run_loop(runtime, run_id)
     finally:
         if pool_index is None:

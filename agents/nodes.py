@@ -97,7 +97,7 @@ def plan(state: LoopState, loop: Runtime) -> dict:
     planned = get_selector(config.selector).plan(_context(loop, number), failures, budget - known)
     if planned.diagnoses:
         run.write(number, DIAGNOSES, planned.diagnoses)
-    run.write(number, PLAN, GapPlan(budget=budget, known=known, gaps=planned.gaps))
+    run.write(number, PLAN, GapPlan(budget=budget, known=known, gaps=planned.gaps, teacher=planned.teacher))
     return {}
 
 
@@ -119,7 +119,7 @@ def select(state: LoopState, loop: Runtime) -> dict:
         run.write(number, CANDIDATES, choice.candidates)
     run.write(number, SCORED, scored)
     _link_diagnoses(loop, number, gap_plan, chosen)
-    run.write(number, SELECTED, [SelectedSample(sample=s, why=c.model_dump()) for s, c in zip(samples, chosen, strict=True)])
+    run.write(number, SELECTED, [SelectedSample(sample=s, why=c.why()) for s, c in zip(samples, chosen, strict=True)])
     return {}
 
 

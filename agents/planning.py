@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from difflib import SequenceMatcher
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -45,6 +46,8 @@ class GapPlan(BaseModel):
     budget: int = Field(description="samples the round may select in all")
     known: int = Field(0, description="of which replay of skills the untouched student has")
     gaps: list[Gap] = Field(default_factory=list)
+    teacher: dict[str, Any] | None = Field(None, description="the teacher's cost this round: requests, replies "
+                                           "ok/rejected/cached, tokens, seconds (None without a teacher)")
 
 
 # --- skill names ----------------------------------------------------------------------------------

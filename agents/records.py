@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from retrieval.records import Sample
+from retrieval.rerank import SelectionWhy
 from training.records import EvalRecord
 
 ErrorType = Literal["perception", "reasoning", "knowledge", "instruction_following", "format", "other"]
@@ -85,18 +86,6 @@ class DiagnosisLog(BaseModel):
 
 
 # --- the loop's artefacts (agents/run_dir.py binds each to its file) ----------------------------------
-
-
-class SelectionWhy(BaseModel):
-    """Why a sample was selected: its gap, the query that found it, its scores and a one-line reason."""
-
-    gap: str
-    query: str
-    relevance: float
-    perturbation: float | None = None
-    cluster: int | None = None
-    score: float
-    reason: str
 
 
 class SelectedSample(BaseModel):
@@ -184,3 +173,4 @@ class RunInfo(BaseModel):
 
     run_id: str
     config: dict[str, Any]
+    pool_image_root: str | None = Field(None, description="where the pool's images are (from the index)")

@@ -1,4 +1,4 @@
-"""Retrieval stage: each gap's queries against the pool index, as re-rank candidates.
+"""Retrieval: each gap's queries against the pool index, as re-rank candidates; and the uniform draws.
 
 A gap of share ``s`` keeps its ``factor * s`` most relevant candidates over all of its queries (each
 query asks for that many: queries are often near-identical, so splitting the number between them
@@ -19,7 +19,7 @@ from retrieval.embed import embed_texts
 from retrieval.index import PoolIndex
 from retrieval.records import Sample
 from retrieval.rerank import Candidate
-from training.evaluate import evaluate
+from training.evaluate import DEFAULT_BATCH_SIZE, DEFAULT_MATCHER, DEFAULT_MAX_NEW_TOKENS, evaluate
 from training.student import Student
 
 
@@ -59,8 +59,9 @@ def random_selection(all_ids: Sequence[str], n: int, *, seed: int, round_number:
     return [pool[i] for i in sorted(picked)]
 
 
-def known_replay(student: Student, samples: Sequence[Sample], image_root: Path | None, n: int, *, matcher: str = "vqa",
-                 batch_size: int = 32, max_new_tokens: int = 16) -> list[str]:
+def known_replay(student: Student, samples: Sequence[Sample], image_root: Path | None, n: int, *,
+                 matcher: str = DEFAULT_MATCHER, batch_size: int = DEFAULT_BATCH_SIZE,
+                 max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> list[str]:
     """The first ``n`` ids of ``samples`` that ``student`` already answers right (in their order).
 
     Training on one new skill alone taught a small student to answer every question sharing its words

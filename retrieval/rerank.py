@@ -47,16 +47,24 @@ class Candidate(BaseModel):
     vector: list[float] | None = None
 
 
-class ScoredCandidate(BaseModel):
-    sample_id: str
+class SelectionWhy(BaseModel):
+    """Why a sample was (or was not) selected: its gap, the query that found it, its scores, a reason line."""
+
     gap: str
     query: str
     relevance: float
     perturbation: float | None = None
     cluster: int | None = None
     score: float
-    selected: bool
     reason: str
+
+
+class ScoredCandidate(SelectionWhy):
+    sample_id: str
+    selected: bool
+
+    def why(self) -> SelectionWhy:
+        return SelectionWhy.model_validate(self.model_dump(include=set(SelectionWhy.model_fields)))
 
 
 def rerank(

@@ -44,6 +44,7 @@ class RoundContext:
 class Planned:
     gaps: list[Gap] = field(default_factory=list)
     diagnoses: list[DiagnosisLog] = field(default_factory=list)  # one row per failure looked at
+    teacher: dict | None = None  # the teacher's cost (agents/teacher.py DiagnoseResult, without the logs)
 
 
 @dataclass

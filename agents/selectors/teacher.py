@@ -29,7 +29,7 @@ def diagnose_into_gaps(failures: Sequence[EvalRecord], budget: int, teacher: Tea
     # the failed questions join the teacher's queries: a weak teacher's skill names alone can miss
     gaps = plan_gaps([row.diagnosis for row in diagnosed], budget, sample_ids=[row.sample_id for row in diagnosed],
                      questions=[row.question for row in diagnosed])
-    return Planned(gaps=gaps, diagnoses=result.logs)
+    return Planned(gaps=gaps, diagnoses=result.logs, teacher=result.model_dump(exclude={"logs"}))
 
 
 def plan(ctx: RoundContext, failures: Sequence[EvalRecord], budget: int) -> Planned:
