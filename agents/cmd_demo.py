@@ -3,7 +3,7 @@
 Builds (or reuses) the procedural demo world, its tiny pre-trained student and the pool index, then
 runs the loop on one target task with the CPU teacher (llama.cpp + SmolLM2-135M) when the
 ``teacher-cpu`` extra is installed, else with ``--selector failures``. Ends with a before/after table
-per skill and the paths of the diagnoses and the report.
+per skill, and writes the HTML review report (``RUNDIR/report.html``) and prints its path.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from agents import api
     from agents.cpu_teacher import cpu_teacher_available, serve_cpu_teacher
+    from agents.report import build_report
     from agents.run_dir import RunDir
     from agents.tables import before_after_table, summary_table
     from demo.build import build_world
@@ -65,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
         summary = api.run(config, run_id=f"demo-{target}-{selector}-{args.seed}")
     console.print(summary_table(summary))
     console.print(before_after_table(RunDir(out)))
+    report = build_report([out], out / "report.html")
     console.print(f"stopped: {summary.stop_reason}. Diagnoses: tutorloop review {out}    "
                   f"summary: {out / 'summary.json'}")
+    console.print(f"report (open in a browser, works offline): {report}")
     return 0

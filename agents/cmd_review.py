@@ -1,8 +1,11 @@
-"""`tutorloop review RUNDIR [--round N]`: the teacher's diagnoses, as a person reads them.
+"""`tutorloop review RUNDIR [RUNDIR_B] [--round N] [--html [FILE]]`: the teacher's diagnoses, as a person
+reads them.
 
-Per round: one row per failure (question, reference, the student's answer, the erroneous step, the
-missing skill, the teacher's explanation and queries, how many samples it led to), then gap counts per skill; at the
-end, val/test/generic accuracy per round.
+In the terminal: per round, one row per failure (question, reference, the student's answer, the erroneous
+step, the missing skill, the teacher's explanation and queries, how many samples it led to), then gap counts
+per skill; at the end, val/test/generic accuracy per round. With ``--html``: one static page with the
+images, each diagnosis beside the samples it selected, and which gaps closed (agents/report.py); with a
+second run directory the two side by side.
 """
 
 from __future__ import annotations
@@ -19,9 +22,16 @@ from agents.records import DiagnosisLog, RunSummary
 from agents.run_dir import DIAGNOSES, RunDir
 from agents.tables import pct
 
+DEFAULT_HTML = Path("\0default")  # --html given without a file: RUNDIR/report.html
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", type=Path, metavar="RUNDIR", help="a run directory written by `tutorloop run`")
+    parser.add_argument("other", type=Path, nargs="?", metavar="RUNDIR_B",
+                        help="a second run to put beside the first (e.g. teacher vs random at the same budget)")
+    parser.add_argument("--html", type=Path, nargs="?", const=DEFAULT_HTML, metavar="FILE",
+                        help="write the HTML report (default: RUNDIR/report.html, or RUNDIR/report-vs-B.html "
+                             "with two runs); images go to a sibling FILE_files/ folder")
     parser.add_argument("--round", type=int, help="show this round only (default: every round)")
     parser.add_argument("--limit", type=int, default=50, help="diagnoses shown per round (default: 50)")
 
@@ -30,8 +40,14 @@ def run(args: argparse.Namespace) -> int:
     # Piped into a file or a pager, rich would fall back to 80 columns: too narrow for nine columns of text.
     console = Console() if sys.stdout.isatty() else Console(width=180)
     run_dir = RunDir(args.run_dir)
-    if not run_dir.exists():
-        console.print(f"[red]{args.run_dir}: not a tutorloop run directory (no run.json)[/red]")
+    for path in [args.run_dir, args.other] if args.other else [args.run_dir]:
+        if not RunDir(path).exists():
+            console.print(f"[red]{path}: not a tutorloop run directory (no run.json)[/red]")
+            return 2
+    if args.html is not None:
+        return write_html(args, console)
+    if args.other:
+        console.print("[red]a second run directory needs --html (the terminal shows one run)[/red]")
         return 2
     rounds = [n for n in run_dir.rounds() if n > 0]
     for number in [args.round] if args.round is not None else rounds:
@@ -40,6 +56,18 @@ def run(args: argparse.Namespace) -> int:
         console.print(gap_table(number, rows))
     if run_dir.has_summary():
         console.print(accuracy_table(run_dir.read_summary()))
+    return 0
+
+
+def write_html(args: argparse.Namespace, console: Console) -> int:
+    from agents.report import build_report
+
+    runs = [args.run_dir, args.other] if args.other else [args.run_dir]
+    out = args.html
+    if out == DEFAULT_HTML:
+        out = args.run_dir / (f"report-vs-{args.other.name}.html" if args.other else "report.html")
+    path = build_report(runs, out)
+    console.print(f"report: {path} ({path.stat().st_size / 1e3:.0f} kB; images in {path.stem}_files/)")
     return 0
 
 
