@@ -87,7 +87,11 @@ def run(args: argparse.Namespace) -> int:
     except (ValidationError, ValueError, OSError) as error:
         print(f"tutorloop run: {error}", file=sys.stderr)
         return 2
-    summary = api.run(config)
+    try:
+        summary = api.run(config)
+    except (LookupError, ValueError) as error:  # an index that is missing, empty or of an older format
+        print(f"tutorloop run: {error}", file=sys.stderr)
+        return 2
     console = Console()
     console.print(summary_table(summary))
     console.print(f"stopped: {summary.stop_reason}. Diagnoses: tutorloop review {config.out}")

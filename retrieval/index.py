@@ -1,11 +1,12 @@
 """The pool index: one Qdrant collection of instruction embeddings, with the full record in the payload.
 
-Qdrant runs embedded by default (``QdrantClient(path=DIR)``, local mode: brute force, one process at a
-time) or as a server (``url``, API key from ``QDRANT_API_KEY``). Point ids are UUIDv5 of the sample id,
-so indexing the same pool twice leaves the same points. The manifest (pool, image root, embedder, dim,
-clusters) lives in the collection's own metadata, so it travels with the collection and later stages
-load the same embedder and image root. ``index_pool``, the whole ``tutorloop index`` stage, is at the
-end of this module.
+``PoolIndex.open(store=DIR)`` is Qdrant's own engine embedded in the process (qdrant-edge:
+retrieval/edge_index.py); ``PoolIndex.open(url=...)`` a Qdrant server or cluster through qdrant-client
+(API key from ``QDRANT_API_KEY``). Both have the interface of this class. Point ids are UUIDv5 of the
+sample id, so indexing the same pool twice leaves the same points. The manifest (pool, image root,
+embedder, dim, clusters) travels with the collection (its metadata on a server, a file beside the
+shard when embedded), so later stages load the same embedder and image root. ``index_pool``, the whole
+``tutorloop index`` stage, is at the end of this module.
 """
 
 from __future__ import annotations
@@ -82,14 +83,23 @@ class PoolIndex:
         collection: str | None = DEFAULT_COLLECTION,
         api_key: str | None = None,
     ) -> PoolIndex:
+        """The embedded store in ``store`` (qdrant-edge), or the server at ``url``."""
         collection = collection or DEFAULT_COLLECTION
         if (store is None) == (url is None):
             raise ValueError("give exactly one of store (embedded Qdrant folder) or url (Qdrant server)")
         if store is not None:
-            Path(store).mkdir(parents=True, exist_ok=True)
-            return cls(QdrantClient(path=str(store)), collection, local=True)
+            from retrieval.edge_index import EdgeIndex
+
+            return EdgeIndex(Path(store), collection)  # type: ignore[return-value]  (same interface)
         key = api_key if api_key is not None else os.environ.get("QDRANT_API_KEY") or None
         return cls(QdrantClient(url=url, api_key=key), collection, local=False)
+
+    @classmethod
+    def open_local_mode(cls, path: Path | str, collection: str = DEFAULT_COLLECTION) -> PoolIndex:
+        """qdrant-client's pure-Python local mode, the embedded default before qdrant-edge. Kept only so
+        benchmarks/store_scale.py can measure the two side by side; nothing else opens it."""
+        Path(path).mkdir(parents=True, exist_ok=True)
+        return cls(QdrantClient(path=str(path)), collection, local=True)
 
     # ------------------------------------------------------------------------------------------- reading
 
@@ -157,6 +167,10 @@ class PoolIndex:
     def all_ids(self) -> list[str]:
         return sorted(point.payload["sample_id"] for point in self._scroll(["sample_id"]))
 
+    def payloads(self, fields: list[str]) -> Iterable[dict]:
+        """Those payload fields of every point, streamed."""
+        return (point.payload for point in self._scroll(fields))
+
     def _scroll(self, fields: list[str], flt: models.Filter | None = None) -> Iterable[Any]:
         offset = None
         while True:
@@ -186,9 +200,10 @@ class PoolIndex:
             self.client.create_collection(
                 self.collection, vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE)
             )
-            for name in ("sample_id", "run"):  # used by filters on a server; local mode has no payload indexes
-                if not self.local:
-                    self.client.create_payload_index(self.collection, name, models.PayloadSchemaType.KEYWORD)
+            if not self.local:  # the fields the loop filters on (local mode has no payload indexes)
+                for name, kind in (("sample_id", "KEYWORD"), ("run", "KEYWORD"), ("source", "KEYWORD"),
+                                   ("skill", "KEYWORD"), ("cluster", "INTEGER")):
+                    self.client.create_payload_index(self.collection, name, getattr(models.PayloadSchemaType, kind))
         self._fast_local_writes()
         return kept
 
@@ -454,7 +469,7 @@ class _UpsertWriter:
 
 def _threads_ok(index: PoolIndex) -> bool:
     """Local mode's SQLite connection may only leave its thread where SQLite is built thread-safe."""
-    if not index.local:
+    if not getattr(index, "local", False):
         return True
     from qdrant_client.local.persistence import CollectionPersistence
 

@@ -107,9 +107,7 @@ def test_auto_clusters_pick_k_and_store_ids(tmp_path, kit, minilm):
     index, report = _index(pool, tmp_path / "store", minilm, clusters="auto")
     assert report.k >= 2 and report.k in report.silhouette_grid and report.silhouette is not None
     assert report.k == max(report.silhouette_grid, key=report.silhouette_grid.get)
-    clusters = {}
-    for point in index.client.scroll(index.collection, limit=100, with_payload=["sample_id", "cluster"])[0]:
-        clusters[point.payload["sample_id"]] = point.payload["cluster"]
+    clusters = {p["sample_id"]: p["cluster"] for p in index.payloads(["sample_id", "cluster"])}
     assert set(clusters.values()) <= set(range(report.k)) and len(set(clusters.values())) >= 2
     # the same topic lands in the same cluster for most of its samples
     for t in range(3):
@@ -153,3 +151,19 @@ def test_another_embedder_recreates_the_collection(tmp_path, kit, minilm):
     assert index.prepare(384, "some/other-model") is False  # different vectors: start over
     assert index.count() == 0
     index.close()
+
+
+def test_a_store_of_the_old_local_mode_gets_a_clear_message(tmp_path):
+    from agents.cli import main
+    from retrieval.edge_index import LegacyStoreError
+    from retrieval.index import PoolIndex
+
+    old = tmp_path / "old-store"
+    (old / "collection").mkdir(parents=True)
+    (old / "meta.json").write_text("{}")
+    with pytest.raises(LegacyStoreError, match="older tutorloop"):
+        PoolIndex.open(store=old)
+    val = tmp_path / "val.jsonl"
+    val.write_text("")
+    assert main(["run", "--student", "s", "--val", str(val), "--store", str(old), "--budget", "2",
+                 "--selector", "random", "--out", str(tmp_path / "run")]) == 2

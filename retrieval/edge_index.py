@@ -1,0 +1,186 @@
+"""The embedded pool index: Qdrant's own engine in-process (qdrant-edge), one shard per collection.
+
+Unlike qdrant-client's local mode (brute force over points pickled in one SQLite file, all in RAM), the
+edge shard keeps segments on disk with a write-ahead log, payload indexes and an HNSW graph built by
+``optimize()``. Its interface is `PoolIndex`'s (retrieval/index.py), so `tutorloop run` cannot tell them
+apart. Layout inside the store folder::
+
+    STORE/<collection>/                 the shard (segments, WAL)
+    STORE/<collection>.manifest.json    IndexManifest: pool, image root, embedder, dim, clusters
+
+Search is exact (brute force in Rust) while a shard holds at most ``EXACT_BELOW`` points — it is
+milliseconds there and gives the same neighbours as any exact search — and HNSW above that.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from retrieval.files import atomic_write_text, read_json
+from retrieval.index import (
+    _RETRIEVE_BATCH,
+    DEFAULT_COLLECTION,
+    Hit,
+    IndexManifest,
+    _payload,
+    point_id,
+)
+from retrieval.records import Sample
+
+EXACT_BELOW = 20_000
+HNSW_EF = 128  # recall@50 0.98 at 100k MiniLM vectors in notes.md's measurement; 256 gives 0.995
+PAYLOAD_INDEXES = {"sample_id": "Keyword", "run": "Keyword", "source": "Keyword", "skill": "Keyword",
+                   "cluster": "Integer"}
+LEGACY_MARKERS = ("meta.json", "collection")  # what qdrant-client's local mode leaves in a folder
+
+
+class LegacyStoreError(ValueError):
+    """The folder holds a store of qdrant-client's local mode, which tutorloop no longer writes."""
+
+
+def is_legacy_store(store: Path) -> bool:
+    return all((Path(store) / name).exists() for name in LEGACY_MARKERS)
+
+
+class EdgeIndex:
+    """A handle on one collection of an embedded store; open with ``PoolIndex.open(store=...)``."""
+
+    local = False  # the shard may be written from the upsert worker thread
+    thread_safe = True
+
+    def __init__(self, store: Path, collection: str = DEFAULT_COLLECTION, *, hnsw_ef: int = HNSW_EF) -> None:
+        import qdrant_edge as edge
+
+        self.edge = edge
+        self.store = Path(store)
+        self.collection = collection
+        self.hnsw_ef = hnsw_ef
+        if is_legacy_store(self.store):
+            raise LegacyStoreError(
+                f"{self.store} holds an index written by an older tutorloop (qdrant-client local mode); "
+                f"this version uses Qdrant's embedded engine: re-run `tutorloop index --store {self.store}` "
+                "into a new folder (or delete this one first)")
+        self.store.mkdir(parents=True, exist_ok=True)
+        self.shard = edge.EdgeShard.load(str(self.shard_path)) if self.exists() else None
+
+    @property
+    def shard_path(self) -> Path:
+        return self.store / self.collection
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.store / f"{self.collection}.manifest.json"
+
+    # ------------------------------------------------------------------------------------------- reading
+
+    def exists(self) -> bool:
+        return self.shard_path.is_dir() and any(self.shard_path.iterdir())
+
+    @property
+    def manifest(self) -> IndexManifest:
+        manifest = self.read_manifest()
+        if manifest is None:
+            raise LookupError(f"{self.store}: collection {self.collection!r} has no tutorloop manifest: build it "
+                              "with `tutorloop index`")
+        return manifest
+
+    def read_manifest(self) -> IndexManifest | None:
+        if not self.manifest_path.exists():
+            return None
+        return IndexManifest.model_validate(read_json(self.manifest_path))
+
+    def count(self) -> int:
+        return 0 if self.shard is None else self.shard.count(self.edge.CountRequest(exact=True))
+
+    def query(self, vector: Sequence[float] | np.ndarray, limit: int, exclude_ids: Iterable[str] = frozenset(),
+              *, with_vectors: bool = True) -> list[Hit]:
+        """Top ``limit`` by cosine, never returning a sample in ``exclude_ids`` (a filter on the point ids)."""
+        edge, exclude = self.edge, frozenset(exclude_ids)
+        flt = edge.Filter(must_not=[edge.HasIdCondition({point_id(i) for i in exclude})]) if exclude else None
+        exact = self.count() <= EXACT_BELOW
+        request = edge.QueryRequest(
+            limit=limit, query=edge.Query.Nearest(np.asarray(vector, dtype=np.float32).tolist()), filter=flt,
+            with_payload=True, with_vector=with_vectors,
+            params=edge.SearchParams(exact=exact, hnsw_ef=None if exact else max(self.hnsw_ef, limit)))
+        return [Hit(p.payload.get("sample_id", ""), float(p.score), p.payload.get("cluster"),
+                    None if p.vector is None else np.asarray(p.vector, dtype=np.float32), p.payload)
+                for p in self.shard.query(request)]
+
+    def fetch(self, ids: Sequence[str]) -> list[Sample]:
+        """The samples of ``ids``, in that order, rebuilt from the stored records."""
+        found: dict[str, Sample] = {}
+        for start in range(0, len(ids), _RETRIEVE_BATCH):
+            batch = [point_id(i) for i in ids[start : start + _RETRIEVE_BATCH]]
+            for record in self.shard.retrieve(batch, with_payload=["record"], with_vector=False):
+                sample = Sample.model_validate(record.payload["record"])
+                found[sample.id] = sample
+        missing = [i for i in ids if i not in found]
+        if missing:
+            raise KeyError(f"{len(missing)} id(s) not in {self.store}/{self.collection}: {missing[:5]}")
+        return [found[i] for i in ids]
+
+    def all_ids(self) -> list[str]:
+        return sorted(r.payload["sample_id"] for r in self._scroll(["sample_id"]))
+
+    def payloads(self, fields: list[str]) -> Iterable[dict]:
+        """Those payload fields of every point, streamed."""
+        return (r.payload for r in self._scroll(fields))
+
+    def _scroll(self, fields: list[str]) -> Iterable[Any]:
+        offset = None
+        while self.shard is not None:
+            records, offset = self.shard.scroll(self.edge.ScrollRequest(
+                limit=_RETRIEVE_BATCH, offset=offset, with_payload=fields, with_vector=False))
+            yield from records
+            if offset is None:
+                return
+
+    def close(self) -> None:
+        if self.shard is not None:
+            self.shard.close()
+            self.shard = None
+
+    # ------------------------------------------------------------------------------------------- writing
+
+    def prepare(self, dim: int, embedder: str) -> bool:
+        """Create the shard, or recreate it when it was built with another embedder or dim.
+        True when existing points were kept (re-index in place)."""
+        edge = self.edge
+        old = self.read_manifest()
+        if self.shard is not None:
+            if old is not None and old.dim == dim and old.embedder == embedder:
+                return True
+            self.shard.close()
+            self.shard = None
+            shutil.rmtree(self.shard_path)
+            self.manifest_path.unlink(missing_ok=True)
+        self.shard = edge.EdgeShard.create(str(self.shard_path), edge.EdgeConfig(
+            vectors=edge.EdgeVectorParams(size=dim, distance=edge.Distance.Cosine)))
+        for name, kind in PAYLOAD_INDEXES.items():
+            self.shard.update(edge.UpdateOperation.create_field_index(name, getattr(edge.PayloadSchemaType, kind)))
+        return False
+
+    def upsert(self, samples: Sequence[Sample], vectors: np.ndarray, clusters: Sequence[int], run: str) -> None:
+        points = [self.edge.Point(point_id(s.id), v.tolist(), _payload(s, int(c), run))
+                  for s, v, c in zip(samples, vectors, clusters, strict=True)]
+        self.shard.update(self.edge.UpdateOperation.upsert_points(points))
+
+    def delete_stale(self, run: str) -> int:
+        """Drop points of earlier runs that this run did not write (records gone from the pool)."""
+        edge = self.edge
+        stale = edge.Filter(must_not=[edge.FieldCondition(key="run", match=edge.MatchValue(run))])
+        n = self.shard.count(edge.CountRequest(exact=True, filter=stale))
+        if n:
+            self.shard.update(edge.UpdateOperation.delete_points_by_filter(stale))
+        return n
+
+    def write_manifest(self, manifest: IndexManifest) -> None:
+        """Last step of indexing: build the HNSW graph, persist, then record how the index was made."""
+        self.shard.optimize()
+        self.shard.flush()
+        atomic_write_text(self.manifest_path, manifest.model_dump_json(indent=2) + "\n")
