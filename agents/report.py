@@ -168,7 +168,7 @@ def _round_data(run: RunDir, number: int, evals: dict, val_root: Path, pool_root
         return {"id": row.sample.id, "question": question, "answer": answer, "source": row.sample.source,
                 "relevance": row.why.relevance, "perturbation": row.why.perturbation, "cluster": row.why.cluster,
                 "score": row.why.score, "reason": row.why.reason,
-                "image": images.add(pool_root, row.sample.image)}
+                "image": images.add(pool_root, row.sample.images[0] if row.sample.images else None)}
 
     def passed_over(c) -> dict[str, Any]:
         return {"id": c.sample_id, "relevance": c.relevance, "perturbation": c.perturbation,

@@ -126,11 +126,11 @@ def png_data_url(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def image_file(record: EvalRecord, image_root: Path) -> Path:
+def image_file(image: str, image_root: Path) -> Path:
     root = Path(image_root).resolve()
-    path = (root / record.image).resolve()
+    path = (root / image).resolve()
     if not path.is_relative_to(root):
-        raise ValueError(f"image {record.image!r} is outside the image root {root}")
+        raise ValueError(f"image {image!r} is outside the image root {root}")
     return path
 
 
@@ -143,24 +143,27 @@ def numbered_steps(steps: list[str]) -> str:
 def build_messages(record: EvalRecord, image_root: Path, *, send_images: bool) -> tuple[list[dict], list[str]]:
     """The chat messages for one failure, and warnings (e.g. an image that could not be sent)."""
     warnings: list[str] = []
-    image_url = None
+    image_urls: list[str] = []
     if send_images:
-        if record.image is None:
+        images = record.images or ([record.image] if record.image else [])
+        if not images:
             warnings.append("the sample has no image")
-        else:
+        for image in images:  # a multi-image sample sends all of them, in order
             try:
-                image_url = png_data_url(image_file(record, image_root))
+                image_urls.append(png_data_url(image_file(image, image_root)))
             except (OSError, ValueError) as error:
                 warnings.append(f"image not sent: {error}")
-    note = ("The image the question is about is attached." if image_url
+    note = ("The image the question is about is attached." if len(image_urls) == 1
+            else f"The {len(image_urls)} images the question is about are attached, in order." if image_urls
             else "No image is attached: judge from the text alone.")
     steps = numbered_steps(record.steps)
     texts = (record.question, record.reference, record.prediction, steps)
     user = render("diagnose_user", image_note=note, tag=data_tag(*texts), question=record.question,
                   reference=record.reference, prediction=record.prediction, steps=steps)
     content: str | list[dict] = user
-    if image_url:  # text-only servers (llama.cpp chat templates) want a plain string
-        content = [{"type": "image_url", "image_url": {"url": image_url}}, {"type": "text", "text": user}]
+    if image_urls:  # text-only servers (llama.cpp chat templates) want a plain string
+        content = [*({"type": "image_url", "image_url": {"url": url}} for url in image_urls),
+                   {"type": "text", "text": user}]
     # The fixed system prompt comes first: the prefix every request shares (vLLM's prefix cache).
     return [{"role": "system", "content": render("diagnose_system")}, {"role": "user", "content": content}], warnings
 

@@ -252,7 +252,9 @@ def _payload(sample: Sample, cluster: int, run: str) -> dict:
     return {
         "sample_id": sample.id,
         "source": sample.source,
-        "image": sample.image,
+        "image": sample.images[0] if sample.images else None,
+        "images": sample.images,
+        "format": sample.form,
         "instruction": sample.instruction_text,
         "cluster": cluster,
         "run": run,

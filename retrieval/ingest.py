@@ -1,5 +1,8 @@
 """Streaming ingestion of pool/val/test files: parse, validate, check images, quarantine the rest.
 
+Records may come in any form retrieval/formats.py reads (LLaVA, LLaMA-Factory's sharegpt, OpenAI/TRL
+messages); each is validated into the canonical `Sample`, every one of its images checked.
+
 ``iter_samples`` yields one ``Accepted`` or ``Rejected`` per record and never holds the file in memory:
 JSONL is read line by line, a JSON array is decoded element by element with ``raw_decode`` over a
 buffered reader. A bad record never stops the run; it becomes a ``Rejected`` with a stable reason code
@@ -23,6 +26,7 @@ from typing import IO
 from PIL import Image
 from pydantic import ValidationError
 
+from retrieval.formats import FormatError, to_canonical
 from retrieval.records import Sample
 
 log = logging.getLogger(__name__)
@@ -30,6 +34,7 @@ log = logging.getLogger(__name__)
 REASONS = (
     "bad_json",
     "invalid_record",
+    "image_tag_mismatch",
     "duplicate_id",
     "image_outside_root",
     "image_missing",
@@ -161,16 +166,17 @@ def _validate(
 ) -> Accepted | Rejected:
     if parsed is _NOT_PARSED:
         return Rejected(line, "bad_json", _json_error(raw), _clip(raw))
-    if not isinstance(parsed, dict):
-        return Rejected(line, "invalid_record", f"a record must be a JSON object, got {type(parsed).__name__}", _clip(raw))
     try:
-        sample = Sample.model_validate(parsed)
+        canonical = to_canonical(parsed)  # any supported form (retrieval/formats.py) -> LLaVA's
+        sample = Sample.model_validate(canonical)
+    except FormatError as error:
+        return Rejected(line, error.reason, error.detail, _clip(raw))
     except ValidationError as error:
         return Rejected(line, "invalid_record", _summarise(error), _clip(raw))
     if sample.id in seen_ids:
         return Rejected(line, "duplicate_id", f"id {sample.id!r} already seen earlier in the file", _clip(raw))
-    if checker is not None and sample.image is not None:
-        problem = checker.check(sample.image)
+    for image in sample.images if checker is not None else []:
+        problem = checker.check(image)
         if problem is not None:
             return Rejected(line, problem[0], problem[1], _clip(raw))
     # Only accepted ids count as seen: a later good copy of a rejected record is not a duplicate.

@@ -16,36 +16,52 @@ IMAGE_TAG = re.compile(r"\s*<image>\s*")
 
 
 class Turn(BaseModel):
-    model_config = ConfigDict(populate_by_name=True, extra="forbid")
+    model_config = ConfigDict(populate_by_name=True, extra="allow")  # a turn's extra keys are kept
 
-    speaker: Literal["human", "gpt"] = Field(alias="from")
+    speaker: Literal["human", "gpt", "system"] = Field(alias="from")
     value: str
 
 
 class Sample(BaseModel):
+    """A sample in the canonical LLaVA form (retrieval/formats.py reads the others into it); ``form`` is
+    the form it was read in, and ``to_record()`` writes it back in that form."""
+
     model_config = ConfigDict(populate_by_name=True, extra="allow")
 
     id: str = Field(min_length=1)
-    image: str | None = None
+    image: str | list[str] | None = None
     conversations: list[Turn] = Field(min_length=2)
     source: str | None = None
+    form: Literal["llava", "sharegpt", "messages"] = Field("llava", exclude=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _canonical(cls, data: object) -> object:
+        from retrieval.formats import to_canonical
+
+        return to_canonical(data) if isinstance(data, dict) else data
 
     @field_validator("id", mode="before")
     @classmethod
     def _id_is_text(cls, value: object) -> object:
-        # Ids are strings in the contract; refuse ints rather than silently coercing (7 and "7" would clash).
+        # Integer ids arrive as their decimal string (retrieval/formats.py); anything else is refused.
         if not isinstance(value, str):
-            raise ValueError(f"id must be a string, got {type(value).__name__}")
+            raise ValueError(f"id must be a string or an integer, got {type(value).__name__}")
         return value
 
     @model_validator(mode="after")
     def _has_both_roles(self) -> Sample:
         speakers = {turn.speaker for turn in self.conversations}
-        if speakers != {"human", "gpt"}:
+        if not {"human", "gpt"} <= speakers:
             raise ValueError("conversations need at least one human and one gpt turn")
         if self.conversations[-1].speaker != "gpt":
             raise ValueError("the last turn must be a gpt turn (the reference answer)")
         return self
+
+    @property
+    def images(self) -> list[str]:
+        """Every image of the sample, in order (empty for a text-only sample)."""
+        return [] if self.image is None else [self.image] if isinstance(self.image, str) else list(self.image)
 
     @property
     def question(self) -> str:
@@ -62,11 +78,19 @@ class Sample(BaseModel):
         return " ".join(strip_image_tag(t.value) for t in self.conversations if t.speaker == "human")
 
     def image_path(self, image_root: Path) -> Path | None:
-        return None if self.image is None else image_root / self.image
+        """The first image (the one single-image code paths use)."""
+        return image_root / self.images[0] if self.images else None
 
-    def to_record(self) -> dict:
-        """The JSON form, as read (``from`` keys, extra metadata kept)."""
-        return self.model_dump(by_alias=True, exclude_none=True)
+    def image_paths(self, image_root: Path) -> list[Path]:
+        return [image_root / image for image in self.images]
+
+    def to_record(self, form: str | None = None) -> dict:
+        """The JSON form, as read (``from`` keys, extra metadata kept), or converted to ``form``."""
+        from retrieval.formats import export
+
+        canonical = self.model_dump(by_alias=True, exclude_none=True)
+        form = form or self.form
+        return canonical if form == "llava" else export(canonical, form)
 
 
 def strip_image_tag(text: str) -> str:

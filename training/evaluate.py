@@ -119,7 +119,8 @@ def evaluate(
 def make_record(sample: Sample, output: str, match) -> EvalRecord:
     steps, answer = split_answer(output)
     return EvalRecord(
-        id=sample.id, source=sample.source, image=sample.image, question=sample.question,
+        id=sample.id, source=sample.source, image=sample.images[0] if sample.images else None,
+        images=sample.images if len(sample.images) > 1 else [], question=sample.question,
         reference=sample.reference, prediction=answer, steps=steps,
         correct=match(answer, sample.reference, sample.question),
         output=output if output.strip() != answer else None,

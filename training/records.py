@@ -10,7 +10,8 @@ class EvalRecord(BaseModel):
 
     id: str
     source: str | None = None
-    image: str | None = None
+    image: str | None = Field(None, description="the sample's first image (relative to its image root)")
+    images: list[str] = Field(default_factory=list, description="every image, when the sample has several")
     question: str
     reference: str
     prediction: str = Field(description="the final answer extracted from the student's output")

@@ -36,7 +36,7 @@ from training.student import (
     answer_nll,
     build_inputs,
     length_order,
-    load_image,
+    load_images,
 )
 
 
@@ -64,7 +64,7 @@ def sample_embeddings(
     student: Student, samples: Sequence[Sample], image_root: Path | None, batch_size: int = 16, *, progress: bool = False
 ) -> np.ndarray:
     """(n, hidden) float32: pooled last hidden states over image + instruction."""
-    items = [PromptItem(load_image(s, image_root), s.question) for s in samples]
+    items = [PromptItem(load_images(s, image_root), s.question) for s in samples]
     return _embed_items(student, items, batch_size, progress, "embed").astype(np.float32)
 
 
@@ -93,13 +93,13 @@ def perturbation_distance(
     items, slots = [], []  # one embedding per distinct (sample, text); slots map each variant to its row
     for sample in samples:
         rng = random.Random(f"{seed}:{sample.id}")
-        image = load_image(sample, image_root)
+        images = load_images(sample, image_root)
         variants = [sample.question] + [delete_words(sample.question, n_words, rng) for _ in range(m)]
         rows: dict[str, int] = {}
         for text in variants:
             if text not in rows:
                 rows[text] = len(items)
-                items.append(PromptItem(image, text))
+                items.append(PromptItem(images, text))
         slots.append([rows[text] for text in variants])
     embeddings = _embed_items(student, items, batch_size, progress, "perturb")
     scores = [np.linalg.norm(embeddings[rows[1:]] - embeddings[rows[0]], axis=1).mean() for rows in slots]
@@ -122,7 +122,7 @@ def answer_perplexity(
     with torch.inference_mode():
         for start in tqdm(range(0, len(samples), batch_size), desc="perplexity", unit="batch", disable=not progress):
             index = order[start : start + batch_size]
-            items = [PromptItem(load_image(samples[i], image_root) if with_image else None, samples[i].question,
+            items = [PromptItem(load_images(samples[i], image_root) if with_image else [], samples[i].question,
                                 samples[i].reference) for i in index]
             out[index] = _batch_perplexity(student, build_inputs(student, items, with_image=with_image))
     return out

@@ -60,9 +60,9 @@ class Student:
 
 @dataclass(frozen=True)
 class PromptItem:
-    """One row of a batch: an image (None = text-only), the user's question and, for training, the answer."""
+    """One row of a batch: its images (empty = text-only), the user's question and, for training, the answer."""
 
-    image: Image.Image | None
+    images: list[Image.Image]
     question: str
     answer: str | None = None
 
@@ -123,15 +123,16 @@ def has_chat_template(processor: Any) -> bool:
     return bool(getattr(processor, "chat_template", None))
 
 
-def build_prompt(processor: Any, question: str, *, with_image: bool = True) -> str:
-    """The generation prompt for one question (image placeholder first when ``with_image``)."""
+def build_prompt(processor: Any, question: str, *, with_image: bool = True, n_images: int = 1) -> str:
+    """The generation prompt for one question (``n_images`` image placeholders first when ``with_image``)."""
+    n = n_images if with_image else 0
     if has_chat_template(processor):
-        content: list[dict] = [{"type": "image"}] if with_image else []
+        content: list[dict] = [{"type": "image"} for _ in range(n)]
         content.append({"type": "text", "text": question})
         return processor.apply_chat_template(
             [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
         )
-    return f"{image_token(processor)}\n{question}" if with_image else question
+    return "".join(f"{image_token(processor)}\n" for _ in range(n)) + question
 
 
 def image_size(processor: Any) -> tuple[int, int]:
@@ -148,17 +149,18 @@ def blank_image(processor: Any) -> Image.Image:
     return Image.new("RGB", image_size(processor), (128, 128, 128))
 
 
-def load_image(sample: Sample, image_root: Path | None) -> Image.Image | None:
-    """The sample's image as RGB, or None for a text-only sample (or an unreadable file, with a warning)."""
-    if sample.image is None:
-        return None
-    path = sample.image_path(Path(image_root) if image_root is not None else Path("."))
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except (OSError, ValueError) as err:
-        log.warning("sample %s: image %s unreadable (%s); using a blank image", sample.id, path, err)
-        return None
+def load_images(sample: Sample, image_root: Path | None, processor: Any = None) -> list[Image.Image]:
+    """The sample's images as RGB, in order (none for a text-only sample); an unreadable file becomes a
+    blank image of the processor's size, with a warning, so the image tokens still match."""
+    images = []
+    for path in sample.image_paths(Path(image_root) if image_root is not None else Path(".")):
+        try:
+            with Image.open(path) as img:
+                images.append(img.convert("RGB"))
+        except (OSError, ValueError) as err:
+            log.warning("sample %s: image %s unreadable (%s); using a blank image", sample.id, path, err)
+            images.append(blank_image(processor) if processor is not None else Image.new("RGB", (224, 224)))
+    return images
 
 
 def length_order(texts: Sequence[str]) -> list[int]:
@@ -167,7 +169,7 @@ def length_order(texts: Sequence[str]) -> list[int]:
 
 
 def items_from_samples(samples: list[Sample], image_root: Path | None, *, with_answer: bool) -> list[PromptItem]:
-    return [PromptItem(load_image(s, image_root), s.question, s.reference if with_answer else None) for s in samples]
+    return [PromptItem(load_images(s, image_root), s.question, s.reference if with_answer else None) for s in samples]
 
 
 # --- batches ---------------------------------------------------------------------------------------
@@ -183,7 +185,7 @@ def build_inputs(student: Student, items: list[PromptItem], *, with_image: bool 
     processor, tokenizer = student.processor, student.tokenizer
     texts, answer_lengths = [], []
     for item in items:
-        prompt = build_prompt(processor, item.question, with_image=with_image)
+        prompt = build_prompt(processor, item.question, with_image=with_image, n_images=max(1, len(item.images)))
         if item.answer is not None:
             # a space after "assistant:", none after a template's "assistant\n" (the natural next token)
             gap = "" if prompt[-1:].isspace() else " "
@@ -192,9 +194,10 @@ def build_inputs(student: Student, items: list[PromptItem], *, with_image: bool 
             prompt += answer
         texts.append(prompt)
     if with_image:
-        images = [item.image or blank_image(processor) for item in items]
-        # One list per row: the form Idefics3/SmolVLM require and LLaVA/Qwen2-VL accept.
-        batch = processor(text=texts, images=[[im] for im in images], return_tensors="pt", padding=True)
+        # One list per row (a text-only row gets one blank image): the form Idefics3/SmolVLM require and
+        # LLaVA/Qwen2-VL accept; a multi-image row carries all of its images.
+        images = [item.images or [blank_image(processor)] for item in items]
+        batch = processor(text=texts, images=images, return_tensors="pt", padding=True)
     else:
         batch = processor(text=texts, return_tensors="pt", padding=True)
     if answer_lengths:

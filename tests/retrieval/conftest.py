@@ -32,7 +32,8 @@ def minilm():
 
 def record(sample_id: str, image: str | None = "images/ok.png", question: str = "How many circles?",
            answer: str = "3", source: str = "test") -> dict:
-    rec = {"id": sample_id, "conversations": [{"from": "human", "value": f"<image>\n{question}"},
+    tag = "<image>\n" if image is not None else ""  # one tag per image (retrieval/formats.py)
+    rec = {"id": sample_id, "conversations": [{"from": "human", "value": f"{tag}{question}"},
                                               {"from": "gpt", "value": answer}], "source": source}
     if image is not None:
         rec["image"] = image
@@ -76,7 +77,9 @@ def bad_pool(root: Path, outside: Path) -> tuple[list, dict[str, int]]:
         record("good-0", question=QUESTIONS[0]),
         '{"id": "broken", "conversations": [',                          # bad_json
         {"id": "no-conv"},                                             # invalid_record
-        {"id": 7, "conversations": record("x")["conversations"]},      # invalid_record (id type)
+        {"id": ["x"], "conversations": record("x")["conversations"]},  # invalid_record (id type)
+        {**record("tags"), "conversations": [{"from": "human", "value": "<image> <image> two?"},
+                                             {"from": "gpt", "value": "a"}]},  # image_tag_mismatch
         {"id": "only-human", "conversations": [{"from": "human", "value": "hi"}, {"from": "human", "value": "?"}]},
         record("good-0", question="duplicate"),                        # duplicate_id
         record("up", image="../secret.png"),                           # image_outside_root
@@ -90,7 +93,7 @@ def bad_pool(root: Path, outside: Path) -> tuple[list, dict[str, int]]:
         record("text-only", image=None, question=QUESTIONS[2]),
         record("good-2", question=QUESTIONS[3]),
     ]
-    expected = {"bad_json": 1, "invalid_record": 3, "duplicate_id": 1, "image_outside_root": 3,
+    expected = {"bad_json": 1, "invalid_record": 3, "image_tag_mismatch": 1, "duplicate_id": 1, "image_outside_root": 3,
                 "image_missing": 1, "image_unreadable": 2, "image_too_large": 1}
     return rows, expected
 

@@ -27,7 +27,7 @@ def test_embedder_is_loaded_once_and_named_portably(minilm, tmp_path):
 
 
 def test_sample_text_is_the_instruction():
-    sample = Sample.model_validate({"id": "a", "conversations": [
+    sample = Sample.model_validate({"id": "a", "image": "a.png", "conversations": [
         {"from": "human", "value": "<image>\nHow many?"}, {"from": "gpt", "value": "3"}]})
     assert sample_text(sample) == "How many?"
     assert sample_text(sample, with_answer=True) == "How many? 3"

@@ -42,7 +42,7 @@ def test_index_counts_manifest_and_quarantine(tmp_path, kit, minilm):
     rows_out = [json.loads(line) for line in quarantine.read_text().splitlines()]
     assert len(rows_out) == report.counts["rejected"]
     assert all({"line", "reason", "detail", "raw"} <= set(r) for r in rows_out)
-    assert {r["line"] for r in rows_out if r["reason"] == "image_too_large"} == {13}
+    assert {r["line"] for r in rows_out if r["reason"] == "image_too_large"} == {14}
     index.close()
 
     reopened = PoolIndex.open(store=tmp_path / "store")  # the manifest survives a reopen

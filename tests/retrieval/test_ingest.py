@@ -44,7 +44,7 @@ def test_bad_json_names_line(tmp_path, kit):
     ("row", "needle"),
     [
         ({"id": "no-conv"}, "conversations"),
-        ({"id": 7, "conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}, "id"),
+        ({"id": 7.5, "conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}, "id"),
         ({"id": "h", "conversations": [{"from": "human", "value": "q"}, {"from": "human", "value": "a"}]}, "gpt"),
         ({"id": "t", "conversations": [{"from": "robot", "value": "q"}, {"from": "gpt", "value": "a"}]}, "from"),
         (["not", "an", "object"], "JSON object"),

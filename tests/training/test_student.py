@@ -35,7 +35,7 @@ def test_prompt_uses_chat_template_when_present_else_plain(tiny_student_dir):
 def test_labels_mark_only_the_answer_tokens(tiny_student_dir, tiny_data):
     student = load_student(tiny_student_dir, device="cpu")
     items = items_from_samples(tiny_data.samples[:2], tiny_data.root, with_answer=True)
-    items.append(PromptItem(None, "Is the shape red?", "yes"))  # text-only: a blank image, same layout
+    items.append(PromptItem([], "Is the shape red?", "yes"))  # text-only: a blank image, same layout
     batch = build_inputs(student, items)
     tokenizer = student.tokenizer
     for row, item in enumerate(items):

@@ -49,6 +49,6 @@ def test_idefics3_uses_sixteen_image_tokens(tmp_path, tiny_data):
     path = build_tiny_idefics3(tmp_path / "m", tiny_data.texts, image_size=64, patch_size=8, scale_factor=2,
                                hidden=32, layers=1, heads=2, vision_hidden=32, vision_layers=1)
     student = load_student(path, device="cpu")
-    batch = build_inputs(student, [PromptItem(None, "What colour is the shape?")])
+    batch = build_inputs(student, [PromptItem([], "What colour is the shape?")])
     image_id = student.tokenizer.convert_tokens_to_ids("<image>")
     assert int((batch["input_ids"] == image_id).sum()) == 16

@@ -1,0 +1,232 @@
+"""The embedded store at pool scale: qdrant-edge (the default) against qdrant-client's local mode.
+
+Vectors: real all-MiniLM-L6-v2 embeddings of the demo pool's instructions (6,000 texts, the ones
+`tutorloop index` embeds), and for larger sizes those vectors plus seeded Gaussian noise (sd 0.1 per
+dimension, renormalised), so neighbourhoods look like a real pool's and no two points coincide. Each
+payload is a realistic record (~400 bytes, as `tutorloop index` stores). Every (engine, size) runs in
+its own process, so its peak RSS is its own:
+
+- upsert points/s (batches of 1,024, streamed: the vectors are made batch by batch, never all at once),
+- index build seconds (edge: ``optimize()`` builds the HNSW graph; local mode has none),
+- top-50 query p50/p95 with a 10,000-id exclusion filter (the ids already trained on), 200 queries
+  (30 for local mode, which scans every point in Python),
+- recall@50 of that query against exact search with the same filter,
+- reopen seconds (load + first query) and peak RSS (indexing, and after reopening).
+
+    .venv/bin/python benchmarks/store_scale.py --sizes 100000,1000000 --local-sizes 100000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script from anywhere
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+NOISE_SD = 0.1
+BATCH = 1024
+QUERIES = {"edge": 200, "local": 30}  # local mode scans every point in Python: seconds per query at 100k
+EXCLUDED = 10_000
+TOP = 50
+
+
+def base_vectors(cache: Path) -> np.ndarray:
+    """MiniLM vectors of the demo pool's instructions (built once, cached as .npy)."""
+    if cache.exists():
+        return np.load(cache)
+    from demo.build import build_world
+    from retrieval.embed import embed_texts, load_embedder, sample_text
+    from retrieval.ingest import Accepted, iter_samples
+
+    world = build_world(cache.parent / "world", with_student=False, progress=False)
+    texts = [sample_text(r.sample) for r in iter_samples(world.pool, world.image_root, check_images=False)
+             if isinstance(r, Accepted)]
+    vectors = embed_texts(load_embedder(), texts, 64).astype(np.float32)
+    np.save(cache, vectors)
+    return vectors
+
+
+def synthetic(base: np.ndarray, start: int, n: int, seed: int) -> np.ndarray:
+    """Points start..start+n: base vector (i mod len(base)) + noise seeded by the batch start."""
+    rng = np.random.default_rng([seed, start])
+    rows = base[np.arange(start, start + n) % len(base)]
+    noisy = rows + rng.normal(0, NOISE_SD, rows.shape).astype(np.float32)
+    return noisy / np.linalg.norm(noisy, axis=1, keepdims=True)
+
+
+def record(i: int) -> dict:
+    return {"sample_id": f"pool-{i:07d}", "source": f"skill-{i % 40}", "cluster": i % 64, "run": "bench",
+            "image": f"images/{i:07d}.png", "instruction": f"what colour is the shape on the left? ({i})",
+            "record": {"id": f"pool-{i:07d}", "image": f"images/{i:07d}.png", "source": f"skill-{i % 40}",
+                       "conversations": [{"from": "human", "value": f"<image>\nwhat colour is the shape on the left? ({i})"},
+                                         {"from": "gpt", "value": "blue"}]}}
+
+
+def point_id(i: int) -> str:
+    return str(uuid.uuid5(uuid.NAMESPACE_OID, f"pool-{i:07d}"))
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set (VmHWM: reset by exec, unlike ru_maxrss, which a child inherits)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# --- one engine, one size (a child process) -----------------------------------------------------
+
+
+class Edge:
+    def __init__(self, path: Path, dim: int, create: bool) -> None:
+        import qdrant_edge as e
+
+        self.e = e
+        if create:
+            self.shard = e.EdgeShard.create(str(path), e.EdgeConfig(vectors=e.EdgeVectorParams(size=dim, distance=e.Distance.Cosine)))
+            for name, kind in (("sample_id", e.PayloadSchemaType.Keyword), ("cluster", e.PayloadSchemaType.Integer)):
+                self.shard.update(e.UpdateOperation.create_field_index(name, kind))
+        else:
+            self.shard = e.EdgeShard.load(str(path))
+
+    def upsert(self, start: int, vectors: np.ndarray) -> None:
+        e = self.e
+        self.shard.update(e.UpdateOperation.upsert_points(
+            [e.Point(point_id(start + j), v.tolist(), record(start + j)) for j, v in enumerate(vectors)]))
+
+    def build(self) -> None:
+        self.shard.optimize()
+        self.shard.flush()
+
+    def query(self, vector: np.ndarray, exclude: list[str], exact: bool) -> list[str]:
+        e = self.e
+        request = e.QueryRequest(limit=TOP, query=e.Query.Nearest(vector.tolist()),
+                                 filter=e.Filter(must_not=[e.HasIdCondition(set(exclude))]), with_payload=False,
+                                 params=e.SearchParams(exact=exact, hnsw_ef=128))
+        return [str(p.id) for p in self.shard.query(request)]
+
+    def close(self) -> None:
+        self.shard.close()
+
+
+class Local:
+    def __init__(self, path: Path, dim: int, create: bool) -> None:
+        from qdrant_client import models
+
+        from retrieval.index import PoolIndex
+
+        self.models = models
+        self.index = PoolIndex.open_local_mode(path, "bench")
+        if create:
+            self.index.client.create_collection("bench", vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE))
+            self.index._fast_local_writes()
+
+    def upsert(self, start: int, vectors: np.ndarray) -> None:
+        m = self.models
+        self.index.client.upsert("bench", points=[m.PointStruct(id=point_id(start + j), vector=v.tolist(), payload=record(start + j))
+                                                  for j, v in enumerate(vectors)], wait=True)
+
+    def build(self) -> None:
+        pass  # local mode has no index to build: every query scans every point
+
+    def query(self, vector: np.ndarray, exclude: list[str], exact: bool) -> list[str]:
+        m = self.models
+        flt = m.Filter(must_not=[m.HasIdCondition(has_id=exclude)])
+        return [str(p.id) for p in self.index.client.query_points("bench", query=vector.tolist(), limit=TOP,
+                                                                  query_filter=flt).points]
+
+    def close(self) -> None:
+        self.index.close()
+
+
+def run_one(engine: str, n: int, base: np.ndarray, work: Path, seed: int = 0) -> dict:
+    kind = {"edge": Edge, "local": Local}[engine]
+    baseline = peak_rss_mb()  # the interpreter, numpy and the base vectors, before any store
+    path = work / f"{engine}-{n}"
+    shutil.rmtree(path, ignore_errors=True)
+    store = kind(path, base.shape[1], create=True)
+    start = time.perf_counter()
+    for lo in range(0, n, BATCH):
+        store.upsert(lo, synthetic(base, lo, min(BATCH, n - lo), seed))
+    upsert_s = time.perf_counter() - start
+    start = time.perf_counter()
+    store.build()
+    build_s = time.perf_counter() - start
+    rss_indexing = peak_rss_mb()
+    rng = np.random.default_rng(seed + 1)
+    queries = synthetic(base, n + 7, QUERIES[engine], seed + 2)  # other noise: points that are not in the store
+    exclude = [point_id(int(i)) for i in rng.choice(n, size=min(EXCLUDED, n // 2), replace=False)]
+    latencies, recalls = [], []
+    for q in queries:
+        t = time.perf_counter()
+        found = store.query(q, exclude, exact=False)
+        latencies.append(time.perf_counter() - t)
+        if engine == "edge":
+            truth = store.query(q, exclude, exact=True)
+            recalls.append(len(set(found) & set(truth)) / len(truth))
+        else:
+            recalls.append(1.0)  # local mode is exact search
+    store.close()
+    start = time.perf_counter()
+    store = kind(path, base.shape[1], create=False)
+    store.query(queries[0], exclude, exact=False)
+    reopen_s = time.perf_counter() - start
+    store.close()
+    shutil.rmtree(path, ignore_errors=True)
+    ms = sorted(1000 * x for x in latencies)
+    return {"engine": engine, "points": n, "upsert_points_per_s": round(n / upsert_s), "build_s": round(build_s, 2),
+            "query_ms_p50": round(statistics.median(ms), 2), "query_ms_p95": round(ms[int(0.95 * len(ms)) - 1], 2),
+            "recall_at_50": round(statistics.fmean(recalls), 4), "reopen_s": round(reopen_s, 2),
+            "peak_rss_mb_indexing": round(rss_indexing), "peak_rss_mb_total": round(peak_rss_mb()),
+            "rss_mb_before_store": round(baseline),
+            "raw_vectors_mb": round(n * base.shape[1] * 4 / 2**20)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="100000,1000000", help="edge sizes, comma-separated")
+    parser.add_argument("--local-sizes", default="100000", help="qdrant-client local mode sizes")
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "tutorloop-store-scale")
+    parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "store_scale.json")
+    parser.add_argument("--one", nargs=2, metavar=("ENGINE", "N"), help=argparse.SUPPRESS)  # the child
+    args = parser.parse_args(argv)
+    args.work.mkdir(parents=True, exist_ok=True)
+    base = base_vectors(args.work / "minilm-demo-pool.npy")
+    if args.one:
+        print(json.dumps(run_one(args.one[0], int(args.one[1]), base, args.work)))
+        return 0
+    jobs = [("local", int(n)) for n in args.local_sizes.split(",") if n] + \
+           [("edge", int(n)) for n in args.sizes.split(",") if n]
+    rows = []
+    for engine, n in jobs:
+        done = subprocess.run([sys.executable, __file__, "--one", engine, str(n), "--work", str(args.work)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            rows.append({"engine": engine, "points": n, "failed": done.stderr.strip().splitlines()[-1:]})
+        else:
+            rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        print(json.dumps(rows[-1]), flush=True)
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps({
+        "command": "benchmarks/store_scale.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "vectors": f"MiniLM vectors of the demo pool ({len(base)} texts) + N(0, {NOISE_SD}) noise, renormalised",
+        "machine": f"{os.cpu_count()} CPUs", "rows": rows}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
