@@ -43,6 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="share of each round's budget replaying pool samples the untouched student already "
                              "answers right, against forgetting (any selector; default 0; 0.3 measured in "
                              "benchmarks/results/selection-*.md)")
+    parser.add_argument("--export", choices=["llava", "sharegpt", "messages"],
+                        help="form of each round's selected.jsonl (default: the pool's own form, sample by sample)")
     parser.add_argument("--no-perturbation", action="store_true", help="ablation: re-rank without the perturbation score")
     parser.add_argument("--no-clusters", action="store_true", help="ablation: re-rank without cluster quotas")
     parser.add_argument("--seed", type=int, help="seed of selection and training (default: 0)")
@@ -57,7 +59,7 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
         "image_root": args.image_root, "store": args.store, "qdrant_url": args.qdrant_url,
         "collection": args.collection, "budget": args.budget, "rounds": args.rounds,
         "selector": args.selector or ("failures" if args.teacher == "none" else None),
-        "seed": args.seed, "out": args.out, "target_accuracy": args.target_accuracy, "known_share": args.known_share,
+        "seed": args.seed, "out": args.out, "target_accuracy": args.target_accuracy, "known_share": args.known_share, "export": args.export,
         "teacher": {"base_url": teacher_url, "model": args.teacher_model, "dialect": args.teacher_dialect,
                     "concurrency": args.teacher_concurrency},
         "rerank": {"use_perturbation": False if args.no_perturbation else None,

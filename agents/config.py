@@ -12,7 +12,7 @@ import json
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -51,6 +51,8 @@ class RunConfig(BaseModel):
     known_share: float = Field(0.0, ge=0, lt=1, description=(
         "share of each round's budget spent on pool samples the untouched student already answers right "
         "(teacher/failures selectors): replay of the skills it has, so the gaps' samples do not erase them"))
+    export: Literal["llava", "sharegpt", "messages"] | None = Field(None, description=(
+        "form of selected.jsonl; default: each sample's own form (the pool's), so its trainer reads it as is"))
     eval_batch_size: int = Field(DEFAULT_BATCH_SIZE, gt=0)
     matcher: str = DEFAULT_MATCHER
     max_new_tokens: int = Field(DEFAULT_MAX_NEW_TOKENS, gt=0)

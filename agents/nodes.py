@@ -115,6 +115,8 @@ def select(state: LoopState, loop: Runtime) -> dict:
             matcher=config.matcher, batch_size=config.eval_batch_size, max_new_tokens=config.max_new_tokens)
     chosen = [c for c in scored if c.selected]
     samples = loop.pool_index().fetch([c.sample_id for c in chosen])
+    if config.export:  # selected.jsonl in the form the user's trainer takes, not the pool's own
+        samples = [s.model_copy(update={"form": config.export}) for s in samples]
     if choice.candidates:
         run.write(number, CANDIDATES, choice.candidates)
     run.write(number, SCORED, scored)

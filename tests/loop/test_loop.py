@@ -109,3 +109,28 @@ def test_known_share_takes_its_part_of_the_round_budget(tiny_world, loop_config,
     rows = RunDir(config.out).read(1, SELECTED)
     # the random tiny student answers no pool sample right: nothing to replay, the gaps keep their half only
     assert [r for r in rows if r.why.gap == "known"] == [] and len(rows) == 3
+
+
+def test_a_messages_form_pool_runs_and_its_selection_comes_back_in_that_form(tiny_world, loop_config, tmp_path):
+    """The same world's pool in the OpenAI/TRL messages form: the loop runs unchanged, selected.jsonl is in
+    the pool's form (a TRL trainer reads it as is), and --export converts it."""
+    from retrieval.embed import DEFAULT_EMBEDDER, load_embedder
+    from retrieval.index import PoolIndex, index_pool
+    from retrieval.ingest import Accepted, iter_samples
+
+    pool = tmp_path / "pool-messages.jsonl"
+    pool.write_text("".join(json.dumps(r.sample.to_record("messages")) + "\n"
+                            for r in iter_samples(tiny_world.pool) if isinstance(r, Accepted)))
+    index = PoolIndex.open(store=tmp_path / "index")
+    try:
+        index_pool(pool, index=index, embedder=load_embedder(), embedder_name=DEFAULT_EMBEDDER,
+                   image_root=tiny_world.pool.parent, clusters=4, progress=False)
+    finally:
+        index.close()
+    for export, key in ((None, "messages"), ("llava", "conversations")):
+        config = loop_config(tiny_world, tmp_path / f"run-{export}", selector="failures", rounds=1, budget=6,
+                             store=tmp_path / "index", export=export)
+        run(config, run_id=f"messages-{export}")
+        rows = [json.loads(line) for line in RunDir(config.out).path(1, SELECTED).read_text().splitlines()]
+        assert len(rows) == 6 and all(key in row and row["selection"]["reason"] for row in rows)
+        assert len(RunDir(config.out).read(1, SELECTED)) == 6  # and it reads back for training
