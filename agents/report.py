@@ -36,6 +36,7 @@ from PIL import Image
 
 from agents.run_dir import DIAGNOSES, EVALS, METRICS, PLAN, SCORED, SELECTED, RunDir
 from retrieval.files import atomic_write_text
+from retrieval.images import open_image
 
 THUMBNAIL_PX = 96
 FULL_PX = 768
@@ -48,21 +49,19 @@ class ImageStore:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self.made: dict[Path, tuple[str, str] | None] = {}
+        self.made: dict[tuple[Path, str], tuple[str, str] | None] = {}
 
     def add(self, root: Path | None, relative: str | None) -> tuple[str, str] | None:
         """(thumbnail, full) paths relative to the report, or None when there is no readable image."""
         if root is None or not relative:
             return None
-        path = (root / relative).resolve()
+        path = (root.resolve(), relative)
         if path in self.made:
             return self.made[path]
         self.made[path] = None
-        if not path.is_relative_to(root.resolve()) or not path.is_file():
-            return None  # a path leaving its root is never followed (the data may be hostile)
-        key = hashlib.sha1(str(path).encode()).hexdigest()[:16]
-        try:
-            with Image.open(path) as image:
+        key = hashlib.sha1(f"{path[0]}\0{relative}".encode()).hexdigest()[:16]
+        try:  # open_image refuses a path leaving its root (the data may be hostile)
+            with open_image(root, relative) as image:
                 image = image.convert("RGB")
                 self.folder.mkdir(parents=True, exist_ok=True)
                 full = image.copy()

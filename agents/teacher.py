@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from agents.records import Diagnosis, DiagnosisLog
 from prompts.render import data_tag, render
 from retrieval.files import atomic_write_text
+from retrieval.images import open_image
 from training.records import EvalRecord
 
 DEFAULT_TEACHER_URL = "http://127.0.0.1:8000/v1"
@@ -117,21 +118,12 @@ class ReplyError(ValueError):
 # --- the request ----------------------------------------------------------------------------------
 
 
-def png_data_url(path: Path) -> str:
-    from PIL import Image
-
-    with Image.open(path) as image:
+def png_data_url(image_root: Path, image: str) -> str:
+    """The image (a file under the root, or bytes in a table) re-encoded as a PNG data URL."""
+    with open_image(image_root, image) as opened:
         buffer = io.BytesIO()
-        image.convert("RGB").save(buffer, format="PNG")
+        opened.convert("RGB").save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def image_file(image: str, image_root: Path) -> Path:
-    root = Path(image_root).resolve()
-    path = (root / image).resolve()
-    if not path.is_relative_to(root):
-        raise ValueError(f"image {image!r} is outside the image root {root}")
-    return path
 
 
 def numbered_steps(steps: list[str]) -> str:
@@ -150,7 +142,7 @@ def build_messages(record: EvalRecord, image_root: Path, *, send_images: bool) -
             warnings.append("the sample has no image")
         for image in images:  # a multi-image sample sends all of them, in order
             try:
-                image_urls.append(png_data_url(image_file(image, image_root)))
+                image_urls.append(png_data_url(image_root, image))
             except (OSError, ValueError) as error:
                 warnings.append(f"image not sent: {error}")
     note = ("The image the question is about is attached." if len(image_urls) == 1

@@ -15,20 +15,21 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from retrieval.images import open_image
 from retrieval.records import Sample
 
 THUMBNAIL = 8
 
 
-def image_signature(path: Path | None) -> np.ndarray:
-    """A centred, unit 8x8 RGB thumbnail; zeros when the sample has no (readable) image."""
+def image_signature(image_root: Path, image: str | None) -> np.ndarray:
+    """A centred, unit 8x8 RGB thumbnail of the sample's (first) image; zeros when it has no readable one."""
     size = THUMBNAIL * THUMBNAIL * 3
-    if path is None:
+    if image is None:
         return np.zeros(size, dtype=np.float32)
     try:
-        with Image.open(path) as image:
-            small = image.convert("RGB").resize((THUMBNAIL, THUMBNAIL), Image.Resampling.BILINEAR)
-    except OSError:
+        with open_image(image_root, image) as opened:
+            small = opened.convert("RGB").resize((THUMBNAIL, THUMBNAIL), Image.Resampling.BILINEAR)
+    except (OSError, ValueError):
         return np.zeros(size, dtype=np.float32)
     pixels = np.asarray(small, dtype=np.float32).reshape(-1)
     pixels -= pixels.mean()
@@ -38,5 +39,5 @@ def image_signature(path: Path | None) -> np.ndarray:
 
 def dedup_vectors(samples: Sequence[Sample], text_vectors: np.ndarray, image_root: Path) -> np.ndarray:
     text = text_vectors / np.maximum(np.linalg.norm(text_vectors, axis=1, keepdims=True), 1e-12)
-    images = np.stack([image_signature(s.image_path(image_root)) for s in samples])
+    images = np.stack([image_signature(image_root, s.images[0] if s.images else None) for s in samples])
     return np.hstack([text, images]) / np.sqrt(2.0)

@@ -11,6 +11,7 @@ buffered reader. A bad record never stops the run; it becomes a ``Rejected`` wit
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -27,7 +28,9 @@ from PIL import Image
 from pydantic import ValidationError
 
 from retrieval.formats import FormatError, to_canonical
+from retrieval.images import image_bytes, is_table_ref
 from retrieval.records import Sample
+from retrieval.tables import is_table, iter_table_rows, table_root
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +124,8 @@ class QuarantineWriter:
 
 
 def default_image_root(path: Path | str) -> Path:
-    """Image paths are relative to the data file's folder unless the user says otherwise."""
-    return Path(path).resolve().parent
+    """Image paths are relative to the data file's folder (a table folder's own) unless the user says otherwise."""
+    return table_root(Path(path)) if is_table(Path(path)) else Path(path).resolve().parent
 
 
 def iter_samples(
@@ -132,14 +135,16 @@ def iter_samples(
     check_images: bool = True,
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> Iterator[Accepted | Rejected]:
-    """Stream the records of a JSONL file or a JSON array, validated, one result per record."""
+    """Stream the records of a JSONL file, a JSON array or a table (Parquet, a ``datasets`` folder),
+    validated, one result per record (``line`` is the row number for a table)."""
     path = Path(path)
-    if not path.is_file():
+    if not path.is_file() and not is_table(path):
         raise FileNotFoundError(f"data file not found: {path}")
     root = Path(image_root).resolve() if image_root is not None else default_image_root(path)
     checker = _ImageChecker(root, max_pixels) if check_images else None
     seen_ids: set[str] = set()
-    for line, raw, parsed in _iter_raw_records(path):
+    rows = iter_table_rows(path, root) if is_table(path) else _iter_raw_records(path)
+    for line, raw, parsed in rows:
         yield _validate(line, raw, parsed, seen_ids, checker)
 
 
@@ -216,6 +221,8 @@ class _ImageChecker:
         self.check = lru_cache(maxsize=8192)(self._check)
 
     def _check(self, image: str) -> tuple[str, str] | None:
+        if is_table_ref(image):
+            return _check_cell(self.root, image, self.max_pixels)
         if os.path.isabs(image) or re.match(r"^[A-Za-z]:[\\/]", image):
             return "image_outside_root", f"absolute image path {image!r}; paths are relative to the image root"
         candidate = self.root / image
@@ -228,7 +235,19 @@ class _ImageChecker:
         return _check_decodable(resolved, image, self.max_pixels)
 
 
-def _check_decodable(path: Path, image: str, max_pixels: int) -> tuple[str, str] | None:
+def _check_cell(root: Path, ref: str, max_pixels: int) -> tuple[str, str] | None:
+    """An image stored in a table: its file inside the root, its bytes there and decodable."""
+    try:
+        data = image_bytes(root, ref)
+    except ValueError as error:
+        reason = "image_outside_root" if "outside the image root" in str(error) else "image_missing"
+        return reason, str(error)
+    except (OSError, IndexError, KeyError) as error:
+        return "image_missing", f"image {ref!r} cannot be read from its table: {error}"
+    return _check_decodable(io.BytesIO(data), ref, max_pixels)
+
+
+def _check_decodable(path: Path | io.BytesIO, image: str, max_pixels: int) -> tuple[str, str] | None:
     try:
         with warnings.catch_warnings():
             # PIL only warns between 1x and 2x its limit; a bomb must be an error, not a warning.

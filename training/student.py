@@ -29,6 +29,7 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor, BatchFeature
 
+from retrieval.images import open_image
 from retrieval.records import Sample
 
 log = logging.getLogger(__name__)
@@ -152,13 +153,13 @@ def blank_image(processor: Any) -> Image.Image:
 def load_images(sample: Sample, image_root: Path | None, processor: Any = None) -> list[Image.Image]:
     """The sample's images as RGB, in order (none for a text-only sample); an unreadable file becomes a
     blank image of the processor's size, with a warning, so the image tokens still match."""
-    images = []
-    for path in sample.image_paths(Path(image_root) if image_root is not None else Path(".")):
+    images, root = [], Path(image_root) if image_root is not None else Path(".")
+    for ref in sample.images:  # a file under the root, or bytes in a table (retrieval/images.py)
         try:
-            with Image.open(path) as img:
+            with open_image(root, ref) as img:
                 images.append(img.convert("RGB"))
         except (OSError, ValueError) as err:
-            log.warning("sample %s: image %s unreadable (%s); using a blank image", sample.id, path, err)
+            log.warning("sample %s: image %s unreadable (%s); using a blank image", sample.id, ref, err)
             images.append(blank_image(processor) if processor is not None else Image.new("RGB", (224, 224)))
     return images
 

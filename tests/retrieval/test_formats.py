@@ -165,3 +165,101 @@ def test_a_multi_image_failure_reaches_the_teacher_with_all_its_images(tmp_path,
     parts = messages[1]["content"]
     assert [p["type"] for p in parts] == ["image_url", "image_url", "text"] and not warnings
     assert "2 images" in parts[-1]["text"]
+
+
+# --- tables: Parquet with image bytes, a datasets.save_to_disk folder ---------------------------------
+
+
+def _png_bytes(colour: str) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _table_rows() -> list[dict]:
+    """LLaVA-OneVision's layout (image struct + conversations) and The Cauldron's (images list + texts)."""
+    return [
+        {"id": "p0", "image": {"bytes": _png_bytes("red"), "path": None},
+         "conversations": [{"from": "human", "value": "<image>\nColour?"}, {"from": "gpt", "value": "red"}]},
+        {"id": "p1", "image": {"bytes": b"not a png", "path": None},  # rejected: unreadable bytes
+         "conversations": [{"from": "human", "value": "<image>\nColour?"}, {"from": "gpt", "value": "?"}]},
+        {"id": "p2", "image": None,
+         "conversations": [{"from": "human", "value": "Text only?"}, {"from": "gpt", "value": "yes"}]},
+    ]
+
+
+def test_parquet_with_image_bytes_streams_by_row_group_and_keeps_the_bytes_in_place(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from retrieval.images import open_image
+
+    path = tmp_path / "pool.parquet"
+    pq.write_table(pa.Table.from_pylist(_table_rows() * 3), path, row_group_size=2)  # ids repeat: duplicates
+    results = list(iter_samples(path))
+    reasons = [getattr(r, "reason", "accepted") for r in results]
+    assert reasons == ["accepted", "image_unreadable", "accepted"] + ["duplicate_id", "image_unreadable",
+                                                                      "duplicate_id"] * 2
+    assert [r.line for r in results][:3] == [1, 2, 3] and '"_row": 1' in results[1].raw
+    assert "<9 bytes>" in results[1].raw, "the quarantine shows image bytes as their size"
+    first = results[0].sample
+    assert first.image == "parquet:pool.parquet:0:image:0"
+    with open_image(tmp_path, first.image) as image:
+        assert image.convert("RGB").getpixel((0, 0)) == (255, 0, 0)
+    assert results[2].sample.images == []
+
+
+def test_the_cauldron_layout_and_a_folder_of_parquet_files(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "cauldron" / "data"
+    folder.mkdir(parents=True)
+    rows = [{"images": [{"bytes": _png_bytes("blue"), "path": None}, {"bytes": _png_bytes("green"), "path": None}],
+             "texts": [{"user": "Which is bluer?", "assistant": "the first", "source": "x"}]}]
+    for shard in range(2):
+        pq.write_table(pa.Table.from_pylist(rows), folder / f"train-{shard:05d}.parquet")
+    results = list(iter_samples(tmp_path / "cauldron"))
+    assert all(isinstance(r, Accepted) for r in results) and len(results) == 2
+    sample = results[1].sample
+    assert sample.id == "train-00001-0" and len(sample.images) == 2
+    assert sample.conversations[0].value.count("<image>") == 2 and sample.reference == "the first"
+
+
+def test_a_datasets_save_to_disk_folder(tmp_path):
+    datasets = pytest.importorskip("datasets", reason="datasets is in the dev extra")
+
+    rows = [r for r in _table_rows() if r["id"] != "p1"]
+    features = datasets.Features({"id": datasets.Value("string"), "image": datasets.Image(),
+                                  "conversations": [{"from": datasets.Value("string"), "value": datasets.Value("string")}]})
+    ds = datasets.Dataset.from_list(rows, features=features)
+    ds.save_to_disk(str(tmp_path / "saved"))
+    results = list(iter_samples(tmp_path / "saved"))
+    assert [r.sample.id for r in results if isinstance(r, Accepted)] == ["p0", "p2"]
+    assert results[0].sample.image.startswith("arrow:data-00000-of-00001.arrow:0:image:")
+
+
+def test_a_parquet_pool_indexes_and_its_images_reach_the_student(tmp_path, minilm, tiny_llava):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from retrieval.index import PoolIndex, index_pool
+    from training.student import items_from_samples
+
+    path = tmp_path / "pool.parquet"
+    pq.write_table(pa.Table.from_pylist(_table_rows()), path)
+    index = PoolIndex.open(store=tmp_path / "store")
+    try:
+        report = index_pool(path, index=index, embedder=minilm, embedder_name="test", clusters=1, progress=False,
+                            quarantine_path=tmp_path / "q.jsonl")
+        assert report.counts == {**report.counts, "read": 3, "accepted": 2, "rejected": 1}
+        sample = index.fetch(["p0"])[0]
+    finally:
+        index.close()
+    item = items_from_samples([sample], tmp_path, with_answer=False)[0]
+    assert item.images[0].getpixel((0, 0)) == (255, 0, 0)
+    assert json.loads((tmp_path / "q.jsonl").read_text())["reason"] == "image_unreadable"
