@@ -1,8 +1,9 @@
 """The embedded store at pool scale: qdrant-edge (the default) against qdrant-client's local mode.
 
 Vectors: real all-MiniLM-L6-v2 embeddings of the demo pool's instructions (6,000 texts, the ones
-`tutorloop index` embeds), and for larger sizes those vectors plus seeded Gaussian noise (sd 0.1 per
-dimension, renormalised), so neighbourhoods look like a real pool's and no two points coincide. Each
+`tutorloop index` embeds), and for larger sizes those vectors plus seeded Gaussian noise (sd 0.015 per
+dimension — a noise vector of norm ~0.3 — renormalised), so neighbourhoods look like a real pool's
+(which repeats its instructions with variations) and no two points coincide. Each
 payload is a realistic record (~400 bytes, as `tutorloop index` stores). Every (engine, size) runs in
 its own process, so its peak RSS is its own:
 
@@ -37,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-NOISE_SD = 0.1
+NOISE_SD = 0.015  # per dimension: a noise vector of norm ~0.3 around a unit base vector
 BATCH = 1024
 QUERIES = {"edge": 200, "local": 30}  # local mode scans every point in Python: seconds per query at 100k
 EXCLUDED = 10_000
@@ -112,11 +113,13 @@ class Edge:
         self.shard.optimize()
         self.shard.flush()
 
-    def query(self, vector: np.ndarray, exclude: list[str], exact: bool) -> list[str]:
+    def exclusion(self, ids: list[str]) -> object:  # built once per round, as EdgeIndex caches it
+        return self.e.Filter(must_not=[self.e.HasIdCondition(set(ids))])
+
+    def query(self, vector: np.ndarray, exclude: object, exact: bool) -> list[str]:
         e = self.e
-        request = e.QueryRequest(limit=TOP, query=e.Query.Nearest(vector.tolist()),
-                                 filter=e.Filter(must_not=[e.HasIdCondition(set(exclude))]), with_payload=False,
-                                 params=e.SearchParams(exact=exact, hnsw_ef=128))
+        request = e.QueryRequest(limit=TOP, query=e.Query.Nearest(vector.tolist()), filter=exclude,
+                                 with_payload=False, params=e.SearchParams(exact=exact, hnsw_ef=128))
         return [str(p.id) for p in self.shard.query(request)]
 
     def close(self) -> None:
@@ -143,11 +146,12 @@ class Local:
     def build(self) -> None:
         pass  # local mode has no index to build: every query scans every point
 
-    def query(self, vector: np.ndarray, exclude: list[str], exact: bool) -> list[str]:
-        m = self.models
-        flt = m.Filter(must_not=[m.HasIdCondition(has_id=exclude)])
+    def query(self, vector: np.ndarray, exclude: object, exact: bool) -> list[str]:
         return [str(p.id) for p in self.index.client.query_points("bench", query=vector.tolist(), limit=TOP,
-                                                                  query_filter=flt).points]
+                                                                  query_filter=exclude).points]
+
+    def exclusion(self, ids: list[str]) -> object:
+        return self.models.Filter(must_not=[self.models.HasIdCondition(has_id=ids)])
 
     def close(self) -> None:
         self.index.close()
@@ -169,7 +173,8 @@ def run_one(engine: str, n: int, base: np.ndarray, work: Path, seed: int = 0) ->
     rss_indexing = peak_rss_mb()
     rng = np.random.default_rng(seed + 1)
     queries = synthetic(base, n + 7, QUERIES[engine], seed + 2)  # other noise: points that are not in the store
-    exclude = [point_id(int(i)) for i in rng.choice(n, size=min(EXCLUDED, n // 2), replace=False)]
+    excluded = [point_id(int(i)) for i in rng.choice(n, size=min(EXCLUDED, n // 2), replace=False)]
+    exclude = store.exclusion(excluded)
     latencies, recalls = [], []
     for q in queries:
         t = time.perf_counter()
@@ -183,7 +188,7 @@ def run_one(engine: str, n: int, base: np.ndarray, work: Path, seed: int = 0) ->
     store.close()
     start = time.perf_counter()
     store = kind(path, base.shape[1], create=False)
-    store.query(queries[0], exclude, exact=False)
+    store.query(queries[0], store.exclusion(excluded), exact=False)
     reopen_s = time.perf_counter() - start
     store.close()
     shutil.rmtree(path, ignore_errors=True)
