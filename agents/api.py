@@ -36,6 +36,15 @@ def index(config: IndexConfig, *, embedder: Any = None, pool_index: Any = None):
 
     target = pool_index or PoolIndex.open(store=config.store, url=config.qdrant_url, collection=config.collection)
     try:
+        if config.ray:
+            from retrieval.ray_index import index_pool_ray
+
+            return index_pool_ray(
+                config.pool, index=target, embedder_name=resolve_embedder_name(config.embedder),
+                image_root=config.image_root, clusters=config.clusters, batch_size=config.batch_size,
+                cluster_sample=config.cluster_sample, quarantine_path=config.quarantine,
+                check_images=config.check_images, seed=config.seed,
+                address=None if config.ray == "local" else config.ray, actors=config.ray_actors)
         return index_pool(
             config.pool, index=target, embedder=embedder or load_embedder(config.embedder),
             embedder_name=resolve_embedder_name(config.embedder), image_root=config.image_root,

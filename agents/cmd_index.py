@@ -29,7 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from retrieval.index import DEFAULT_COLLECTION
 
     parser.add_argument("--pool", type=Path,
-                        help="pool file in the LLaVA conversation format: a JSON array or JSONL, streamed")
+                        help="pool: LLaVA / sharegpt / messages JSON array or JSONL, a Parquet file, a folder of "
+                             "Parquet files or a datasets.save_to_disk folder; streamed")
     parser.add_argument("--image-root", type=Path,
                         help="folder the records' image paths are relative to (default: the pool file's folder); "
                         "paths leaving it are rejected")
@@ -59,6 +60,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="do not open images (faster; missing/unreadable images are then not caught)")
     parser.add_argument("--seed", type=int, help="seed of the cluster sample and k-means (default: 0)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                        help="read, validate and embed as a Ray Data pipeline: alone, a local Ray; with an address "
+                             "(ray://head:10001), that cluster (`ray start --head` on the head node)")
+    parser.add_argument("--ray-actors", type=int, help="embedder actors (default: one per GPU, else one per CPU)")
     parser.add_argument("--config", type=Path, help="YAML/TOML/JSON config (agents/configs/index.yaml); flags override it")
 
 
@@ -69,6 +74,7 @@ def overrides_from(args: argparse.Namespace) -> dict:
         "batch_size": args.batch_size, "cluster_sample": args.cluster_sample, "quarantine": args.quarantine,
         "check_images": False if args.skip_image_checks else None, "seed": args.seed,
         "progress": False if args.no_progress or not sys.stderr.isatty() else None,
+        "ray": args.ray, "ray_actors": args.ray_actors,
     }
 
 
@@ -85,7 +91,9 @@ def run(args: argparse.Namespace) -> int:
     except (ValidationError, ValueError, OSError) as error:
         console.print(f"[red]error:[/red] {error}")
         return 2
-    if not config.pool.is_file():
+    from retrieval.tables import is_table
+
+    if not config.pool.is_file() and not is_table(config.pool):
         console.print(f"[red]error:[/red] pool file not found: {config.pool}")
         return 2
     if config.image_root is not None and not config.image_root.is_dir():

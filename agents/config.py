@@ -102,6 +102,9 @@ class IndexConfig(BaseModel):
     check_images: bool = True
     seed: int = 0
     progress: bool = True
+    ray: str | None = Field(None, description="run read/validate/embed on Ray: 'local' starts a local cluster, "
+                            "else the address of a running one (ray://host:10001 or host:6379)")
+    ray_actors: int | None = Field(None, ge=1, description="embedder actors (default: one per GPU, else per CPU)")
 
     @field_validator("clusters", mode="before")
     @classmethod
