@@ -370,6 +370,14 @@ def index_pool(
             _flush(batch, embedder, encode_batch_size, fit, cached, writer, clock)
         writer.close()
 
+    return finalize(index, pool_path, root, embedder_name, dim, fit, tally, run, kept=kept, quarantine=quarantine,
+                    clock=clock, start=start)
+
+
+def finalize(index: PoolIndex, pool_path: Path, root: Path, embedder_name: str, dim: int, fit: ClusterFit,
+             tally: IngestTally, run: str, *, kept: bool, quarantine: Path | None, clock: _Clock,
+             start: float) -> IndexReport:
+    """After every batch is written: drop stale points, write the manifest, report (shared with Ray's path)."""
     t = time.perf_counter()
     if tally.accepted == 0:
         raise ValueError(f"{pool_path}: every record was rejected (see the quarantine); stale points were kept")

@@ -25,13 +25,13 @@ import numpy as np
 from retrieval.clusters import ClusterSpec, fit_clusters
 from retrieval.embed import embed_texts, embedding_dim, load_embedder, sample_text
 from retrieval.index import (
-    IndexManifest,
     IndexReport,
     PoolIndex,
     _Clock,
     _maybe_quarantine,
     _reservoir,
     _UpsertWriter,
+    finalize,
 )
 from retrieval.ingest import Accepted, IngestTally, Rejected, _ImageChecker, _iter_json_array, _validate
 from retrieval.records import Sample
@@ -99,20 +99,8 @@ def index_pool_ray(pool_path: Path | str, *, index: PoolIndex, embedder_name: st
             if samples:
                 writer.submit(samples, np.asarray(vectors, dtype=np.float32), np.asarray(labels))
         writer.close()
-    t = time.perf_counter()
-    if tally.accepted == 0:
-        raise ValueError(f"{pool_path}: every record was rejected (see the quarantine); stale points were kept")
-    stale = index.delete_stale(run) if kept else 0
-    points = index.count()
-    index.write_manifest(IndexManifest(pool=str(pool_path.resolve()), image_root=str(root), embedder=embedder_name,
-                                       dim=embedding_dim(embedder), clusters=fit.k, silhouette=fit.silhouette,
-                                       count=points))
-    clock.add("finalize", t)
-    clock.seconds["total"] = time.perf_counter() - start
-    return IndexReport(pool=str(pool_path), collection=index.collection, counts=tally.as_dict(), k=fit.k,
-                       silhouette=fit.silhouette, silhouette_grid=fit.grid, points=points, stale_deleted=stale,
-                       seconds={k: round(v, 3) for k, v in clock.seconds.items()},
-                       quarantine=str(quarantine) if quarantine is not None else None)
+    return finalize(index, pool_path, root, embedder_name, embedding_dim(embedder), fit, tally, run, kept=kept,
+                    quarantine=quarantine, clock=clock, start=start)
 
 
 def _result(row: Any) -> Accepted | Rejected:

@@ -44,6 +44,18 @@ def tiny_world(tmp_path_factory) -> TinyWorld:
 
 
 @pytest.fixture(scope="session")
+def scripted_openai():
+    """tests/agents/scripted_openai.py (a real HTTP server on 127.0.0.1 standing in for vLLM), as a module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "loop_scripted_openai", Path(__file__).parents[1] / "agents" / "scripted_openai.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
 def loop_config():
     """``loop_config(world, out, **overrides)``: small everything — 2 rounds of 6 samples, one LoRA
     epoch, patience high enough that both rounds run."""

@@ -3,7 +3,6 @@ OpenAI-compatible server on 127.0.0.1 (tests/agents/scripted_openai.py)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -14,20 +13,13 @@ from agents.cli import main
 from agents.run_dir import CANDIDATES, DIAGNOSES, EVALS, METRICS, PLAN, SCORED, SELECTED, RunDir
 
 
-def _scripted_module():
-    spec = importlib.util.spec_from_file_location(
-        "loop_scripted_openai", Path(__file__).parents[1] / "agents" / "scripted_openai.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _selected(out: Path, rounds: int) -> list[list[str]]:
     return [[r.sample.id for r in RunDir(out).read(n, SELECTED)] for n in range(1, rounds + 1)]
 
 
-def test_teacher_loop_runs_two_rounds_and_logs_every_diagnosis(tiny_world, loop_config, tmp_path, capsys):
-    with _scripted_module().ScriptedOpenAI() as server:
+def test_teacher_loop_runs_two_rounds_and_logs_every_diagnosis(tiny_world, loop_config, scripted_openai, tmp_path,
+                                                                capsys):
+    with scripted_openai.ScriptedOpenAI() as server:
         config = loop_config(tiny_world, tmp_path / "run", selector="teacher",
                              teacher={"base_url": server.base_url, "dialect": "json_schema", "progress": False})
         summary = run(config, run_id="test-teacher")

@@ -3,7 +3,6 @@ hostile text, and — in headless Chromium when installed — that it renders, f
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import shutil
@@ -20,17 +19,9 @@ HOSTILE = ['<script>alert("x")</script>', '<img src=x onerror=alert(1)>', 'javas
 CHROMIUM = Path("/usr/bin/chromium")
 
 
-def _scripted():
-    spec = importlib.util.spec_from_file_location(
-        "report_scripted_openai", Path(__file__).parents[1] / "agents" / "scripted_openai.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
-def teacher_run(tiny_world, loop_config, tmp_path_factory) -> Path:
-    with _scripted().ScriptedOpenAI() as server:
+def teacher_run(tiny_world, loop_config, scripted_openai, tmp_path_factory) -> Path:
+    with scripted_openai.ScriptedOpenAI() as server:
         config = loop_config(tiny_world, tmp_path_factory.mktemp("report") / "run", selector="teacher",
                              teacher={"base_url": server.base_url, "dialect": "json_schema", "progress": False})
         run(config, run_id="report")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -52,15 +51,12 @@ def test_evaluate_splits_gives_one_record_per_sample_per_split(tiny_world, stude
         assert results[name].summary["n"] == len(results[name].records)
 
 
-def test_teacher_diagnoses_become_gaps_sharing_the_budget(tiny_world, failures):
-    spec = importlib.util.spec_from_file_location("stages_scripted", Path(__file__).parents[1] / "agents" / "scripted_openai.py")
-    scripted = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(scripted)
+def test_teacher_diagnoses_become_gaps_sharing_the_budget(tiny_world, failures, scripted_openai):
     from agents.teacher import TeacherConfig
 
     asked = sample_failures(failures, 4, seed=1)
     assert len(asked) == min(4, len(failures)) and asked == sample_failures(failures, 4, seed=1)
-    with scripted.ScriptedOpenAI() as server:
+    with scripted_openai.ScriptedOpenAI() as server:
         planned = diagnose_into_gaps(asked, 10, TeacherConfig(base_url=server.base_url, dialect="json_schema",
                                                               progress=False), tiny_world.val.parent)
     assert [row.sample_id for row in planned.diagnoses] == [r.id for r in asked]
