@@ -20,6 +20,7 @@ from agents.run_dir import CANDIDATES, DIAGNOSES, EVALS, METRICS, PLAN, SCORED, 
 from agents.runtime import Runtime
 from agents.selectors import RoundContext, get_selector
 from agents.stages import evaluate_splits, known_draw, train_round
+from retrieval.rerank import ScoredCandidate
 
 log = logging.getLogger(__name__)
 
@@ -108,11 +109,13 @@ def select(state: LoopState, loop: Runtime) -> dict:
         return {}
     ctx, gap_plan = _context(loop, number), run.read(number, PLAN)
     choice = get_selector(config.selector).choose(ctx, gap_plan)
-    with ctx.clock("replay"):
-        scored = choice.scored + known_draw(
-            loop.student(None), loop.pool_index(), loop.pool_image_root, gap_plan.known, seed=config.seed,
-            round_number=number, exclude=ctx.exclude | {c.sample_id for c in choice.chosen},
-            matcher=config.matcher, batch_size=config.eval_batch_size, max_new_tokens=config.max_new_tokens)
+    scored = list(choice.scored)
+    if gap_plan.known:  # the untouched student is loaded only when there is a replay share to judge
+        with ctx.clock("replay"):
+            scored += known_draw(
+                loop.student(None), loop.pool_index(), loop.pool_image_root, gap_plan.known, seed=config.seed,
+                round_number=number, exclude=ctx.exclude | {c.sample_id for c in choice.chosen},
+                matcher=config.matcher, batch_size=config.eval_batch_size, max_new_tokens=config.max_new_tokens)
     chosen = [c for c in scored if c.selected]
     samples = loop.pool_index().fetch([c.sample_id for c in chosen])
     if config.export:  # selected.jsonl in the form the user's trainer takes, not the pool's own
@@ -125,7 +128,7 @@ def select(state: LoopState, loop: Runtime) -> dict:
     return {}
 
 
-def _link_diagnoses(loop: Runtime, number: int, gap_plan: GapPlan, chosen: list) -> None:
+def _link_diagnoses(loop: Runtime, number: int, gap_plan: GapPlan, chosen: list[ScoredCandidate]) -> None:
     """Each diagnosis row gets the ids of the samples its gap led to (for the reviewer)."""
     rows = loop.run_dir.read(number, DIAGNOSES)
     if not rows:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import re
-from typing import Any
 
 IMAGE_TAG = "<image>"
 _TAG = re.compile(r"<image>")
@@ -185,7 +184,3 @@ def export(canonical: dict, form: str) -> dict:
         return out
     raise ValueError(f"unknown form {form!r}; known: {', '.join(FORMS)}")
 
-
-def canonical_fields(record: dict) -> dict[str, Any]:
-    """The canonical dict without the ``form`` marker (what LLaVA-style tools expect)."""
-    return {k: v for k, v in record.items() if k != "form"}

@@ -222,12 +222,13 @@ class _Embedder:
         frame = frame.copy()
         frame["vector"] = None
         frame["cluster"] = -1
-        frame.loc[accepted, "vector"] = pd_series(list(vectors), frame.index[accepted])
+        frame.loc[accepted, "vector"] = _object_series(list(vectors), frame.index[accepted])
         frame.loc[accepted, "cluster"] = labels
         return frame
 
 
-def pd_series(values: list, index: Any) -> Any:
+def _object_series(values: list, index: Any) -> Any:
+    """One vector per cell: pandas needs an object column to hold arrays."""
     import pandas as pd
 
     return pd.Series(values, index=index, dtype=object)
