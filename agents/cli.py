@@ -18,10 +18,13 @@ COMMANDS = {
     "demo": "agents.cmd_demo",
 }
 HELPS = {
-    "index": "ingest a pool (LLaVA JSON/JSONL), embed it and build its Qdrant index with clusters",
+    "index": "ingest a pool (LLaVA / sharegpt / messages JSON or JSONL, Parquet, a datasets folder), embed it "
+             "and build its Qdrant index with clusters (--ray: on a Ray cluster)",
     "eval": "evaluate a student (optionally with a LoRA adapter) on a LLaVA-format data file",
-    "run": "run the adaptation loop: evaluate, diagnose, retrieve, re-rank, LoRA-train, repeat",
-    "review": "show the teacher's diagnoses and the accuracy per round of a run directory",
+    "run": "run the adaptation loop: evaluate, plan the gaps (teacher diagnoses), select (retrieve + re-rank), "
+           "LoRA-train, repeat",
+    "review": "the teacher's diagnoses and accuracy per round of a run (--html: a report with the images, "
+              "side by side for two runs)",
     "demo": "build the offline demo world, student and index, then run the loop on it",
 }
 
