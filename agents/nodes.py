@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from typing import TypedDict
 
 from agents.planning import GapPlan
@@ -30,15 +30,20 @@ class LoopState(TypedDict):
     stop_reason: str | None
 
 
-def _context(loop: Runtime, number: int) -> RoundContext:
+def _clock(loop: Runtime, number: int) -> Callable[[str], AbstractContextManager[None]]:
+    """``with _clock(loop, n)("stage"):`` adds the block's seconds to round n's ``seconds.json``."""
     @contextmanager
     def clock(stage: str) -> Iterator[None]:
         start = time.perf_counter()
         yield
         loop.run_dir.add_seconds(number, stage, time.perf_counter() - start)
 
+    return clock
+
+
+def _context(loop: Runtime, number: int) -> RoundContext:
     return RoundContext(number=number, config=loop.config, services=loop,
-                        exclude=frozenset(loop.run_dir.selected_ids(number - 1)), clock=clock,
+                        exclude=frozenset(loop.run_dir.selected_ids(number - 1)), clock=_clock(loop, number),
                         teacher_cache=loop.run_dir.teacher_cache)
 
 
@@ -49,7 +54,7 @@ def evaluate(state: LoopState, loop: Runtime) -> dict:
     student = loop.student(run.adapter(number))
     splits = {name: (path, config.image_root_of(path))
               for name, path in (("val", config.val), ("test", config.test), ("generic", config.generic)) if path}
-    with _context(loop, number).clock("evaluate"):
+    with _clock(loop, number)("evaluate"):
         results = evaluate_splits(student, splits, matcher=config.matcher, batch_size=config.eval_batch_size,
                                   max_new_tokens=config.max_new_tokens)
         for name, result in results.items():
@@ -151,7 +156,7 @@ def train(state: LoopState, loop: Runtime) -> dict:
         log.warning("round %d selected nothing; the adapter is carried over unchanged", number)
     replay = [row.sample for n in range(1, number) for row in run.read(n, SELECTED)]
     student = loop.trainable_student(run.adapter(number - 1))
-    with _context(loop, number).clock("train"):
+    with _clock(loop, number)("train"):
         train_round(student, selected, replay, loop.pool_image_root,
                     config.lora.model_copy(update={"seed": config.lora.seed + number}), run.adapter(number))
     return {}

@@ -67,6 +67,7 @@ class EdgeIndex:
                 "into a new folder (or delete this one first)")
         self.store.mkdir(parents=True, exist_ok=True)
         self.shard = edge.EdgeShard.load(str(self.shard_path)) if self.exists() else None
+        self._count: int | None = None
 
     @property
     def shard_path(self) -> Path:
@@ -95,7 +96,11 @@ class EdgeIndex:
         return IndexManifest.model_validate(read_json(self.manifest_path))
 
     def count(self) -> int:
-        return 0 if self.shard is None else self.shard.count(self.edge.CountRequest(exact=True))
+        if self.shard is None:
+            return 0
+        if self._count is None:  # asked before every query (exact or HNSW): counted once per write
+            self._count = self.shard.count(self.edge.CountRequest(exact=True))
+        return self._count
 
     def query(self, vector: Sequence[float] | np.ndarray, limit: int, exclude_ids: Iterable[str] = frozenset(),
               *, with_vectors: bool = True) -> list[Hit]:
@@ -167,6 +172,7 @@ class EdgeIndex:
             self.shard = None
             shutil.rmtree(self.shard_path)
             self.manifest_path.unlink(missing_ok=True)
+        self._count = None
         self.shard = edge.EdgeShard.create(str(self.shard_path), edge.EdgeConfig(
             vectors=edge.EdgeVectorParams(size=dim, distance=edge.Distance.Cosine)))
         for name, kind in PAYLOAD_INDEXES.items():
@@ -177,6 +183,7 @@ class EdgeIndex:
         points = [self.edge.Point(point_id(s.id), v.tolist(), _payload(s, int(c), run))
                   for s, v, c in zip(samples, vectors, clusters, strict=True)]
         self.shard.update(self.edge.UpdateOperation.upsert_points(points))
+        self._count = None
 
     def delete_stale(self, run: str) -> int:
         """Drop points of earlier runs that this run did not write (records gone from the pool)."""
@@ -185,6 +192,7 @@ class EdgeIndex:
         n = self.shard.count(edge.CountRequest(exact=True, filter=stale))
         if n:
             self.shard.update(edge.UpdateOperation.delete_points_by_filter(stale))
+            self._count = None
         return n
 
     def write_manifest(self, manifest: IndexManifest) -> None:
