@@ -325,9 +325,10 @@ def index_pool(
     thread (local mode spends most of an upsert waiting for SQLite commits).
     """
     from retrieval.ingest import default_image_root
+    from retrieval.tables import is_table
 
     pool_path = Path(pool_path)
-    if not pool_path.is_file():
+    if not pool_path.is_file() and not is_table(pool_path):  # a folder of tables is a pool too
         raise FileNotFoundError(f"pool file not found: {pool_path}")
     root = Path(image_root).resolve() if image_root is not None else default_image_root(pool_path)
     clock, start = _Clock(), time.perf_counter()

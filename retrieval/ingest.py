@@ -260,7 +260,9 @@ def _check_decodable(path: Path | io.BytesIO, image: str, max_pixels: int) -> tu
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         return "image_too_large", f"image {image!r}: {error}"
     except Exception as error:  # noqa: BLE001 - any decoder failure means the file is not a usable image
-        return "image_unreadable", f"image {image!r} cannot be read: {type(error).__name__}: {error}"
+        # PIL names an in-memory file by its repr (an address): dropped, so the detail is the same every run
+        message = re.sub(r" ?<[^<>]* at 0x[0-9a-fA-F]+>", "", str(error))
+        return "image_unreadable", f"image {image!r} cannot be read: {type(error).__name__}: {message}"
     return None
 
 

@@ -35,7 +35,7 @@ from retrieval.index import (
 )
 from retrieval.ingest import Accepted, IngestTally, Rejected, _ImageChecker, _iter_json_array, _validate
 from retrieval.records import Sample
-from retrieval.tables import is_table, iter_table_rows, table_files
+from retrieval.tables import is_table, iter_file_rows, row_counts, table_files
 
 RANGE_BYTES = 32 << 20  # one read task per 32 MB of JSONL
 
@@ -133,9 +133,11 @@ def _pool_source(path: Path, root: Path, check_images: bool) -> Any:
 
 
 def _read_units(path: Path) -> list[tuple]:
-    """("table", file index) per table file, ("array",) for a JSON array, ("range", start, end, first line)."""
+    """("table", kind, file, first row) per table file, ("array",) for a JSON array, ("range", start, end,
+    first line) per slice of JSONL; first rows and lines are counted here, once."""
     if is_table(path):
-        return [("table", i) for i in range(len(table_files(path)))]
+        firsts = np.cumsum([0, *row_counts(path)])[:-1] + 1
+        return [("table", kind, file, int(first)) for (kind, file), first in zip(table_files(path), firsts, strict=True)]
     with path.open("rb") as handle:
         head = handle.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
     if head.startswith(b"["):
@@ -178,10 +180,8 @@ def _unit_records(path: Path, root: Path, unit: tuple) -> Iterator[tuple[int, st
     from retrieval.ingest import _NOT_PARSED
 
     if unit[0] == "table":
-        files = table_files(path)
-        offset = sum(_rows_in(kind, f) for kind, f in files[: unit[1]])
-        for number, raw, record in iter_table_rows(files[unit[1]][1], root):
-            yield offset + number, raw, record
+        _, kind, file, first = unit
+        yield from iter_file_rows(kind, file, root, first=first)
     elif unit[0] == "array":
         yield from _iter_json_array(path)
     else:
@@ -196,12 +196,6 @@ def _unit_records(path: Path, root: Path, unit: tuple) -> Iterator[tuple[int, st
                     yield number, text, json.loads(text)
                 except json.JSONDecodeError:
                     yield number, text, _NOT_PARSED
-
-
-def _rows_in(kind: str, file: Path) -> int:
-    from retrieval.images import _batch_sizes
-
-    return sum(_batch_sizes(str(file), kind))
 
 
 class _Embedder:

@@ -45,13 +45,25 @@ def table_root(path: Path) -> Path:
 def iter_table_rows(path: Path, image_root: Path) -> Iterator[tuple[int, str, object]]:
     """(row number, raw text for the quarantine, the row as a record dict) for every row of the table(s)."""
     number = 0
-    root = Path(image_root).resolve()
     for kind, file in table_files(path):
-        relative = str(file.resolve().relative_to(root)) if file.resolve().is_relative_to(root) else None
-        for row_in_file, row in enumerate(_rows(kind, file)):
-            number += 1
-            record = _record(row, kind, relative, file.stem, row_in_file)
-            yield number, _raw(row, file.name, row_in_file), record
+        for item in iter_file_rows(kind, file, image_root, first=number + 1):
+            number = item[0]
+            yield item
+
+
+def iter_file_rows(kind: str, file: Path, image_root: Path, *, first: int = 1) -> Iterator[tuple[int, str, object]]:
+    """The rows of one table file, numbered from ``first`` (a read task of `tutorloop index --ray` reads one)."""
+    root = Path(image_root).resolve()
+    relative = str(file.resolve().relative_to(root)) if file.resolve().is_relative_to(root) else None
+    for row_in_file, row in enumerate(_rows(kind, file)):
+        yield first + row_in_file, _raw(row, file.name, row_in_file), _record(row, kind, relative, file.stem, row_in_file)
+
+
+def row_counts(path: Path) -> list[int]:
+    """Rows per table file, from the files' metadata (no row is read)."""
+    from retrieval.images import _batch_sizes
+
+    return [sum(_batch_sizes(str(file), kind)) for kind, file in table_files(path)]
 
 
 def _rows(kind: str, file: Path) -> Iterator[dict]:

@@ -50,3 +50,54 @@ def test_the_ray_pipeline_builds_the_same_index(tmp_path, kit, minilm, monkeypat
     assert all(np.allclose(vectors_a[k], vectors_b[k], atol=1e-5) for k in vectors_a)
     single.close()
     distributed.close()
+
+
+def test_table_pools_on_ray_match_one_process(tmp_path, minilm):
+    """A folder of Parquet files and a datasets.save_to_disk folder: one read task per file, rows numbered
+    across files as the single-process path numbers them, the images read from the table by reference."""
+    ray = pytest.importorskip("ray", reason="ray is in the dev extra")
+    datasets = pytest.importorskip("datasets", reason="datasets is in the dev extra")
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    import retrieval.ray_index as ray_index
+    from retrieval.embed import DEFAULT_EMBEDDER
+    from retrieval.index import PoolIndex, index_pool
+
+    def png(colour: str) -> bytes:
+        buffer = io.BytesIO()
+        Image.new("RGB", (8, 8), colour).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    rows = [{"id": f"r{i}", "image": {"bytes": png(c) if i != 3 else b"junk", "path": None},
+             "conversations": [{"from": "human", "value": f"<image>\nIs it {c}? ({i})"}, {"from": "gpt", "value": "yes"}]}
+            for i, c in enumerate(["red", "blue", "green", "black", "white", "gray"])]
+    folder = tmp_path / "parquet"
+    folder.mkdir()
+    for part in range(2):
+        pq.write_table(pa.Table.from_pylist(rows[3 * part: 3 * part + 3]), folder / f"part-{part}.parquet")
+    features = datasets.Features({"id": datasets.Value("string"), "image": datasets.Image(),
+                                  "conversations": [{"from": datasets.Value("string"), "value": datasets.Value("string")}]})
+    datasets.Dataset.from_list([r for r in rows if r["id"] != "r3"], features=features).save_to_disk(str(tmp_path / "saved"))
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        for pool in (folder, tmp_path / "saved"):
+            assert [u[3] for u in ray_index._read_units(pool)] == ([1, 4] if pool == folder else [1])
+            single = PoolIndex.open(store=tmp_path / f"single-{pool.name}")
+            index_pool(pool, index=single, embedder=minilm, embedder_name=DEFAULT_EMBEDDER, clusters=2,
+                       quarantine_path=tmp_path / f"q-single-{pool.name}.jsonl", progress=False)
+            distributed = PoolIndex.open(store=tmp_path / f"ray-{pool.name}")
+            report = ray_index.index_pool_ray(pool, index=distributed, embedder_name=DEFAULT_EMBEDDER, clusters=2,
+                                              quarantine_path=tmp_path / f"q-ray-{pool.name}.jsonl")
+            assert report.counts["accepted"] == 5 and report.counts["rejected"] == (1 if pool == folder else 0)
+            assert (tmp_path / f"q-ray-{pool.name}.jsonl").read_text() == \
+                (tmp_path / f"q-single-{pool.name}.jsonl").read_text()
+            assert _points(single) == _points(distributed)
+            single.close()
+            distributed.close()
+    finally:
+        ray.shutdown()
