@@ -119,6 +119,9 @@ class RoundMetrics(BaseModel):
     selected: int = 0
     seconds: dict[str, float] = Field(default_factory=dict)
 
+    def to_record(self) -> dict:
+        return self.model_dump(mode="json", exclude_none=True)  # a split the run has not got stays absent
+
     def accuracy(self, split: str) -> float | None:
         return getattr(self, f"{split}_accuracy")
 

@@ -55,6 +55,7 @@ TRAINED = "training.json"  # written by training/lora.py last: a finished adapte
 
 
 def _to_json(record: BaseModel) -> dict:
+    """A record's on-disk form: its own ``to_record()`` where it has one (the pool's form for a sample)."""
     return record.to_record() if hasattr(record, "to_record") else record.model_dump(mode="json")
 
 
@@ -115,9 +116,8 @@ class RunDir:
     def write(self, number: int, artefact: Artefact, value: Any) -> None:
         path = self.path(number, artefact)
         if artefact.rows:
-            write_jsonl(path, [_to_json(r) if hasattr(r, "to_record") else r for r in value])
-        elif isinstance(value, RoundMetrics):
-            write_json(path, value.model_dump(mode="json", exclude_none=True))  # absent splits stay absent
+            # a record without its own form is written compact by write_jsonl (model_dump_json), as before
+            write_jsonl(path, [r.to_record() if hasattr(r, "to_record") else r for r in value])
         else:
             write_json(path, _to_json(value))
 

@@ -9,6 +9,7 @@ so a path leaving the image root is refused in one place.
 
 from __future__ import annotations
 
+import bisect
 import io
 import re
 from functools import lru_cache
@@ -68,7 +69,7 @@ def _table_cell(path: str, kind: str, row: int, column: str) -> object:
 def _row_batch(path: str, kind: str, row: int, column: str):
     """The record batch (Parquet row group / Arrow batch) holding ``row``, and the row's offset in it."""
     starts = _batch_starts(path, kind)
-    index = max(i for i, start in enumerate(starts) if start <= row)
+    index = bisect.bisect_right(starts, row) - 1
     return _read_batch(path, kind, index, column), row - starts[index]
 
 
