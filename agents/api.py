@@ -83,12 +83,25 @@ def run(config: RunConfig, *, run_id: str | None = None, pool_index: Any = None,
     runtime = Runtime(config=config, run_dir=run_dir, index=pool_index, embedder=embedder)
     try:
         run_dir.write_info(RunInfo(run_id=run_id, config=config.model_dump(mode="json"),
-                                   pool_image_root=str(runtime.pool_image_root)))
+                                   pool_image_root=str(runtime.pool_image_root), skill_map=_skill_map(config)))
         run_loop(runtime, run_id)
     finally:
         if pool_index is None:
             runtime.close()
     return run_dir.read_summary()
+
+
+def _skill_map(config: RunConfig) -> dict | None:
+    """Teacher runs say whether a skill map grounds their diagnoses (log line + run.json)."""
+    from agents.selectors import get_selector
+    from agents.skills import map_status
+
+    if not get_selector(config.selector).needs_teacher:
+        return None
+    status = map_status(config.teacher.skill_map, config.store, config.collection, config.qdrant_url)
+    print(f"skill map: {'used' if status['used'] else 'not used'} — {status['reason']}"
+          + (f" ({status['path']}, {status['skills']} skills)" if status["used"] else ""), file=sys.stderr)
+    return status
 
 
 def resume(out: Path, overrides: dict[str, Any] | None = None) -> RunSummary:

@@ -12,6 +12,7 @@ import sys
 
 COMMANDS = {
     "index": "agents.cmd_index",
+    "skills": "agents.cmd_skills",
     "eval": "agents.cmd_eval",
     "run": "agents.cmd_run",
     "review": "agents.cmd_review",
@@ -20,6 +21,8 @@ COMMANDS = {
 HELPS = {
     "index": "ingest a pool (LLaVA / sharegpt / messages JSON or JSONL, Parquet, a datasets folder), embed it "
              "and build its Qdrant index with clusters (--ray: on a Ray cluster)",
+    "skills": "name the pool's skills (fine clusters, one teacher call each) into skills.json beside the index; "
+              "teacher runs then choose diagnoses from it",
     "eval": "evaluate a student (optionally with a LoRA adapter) on a LLaVA-format data file",
     "run": "run the adaptation loop: evaluate, plan the gaps (teacher diagnoses), select (retrieve + re-rank), "
            "LoRA-train, repeat",

@@ -6,6 +6,11 @@ Each gap keeps its failures' ids and its search queries (deduplicated, most aske
 share of the budget proportional to its errors, after a floor for every gap; shares are whole numbers
 that add up to the budget exactly (largest-remainder rounding). Everything is deterministic: the same
 diagnoses give the same gaps in the same order.
+
+A grounded diagnosis (its skills chosen from the pool's skill map, agents/skills.py) needs no name
+matching: each of its up to 3 map skills is a gap of that name, retrieval is restricted to it by payload
+filter (``Gap.skills``), and the budget follows the summed weights — a composite failure split 0.5/0.5
+between two parts gives each half an error.
 """
 
 from __future__ import annotations
@@ -38,6 +43,10 @@ class Gap(BaseModel):
     queries: list[str]
     sample_ids: list[str] = Field(default_factory=list)
     budget: int = Field(0, description="samples this gap may select this round")
+    skills: list[str] = Field(default_factory=list, description="skill-map skills retrieval is restricted to "
+                              "(the hybrid search's filtered arm); empty: the queries alone")
+    weight: float | None = Field(None, description="summed diagnosis weights (grounded gaps); the budget "
+                                 "follows it instead of n_errors")
 
 
 class GapPlan(BaseModel):
@@ -45,6 +54,10 @@ class GapPlan(BaseModel):
 
     budget: int = Field(description="samples the round may select in all")
     known: int = Field(0, description="of which replay of skills the untouched student has")
+    known_ids: list[str] = Field(default_factory=list, description="the replayed samples (agents/retention.py)")
+    known_share: float = Field(0.0, description="the replay share asked for this round (the unfilled part went "
+                                                "to the gaps)")
+    known_reason: str = Field("", description="how the share was chosen and which samples count as known")
     gaps: list[Gap] = Field(default_factory=list)
     teacher: dict[str, Any] | None = Field(None, description="the teacher's cost this round: requests, replies "
                                            "ok/rejected/cached, tokens, seconds (None without a teacher)")
@@ -66,6 +79,15 @@ def skill_tokens(skill: str) -> frozenset[str]:
     words = [w for w in skill.split("-") if w]
     content = [w for w in words if w not in GENERIC_WORDS]
     return frozenset(_stem(w) for w in content or words)
+
+
+def skill_key(skill: str) -> tuple[str, ...]:
+    """The content words of a skill name in order, spelling and inflection aside: the skill map merges
+    clusters whose names have the same key ("colour-of-shapes" = "color-of-shape"), but not reorderings
+    ("size-colour" asks a colour by size, "colour-size" a size by colour)."""
+    words = [w for w in skill.split("-") if w]
+    content = [w for w in words if w not in GENERIC_WORDS]
+    return tuple(_stem(w) for w in content or words)
 
 
 def similar_skills(a: str, b: str) -> bool:
@@ -138,9 +160,15 @@ def allocate(weights: Sequence[int], budget: int, floor: int = 1) -> list[int]:
     return shares
 
 
+def _weight(gap: Gap) -> float:
+    return gap.n_errors if gap.weight is None else gap.weight
+
+
 def _with_budgets(gaps: list[Gap], budget: int, floor: int) -> list[Gap]:
-    gaps = sorted(gaps, key=lambda g: (-g.n_errors, g.skill))
-    for gap, share in zip(gaps, allocate([g.n_errors for g in gaps], budget, floor), strict=True):
+    gaps = sorted(gaps, key=lambda g: (-_weight(g), g.skill))
+    # allocate works in whole numbers: weights in thousandths keep a 0.5/0.5 split exact
+    weights = [round(1000 * _weight(g)) for g in gaps]
+    for gap, share in zip(gaps, allocate(weights, budget, floor), strict=True):
         gap.budget = share
     return gaps
 
@@ -164,22 +192,43 @@ def plan_gaps(
     for name, values in (("sample_ids", sample_ids), ("questions", questions)):
         if values is not None and len(values) != len(diagnoses):
             raise ValueError(f"{name} has {len(values)} entries for {len(diagnoses)} diagnoses")
-    home = group_skills([d.missing_skill for d in diagnoses])
-    members: dict[str, list[int]] = {}
+    # grounded diagnoses: one gap per map skill, with the diagnosis' weight for it
+    mapped: dict[str, list[tuple[int, float]]] = {}
     for i, diagnosis in enumerate(diagnoses):
-        members.setdefault(home[diagnosis.missing_skill], []).append(i)
-    gaps = []
-    for skill, indices in members.items():
+        for chosen in diagnosis.skills:
+            mapped.setdefault(chosen.skill, []).append((i, chosen.weight))
+    free = [i for i, d in enumerate(diagnoses) if not d.skills]
+    home = group_skills([diagnoses[i].missing_skill for i in free])
+    members: dict[str, list[int]] = {}
+    for i in free:
+        members.setdefault(home[diagnoses[i].missing_skill], []).append(i)
+
+    def queries_of(indices: list[int]) -> list[str]:
         queries = [q for i in indices for q in diagnoses[i].queries]
         if questions is not None:
             queries += [strip_image_tag(questions[i]) for i in indices]
+        return dedupe_queries(queries, max_queries)
+
+    def ids_of(indices: list[int]) -> list[str]:
+        return [sample_ids[i] for i in indices] if sample_ids is not None else []
+
+    gaps = []
+    for skill, weighted in mapped.items():
+        indices = [i for i, _ in weighted] + members.pop(skill, [])  # a free name equal to a map skill joins it
+        gaps.append(Gap(skill=skill, n_errors=len(indices), queries=queries_of(indices), sample_ids=ids_of(indices),
+                        skills=[skill], weight=round(sum(w for _, w in weighted) + len(indices) - len(weighted), 4)))
+    for skill, indices in members.items():
         gaps.append(Gap(
             skill=skill,
             aliases=sorted({diagnoses[i].missing_skill for i in indices} - {skill}),
             n_errors=len(indices),
-            queries=dedupe_queries(queries, max_queries),
-            sample_ids=[sample_ids[i] for i in indices] if sample_ids is not None else [],
+            queries=queries_of(indices),
+            sample_ids=ids_of(indices),
         ))
+    if mapped and members:  # mixed plan: free gaps weigh their errors like grounded ones their weights
+        for gap in gaps:
+            if gap.weight is None:
+                gap.weight = float(gap.n_errors)
     return _with_budgets(gaps, budget, floor)
 
 

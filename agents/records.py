@@ -1,7 +1,8 @@
 """The teacher's boundary records: a `Diagnosis` (what the teacher must reply) and a `DiagnosisLog` row.
 
-The JSON schema sent to the teacher is generated from `Diagnosis` (`Diagnosis.model_json_schema()`),
-so field descriptions stay short: they are part of every request. Every reply is parsed into a
+The JSON schema sent to a teacher without a skill map is generated from `FreeDiagnosis`
+(`FreeDiagnosis.model_json_schema()`); one with a map gets agents/skills.py's schema, whose skill is an
+enum of the map's names. Both become a `Diagnosis`. Field descriptions stay short: they are part of every request. Every reply is parsed into a
 `Diagnosis` or rejected; a rejected reply is kept in its `DiagnosisLog` row with the raw text and
 the reason, never dropped.
 """
@@ -29,8 +30,11 @@ def normalise_skill(name: str) -> str:
     return "-".join(words[:SKILL_MAX_WORDS])
 
 
-class Diagnosis(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+# What a teacher without a skill map replies: the skill in its own words. Its JSON schema is the
+# ``diagnosis`` schema sent to such a teacher, so it has no docstring (that would become the schema's
+# description, sent with every request) and keeps the title "Diagnosis" it had before the map existed.
+class FreeDiagnosis(BaseModel):
+    model_config = ConfigDict(extra="forbid", title="Diagnosis")
 
     erroneous_step: int | None = Field(
         description="1-based number of the first wrong step; null if no step is wrong or none was given", ge=1
@@ -57,6 +61,30 @@ class Diagnosis(BaseModel):
         if any(not q for q in queries):
             raise ValueError("every query must be non-empty")
         return queries
+
+
+class WeightedSkill(BaseModel):
+    """A skill of the pool's skill map (agents/skills.py) and its share of the diagnosis."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    skill: str
+    weight: float = Field(ge=0, le=1)
+
+
+class Diagnosis(FreeDiagnosis):
+    """A diagnosis as the loop keeps it (a row of ``diagnoses.jsonl``).
+
+    A grounded diagnosis (the teacher chose from the skill map) has ``skills``: up to 3 map skills with
+    weights summing to 1, the heaviest first, and ``missing_skill`` is the first of them. When the teacher
+    chose "none of these", ``other_skill`` holds its free text (and ``missing_skill`` that text, normalised).
+    """
+
+    model_config = ConfigDict(extra="forbid", title="Diagnosis")
+
+    skills: list[WeightedSkill] = Field(default_factory=list, max_length=3)
+    other_skill: str | None = None
+    grounded: bool = False
 
 
 class DiagnosisLog(BaseModel):
@@ -177,3 +205,5 @@ class RunInfo(BaseModel):
     run_id: str
     config: dict[str, Any]
     pool_image_root: str | None = Field(None, description="where the pool's images are (from the index)")
+    skill_map: dict[str, Any] | None = Field(None, description="teacher runs: whether diagnoses are grounded in "
+                                             "the pool's skill map, its path and why (agents/skills.py)")

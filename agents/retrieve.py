@@ -4,27 +4,31 @@ A gap of share ``s`` keeps its ``factor * s`` most relevant candidates over all 
 query asks for that many: queries are often near-identical, so splitting the number between them
 would return the same few samples). Samples already trained on are excluded in the query. A sample found by several gaps goes to the gap where it
 is most relevant, so one sample is never counted twice.
+
+A gap with skill-map skills (a grounded diagnosis) is searched hybrid: each query once restricted to the
+gap's skills by payload filter (arm ``skill-map``) and once unrestricted (arm ``free-text``), all fused
+by reciprocal rank (retrieval/fusion.py; a Qdrant server fuses with its query API). Its relevance is
+then the RRF score, and each candidate records which arm(s) found it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
 from agents.planning import Gap
 from retrieval.embed import embed_texts
-from retrieval.index import PoolIndex
-from retrieval.records import Sample
+from retrieval.index import Arm, PoolIndex
 from retrieval.rerank import Candidate
-from training.evaluate import DEFAULT_BATCH_SIZE, DEFAULT_MATCHER, DEFAULT_MAX_NEW_TOKENS, evaluate
-from training.student import Student
 
 
 class Embedder(Protocol):
     def encode(self, sentences: Sequence[str], **kwargs) -> np.ndarray: ...
+
+
+ARM_MAP, ARM_FREE = "skill-map", "free-text"
 
 
 def retrieve_candidates(
@@ -36,19 +40,35 @@ def retrieve_candidates(
             continue
         wanted = factor * gap.budget
         queries = list(dict.fromkeys(gap.queries))
-        for query, vector in zip(queries, embed_texts(embedder, queries), strict=True):
-            for hit in index.query(vector, wanted, exclude_ids=exclude):
-                known = best.get(hit.sample_id)
-                if known is None or hit.score > known.relevance:
-                    best[hit.sample_id] = Candidate(
-                        sample_id=hit.sample_id, gap=gap.skill, query=query, relevance=hit.score,
-                        cluster=hit.cluster, vector=None if hit.vector is None else [float(x) for x in hit.vector],
-                    )
+        vectors = embed_texts(embedder, queries)
+        found = _hybrid(gap, queries, vectors, index, wanted, exclude) if gap.skills else \
+            [(hit, query, []) for query, vector in zip(queries, vectors, strict=True)
+             for hit in index.query(vector, wanted, exclude_ids=exclude)]
+        for hit, query, arms in found:
+            known = best.get(hit.sample_id)
+            if known is None or hit.score > known.relevance:
+                best[hit.sample_id] = Candidate(
+                    sample_id=hit.sample_id, gap=gap.skill, query=query, relevance=hit.score, arms=arms,
+                    cluster=hit.cluster, vector=None if hit.vector is None else [float(x) for x in hit.vector],
+                )
     by_gap: dict[str, list[Candidate]] = {gap.skill: [] for gap in gaps}
     for candidate in best.values():
         by_gap[candidate.gap].append(candidate)
     wanted = {gap.skill: factor * gap.budget for gap in gaps}
     return {gap: sorted(cands, key=lambda c: (-c.relevance, c.sample_id))[: wanted[gap]] for gap, cands in by_gap.items()}
+
+
+def _hybrid(gap: Gap, queries: list[str], vectors: np.ndarray, index: PoolIndex, wanted: int,
+            exclude: frozenset[str]) -> list[tuple]:
+    """(fused hit, the first query that found it, its arms) for one gap's hybrid search."""
+    arms = [Arm(f"{ARM_MAP}:{j}", v, tuple(gap.skills)) for j, v in enumerate(vectors)]
+    arms += [Arm(f"{ARM_FREE}:{j}", v) for j, v in enumerate(vectors)]
+    out = []
+    for hit in index.hybrid_query(arms, wanted, exclude):
+        kinds = [name.split(":")[0] for name in hit.arms]
+        first = min(int(name.split(":")[1]) for name in hit.arms)
+        out.append((hit, queries[first], [k for k in (ARM_MAP, ARM_FREE) if k in kinds]))
+    return out
 
 
 def random_selection(all_ids: Sequence[str], n: int, *, seed: int, round_number: int, exclude: frozenset[str]) -> list[str]:
@@ -57,18 +77,3 @@ def random_selection(all_ids: Sequence[str], n: int, *, seed: int, round_number:
     rng = np.random.default_rng([seed, round_number])
     picked = rng.choice(len(pool), size=min(n, len(pool)), replace=False)
     return [pool[i] for i in sorted(picked)]
-
-
-def known_replay(student: Student, samples: Sequence[Sample], image_root: Path | None, n: int, *,
-                 matcher: str = DEFAULT_MATCHER, batch_size: int = DEFAULT_BATCH_SIZE,
-                 max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> list[str]:
-    """The first ``n`` ids of ``samples`` that ``student`` already answers right (in their order).
-
-    Training on one new skill alone taught a small student to answer every question sharing its words
-    with that skill's answer (side questions got colours); replaying what it knows keeps those skills,
-    and skips pool samples whose answer it disputes (often the pool's wrong answers)."""
-    if n <= 0 or not samples:
-        return []
-    records = evaluate(student, list(samples), image_root, matcher=matcher, batch_size=batch_size,
-                       max_new_tokens=max_new_tokens, progress=False).records
-    return [r.id for r in records if r.correct][:n]

@@ -6,6 +6,12 @@ student's answer and its numbered steps, and the reply constrained to the JSON s
 Two structured-output dialects exist: OpenAI/vLLM ``json_schema`` and llama.cpp ``json_object`` +
 ``schema``; ``auto`` tries the first once and falls back to the second when the server rejects it.
 
+With a skill map of the pool (agents/skills.py) the diagnosis is *grounded*: the prompt lists the map's
+skills nearest to the failure and the reply's skills are a JSON-schema enum of those names (plus "none of
+these" with free text), so constrained decoding can only name a skill the pool has; a reply outside the
+enum is rejected like any invalid one, raw text kept. The same client names the map's clusters
+(`TeacherClient.ask`: any structured request, with the same retries, dialect probing and cache).
+
 Throughput comes from many requests in flight (`AsyncOpenAI` and a semaphore). Every request has a
 timeout and bounded retries with exponential backoff (timeouts, connection errors, 429/5xx, truncated
 or invalid replies are re-asked); a reply that still fails is kept in its `DiagnosisLog` with the raw
@@ -25,13 +31,16 @@ import logging
 import os
 import re
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
 import openai
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, create_model, field_validator
 
-from agents.records import Diagnosis, DiagnosisLog
+from agents.records import Diagnosis, DiagnosisLog, ErrorType, FreeDiagnosis, WeightedSkill, normalise_skill
 from prompts.render import data_tag, render
 from retrieval.files import atomic_write_text
 from retrieval.images import open_image
@@ -40,8 +49,10 @@ from training.records import EvalRecord
 DEFAULT_TEACHER_URL = "http://127.0.0.1:8000/v1"
 DEFAULT_TEACHER_MODEL = "teacher"
 Dialect = Literal["json_schema", "json_object"]
-DIAGNOSIS_SCHEMA: dict[str, Any] = Diagnosis.model_json_schema()
+DIAGNOSIS_SCHEMA: dict[str, Any] = FreeDiagnosis.model_json_schema()  # a teacher without a skill map
 CACHE_FORMAT = 1
+NONE_OF_THESE = "none-of-these"  # the grounded enum's way out: the skill is not in the map (free text follows)
+MAX_CHOSEN_SKILLS = 3
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +87,9 @@ class TeacherConfig(BaseModel):
     retry_temperature: float = Field(0.7, ge=0, description="re-asks after a truncated/invalid reply; "
                                      "at temperature 0 the same request would get the same reply")
     send_images: bool = Field(True, description="False for text-only teachers (the CPU demo teacher)")
+    skill_map: str = Field("auto", description="ground diagnoses in the pool's skill map: 'auto' (skills.json "
+                           "beside the index, when there is one), 'off' (free diagnosis), or a skills.json path")
+    map_skills_shown: int = Field(24, ge=1, le=64, description="map skills listed per failure (nearest first)")
     cache_dir: Path | None = Field(None, description="reply cache; None: no cache")
     progress: bool = True
 
@@ -115,6 +129,35 @@ class ReplyError(ValueError):
     """A reply that arrived but cannot be used (truncated, not JSON, not a `Diagnosis`)."""
 
 
+@dataclass(frozen=True)
+class StructuredRequest:
+    """One chat completion whose reply must match ``schema``; ``parse`` turns the text into the value or
+    raises ReplyError. A diagnosis is one; so is the naming of a skill-map cluster."""
+
+    messages: list[dict]
+    schema: dict[str, Any]
+    parse: Callable[[str], Any]
+    name: str = "diagnosis"  # the json_schema dialect's name field
+
+
+@dataclass
+class Reply:
+    value: Any = None
+    raw: str | None = None  # kept when the reply was rejected
+    error: str | None = None
+    attempts: int = 0
+    cached: bool = False
+
+
+@dataclass(frozen=True)
+class SkillChoice:
+    """A skill of the map as a grounded prompt lists it."""
+
+    name: str
+    description: str
+    category: str = ""
+
+
 # --- the request ----------------------------------------------------------------------------------
 
 
@@ -145,9 +188,7 @@ def build_messages(record: EvalRecord, image_root: Path, *, send_images: bool) -
                 image_urls.append(png_data_url(image_root, image))
             except (OSError, ValueError) as error:
                 warnings.append(f"image not sent: {error}")
-    note = ("The image the question is about is attached." if len(image_urls) == 1
-            else f"The {len(image_urls)} images the question is about are attached, in order." if image_urls
-            else "No image is attached: judge from the text alone.")
+    note = image_note(len(image_urls))
     steps = numbered_steps(record.steps)
     texts = (record.question, record.reference, record.prediction, steps)
     user = render("diagnose_user", image_note=note, tag=data_tag(*texts), question=record.question,
@@ -160,16 +201,96 @@ def build_messages(record: EvalRecord, image_root: Path, *, send_images: bool) -
     return [{"role": "system", "content": render("diagnose_system")}, {"role": "user", "content": content}], warnings
 
 
-def response_format(dialect: Dialect, *, strict: bool) -> dict[str, Any]:
+def build_grounded_messages(record: EvalRecord, image_root: Path, choices: Sequence[SkillChoice], *,
+                            send_images: bool) -> tuple[list[dict], list[str]]:
+    """The messages of a grounded diagnosis: the failure as in `build_messages`, plus the map's skills."""
+    messages, warnings = build_messages(record, image_root, send_images=send_images)
+    listed = "\n".join(f"- {c.name}: {c.description}" + (f" ({c.category})" if c.category else "") for c in choices)
+    steps = numbered_steps(record.steps)
+    texts = (record.question, record.reference, record.prediction, steps, listed)
+    content = messages[1]["content"]
+    n_images = sum(1 for part in content if part.get("type") == "image_url") if isinstance(content, list) else 0
+    user = render("diagnose_map_user", image_note=image_note(n_images), tag=data_tag(*texts), question=record.question,
+                  reference=record.reference, prediction=record.prediction, steps=steps, skills=listed,
+                  none_of_these=NONE_OF_THESE)
+    content = [*content[:-1], {"type": "text", "text": user}] if isinstance(content, list) else user
+    return [{"role": "system", "content": render("diagnose_map_system", none_of_these=NONE_OF_THESE)},
+            {"role": "user", "content": content}], warnings
+
+
+def image_note(n: int) -> str:
+    return ("The image the question is about is attached." if n == 1
+            else f"The {n} images the question is about are attached, in order." if n
+            else "No image is attached: judge from the text alone.")
+
+
+@lru_cache(maxsize=4096)
+def _grounded_model(names: tuple[str, ...]) -> type[BaseModel]:
+    """The reply model of a grounded diagnosis over ``names``: each chosen skill is one of them or
+    NONE_OF_THESE (a pydantic Literal, so the JSON schema says ``enum`` and validation enforces it)."""
+    choice = Literal[(*names, NONE_OF_THESE)]  # type: ignore[valid-type]
+    strict = ConfigDict(extra="forbid")
+    item = create_model("MapSkill", __config__=strict,
+                        skill=(choice, Field(description="a skill of the list, or " + NONE_OF_THESE)),
+                        weight=(float, Field(description="its share of the error, 0-1", ge=0, le=1)))
+    free = FreeDiagnosis.model_fields
+    return create_model(
+        "GroundedDiagnosis", __config__=strict,
+        erroneous_step=(int | None, free["erroneous_step"]),
+        error_type=(ErrorType, free["error_type"]),
+        missing_skills=(list[item], Field(description="1-3 missing skills from the list, heaviest first",
+                                          min_length=1, max_length=MAX_CHOSEN_SKILLS)),
+        other_skill=(str | None, Field(description=f"only with {NONE_OF_THESE}: the skill in your words, else null",
+                                       max_length=80)),
+        explanation=(str, free["explanation"]),
+        queries=(list[str], free["queries"]),
+    )
+
+
+def grounded_schema(names: Sequence[str]) -> dict[str, Any]:
+    """The JSON schema of a grounded diagnosis whose skills are an enum of ``names``."""
+    return _grounded_model(tuple(names)).model_json_schema()
+
+
+def parse_grounded_reply(content: str | None, names: Sequence[str]) -> Diagnosis:
+    """A grounded reply into a `Diagnosis`: skills merged by name, weights normalised to sum 1 (equal when
+    all are 0), heaviest first. A skill outside ``names`` is a ReplyError naming the allowed ones."""
+    data = _json_of(content)
+    try:
+        reply = _grounded_model(tuple(names)).model_validate(data)
+    except ValidationError as error:
+        raise ReplyError(f"not a Diagnosis: {_problems(error)}") from error
+    weights: dict[str, float] = {}
+    for chosen in reply.missing_skills:
+        if chosen.skill != NONE_OF_THESE:
+            weights[chosen.skill] = weights.get(chosen.skill, 0.0) + chosen.weight
+    other = normalise_skill(reply.other_skill or "")
+    if not weights and not other:
+        raise ReplyError(f"not a Diagnosis: {NONE_OF_THESE} needs other_skill (the skill in the teacher's words)")
+    total = sum(weights.values())
+    shares = {k: (v / total if total > 0 else 1 / len(weights)) for k, v in weights.items()}
+    skills = [WeightedSkill(skill=k, weight=round(v, 4)) for k, v in sorted(shares.items(), key=lambda kv: -kv[1])]
+    fields = reply.model_dump(include={"erroneous_step", "error_type", "explanation", "queries"})
+    try:
+        return Diagnosis(**fields, missing_skill=skills[0].skill if skills else other, skills=skills,
+                         other_skill=other or None, grounded=True)
+    except ValidationError as error:
+        raise ReplyError(f"not a Diagnosis: {_problems(error)}") from error
+
+
+def response_format(dialect: Dialect, *, strict: bool, schema: dict[str, Any] | None = None,
+                    name: str = "diagnosis") -> dict[str, Any]:
+    schema = DIAGNOSIS_SCHEMA if schema is None else schema
     if dialect == "json_schema":
-        return {"type": "json_schema",
-                "json_schema": {"name": "diagnosis", "schema": DIAGNOSIS_SCHEMA, "strict": strict}}
-    return {"type": "json_object", "schema": DIAGNOSIS_SCHEMA}
+        return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": strict}}
+    return {"type": "json_object", "schema": schema}
 
 
-def request_key(config: TeacherConfig, messages: list[dict], dialect: Dialect) -> str:
+def request_key(config: TeacherConfig, messages: list[dict], dialect: Dialect,
+                schema: dict[str, Any] | None = None) -> str:
     """sha256 of what determines the reply; not the URL (the demo server gets a new port each run)."""
-    payload = {"format": CACHE_FORMAT, "model": config.model, "messages": messages, "schema": DIAGNOSIS_SCHEMA,
+    schema = DIAGNOSIS_SCHEMA if schema is None else schema
+    payload = {"format": CACHE_FORMAT, "model": config.model, "messages": messages, "schema": schema,
                "dialect": dialect, "strict": config.strict, "max_tokens": config.max_tokens,
                "temperature": config.temperature}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
@@ -180,20 +301,37 @@ def request_key(config: TeacherConfig, messages: list[dict], dialect: Dialect) -
 _FENCE = re.compile(r"^\s*```(?:json)?\s*\n?(.*?)\n?\s*```\s*$", re.DOTALL)
 
 
-def parse_reply(content: str | None) -> Diagnosis:
+def _json_of(content: str | None) -> Any:
     if not content or not content.strip():
         raise ReplyError("empty reply")
     match = _FENCE.match(content)  # unconstrained servers like to fence JSON
     text = match.group(1) if match else content
     try:
-        data = json.loads(text, strict=False)  # strict=False: a raw newline/tab inside a string is harmless
+        return json.loads(text, strict=False)  # strict=False: a raw newline/tab inside a string is harmless
     except json.JSONDecodeError as error:
         raise ReplyError(f"invalid JSON: {error}") from error
+
+
+def _problems(error: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or '(root)'}: {e['msg']}" for e in error.errors())
+
+
+def parse_reply(content: str | None) -> Diagnosis:
+    """A free (map-less) reply into a `Diagnosis`."""
+    data = _json_of(content)
     try:
-        return Diagnosis.model_validate(data)
+        return Diagnosis.model_validate(FreeDiagnosis.model_validate(data).model_dump())
     except ValidationError as error:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(root)'}: {e['msg']}" for e in error.errors())
-        raise ReplyError(f"not a Diagnosis: {problems}") from error
+        raise ReplyError(f"not a Diagnosis: {_problems(error)}") from error
+
+
+def parse_model(content: str | None, model: type[BaseModel], what: str) -> BaseModel:
+    """Any reply into ``model`` (e.g. a skill-map cluster's name), or ReplyError."""
+    data = _json_of(content)
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        raise ReplyError(f"not a {what}: {_problems(error)}") from error
 
 
 def _check_step(diagnosis: Diagnosis, steps: list[str], warnings: list[str]) -> Diagnosis:
@@ -279,90 +417,116 @@ class TeacherClient:
             await self._client.close()
             self._client = None
 
-    async def diagnose(self, record: EvalRecord, image_root: Path) -> DiagnosisLog:
-        """Never raises: whatever goes wrong ends as a rejected row with its reason."""
+    async def diagnose(self, record: EvalRecord, image_root: Path,
+                       choices: Sequence[SkillChoice] | None = None) -> DiagnosisLog:
+        """Never raises: whatever goes wrong ends as a rejected row with its reason. With ``choices`` (the
+        map's skills nearest to this failure) the diagnosis is grounded: its skills must be among them."""
         row = DiagnosisLog.from_failure(record)
-        async with self._slots:
-            try:
-                messages, row.warnings = build_messages(record, image_root, send_images=self.config.send_images)
-                if self._from_cache(row, messages):
-                    return row
-                await self._ask(row, messages)
-            except Exception as error:  # a bug or an odd record must not end the round
-                log.exception("teacher: unexpected error on %s", record.id)
-                row.error = f"unexpected error: {error!r}"
+        try:
+            request, row.warnings = self._diagnosis_request(record, image_root, choices)
+        except Exception as error:  # an odd record must not end the round
+            log.exception("teacher: could not build the request for %s", record.id)
+            row.error = f"unexpected error: {error!r}"
+            return row
+        reply = await self.ask(request, label=record.id)
+        row.attempts, row.cached, row.error, row.raw = reply.attempts, reply.cached, reply.error, reply.raw
+        if reply.value is not None:
+            row.diagnosis = _check_step(reply.value, row.steps, row.warnings)
         return row
 
-    def _from_cache(self, row: DiagnosisLog, messages: list[dict]) -> bool:
+    def _diagnosis_request(self, record: EvalRecord, image_root: Path,
+                           choices: Sequence[SkillChoice] | None) -> tuple[StructuredRequest, list[str]]:
+        send = self.config.send_images
+        if not choices:
+            messages, warnings = build_messages(record, image_root, send_images=send)
+            return StructuredRequest(messages, DIAGNOSIS_SCHEMA, parse_reply), warnings
+        names = tuple(c.name for c in choices)
+        messages, warnings = build_grounded_messages(record, image_root, choices, send_images=send)
+        return StructuredRequest(messages, grounded_schema(names), lambda text: parse_grounded_reply(text, names),
+                                 name="grounded_diagnosis"), warnings
+
+    async def ask(self, request: StructuredRequest, *, label: str = "request") -> Reply:
+        """One structured request: from the cache, or asked with retries. Never raises."""
+        reply = Reply()
+        async with self._slots:
+            try:
+                if not self._from_cache(request, reply):
+                    await self._ask(request, reply, label)
+            except Exception as error:  # a bug or an odd request must not end the round
+                log.exception("teacher: unexpected error on %s", label)
+                reply.value, reply.error = None, f"unexpected error: {error!r}"
+        return reply
+
+    def _from_cache(self, request: StructuredRequest, reply: Reply) -> bool:
         if self.cache is None:
             return False
         dialects: list[Dialect] = [self.dialect] if self.dialect else ["json_schema", "json_object"]
         for dialect in dialects:
-            content = self.cache.get(request_key(self.config, messages, dialect))
+            content = self.cache.get(request_key(self.config, request.messages, dialect, request.schema))
             if content is not None:
                 try:
-                    row.diagnosis = _check_step(parse_reply(content), row.steps, row.warnings)
+                    reply.value = request.parse(content)
                 except ReplyError:
                     continue
-                row.cached = True
+                reply.cached = True
                 return True
         return False
 
-    async def _ask(self, row: DiagnosisLog, messages: list[dict]) -> None:
+    async def _ask(self, request: StructuredRequest, reply: Reply, label: str) -> None:
         config = self.config
         vary = False  # set once a reply came back unusable: re-asking it verbatim would repeat it
         for attempt in range(1, config.max_retries + 2):
-            row.attempts = attempt
+            reply.attempts = attempt
             sampling = {"temperature": max(config.temperature, config.retry_temperature), "seed": attempt} if vary else {}
             try:
-                content, finish, dialect = await self._complete(messages, sampling)
+                content, finish, dialect = await self._complete(request, sampling)
             except (openai.APITimeoutError, openai.APIConnectionError) as error:
-                row.error = f"{type(error).__name__}: {error}"
+                reply.error = f"{type(error).__name__}: {error}"
             except openai.APIStatusError as error:
-                row.error = _status_text(error)
+                reply.error = _status_text(error)
                 if not _retryable_status(error.status_code):
                     break
             else:
-                row.raw = content
+                reply.raw = content
                 try:
                     if finish == "length":
                         raise ReplyError(f"truncated: finish_reason 'length' at max_tokens={config.max_tokens}")
-                    diagnosis = parse_reply(content)
+                    value = request.parse(content)
                 except ReplyError as error:
-                    row.error = str(error)
+                    reply.error = str(error)
                     vary = True
                 else:
-                    row.diagnosis = _check_step(diagnosis, row.steps, row.warnings)
-                    row.error = row.raw = None
+                    reply.value, reply.error, reply.raw = value, None, None
                     if self.cache is not None:
-                        self.cache.put(request_key(config, messages, dialect), content, config.model, dialect)
+                        key = request_key(config, request.messages, dialect, request.schema)
+                        self.cache.put(key, content, config.model, dialect)
                     return
             if attempt <= config.max_retries:
-                log.info("teacher: %s attempt %d failed (%s); retrying", row.sample_id, attempt, row.error)
+                log.info("teacher: %s attempt %d failed (%s); retrying", label, attempt, reply.error)
                 await asyncio.sleep(config.backoff_s * 2 ** (attempt - 1))
-        log.warning("teacher: rejected %s after %d attempt(s): %s", row.sample_id, row.attempts, row.error)
+        log.warning("teacher: rejected %s after %d attempt(s): %s", label, reply.attempts, reply.error)
 
-    async def _complete(self, messages: list[dict], sampling: dict) -> tuple[str, str | None, Dialect]:
+    async def _complete(self, request: StructuredRequest, sampling: dict) -> tuple[str, str | None, Dialect]:
         dialect = self.dialect
         if dialect is None:
             async with self._dialect_lock:  # one request finds the dialect out; the others wait for it
                 if self.dialect is None:
-                    return await self._probe_dialect(messages, sampling)
+                    return await self._probe_dialect(request, sampling)
                 dialect = self.dialect
-        return await self._send(messages, dialect, sampling)
+        return await self._send(request, dialect, sampling)
 
-    async def _probe_dialect(self, messages: list[dict], sampling: dict) -> tuple[str, str | None, Dialect]:
+    async def _probe_dialect(self, request: StructuredRequest, sampling: dict) -> tuple[str, str | None, Dialect]:
         """Send in ``json_schema``; fall back to ``json_object`` only when the server refuses the format.
 
         A refusal that names the format (llama.cpp: HTTP 500 "response_format ... json_object") switches
         at once; an error that does not could be transient, so ``json_schema`` is asked once more first.
         """
         try:
-            reply = await self._send(messages, "json_schema", sampling)
+            reply = await self._send(request, "json_schema", sampling)
         except openai.APIStatusError as error:
             if not _names_format(error):
                 try:
-                    reply = await self._send(messages, "json_schema", sampling)
+                    reply = await self._send(request, "json_schema", sampling)
                 except openai.APIStatusError as again:
                     error = again
                 else:
@@ -370,17 +534,18 @@ class TeacherClient:
                     return reply
             log.info("teacher: %s refused response_format json_schema (%s); trying json_object",
                      self.config.base_url, _status_text(error))
-            reply = await self._send(messages, "json_object", sampling)
+            reply = await self._send(request, "json_object", sampling)
         _RESOLVED_DIALECTS[self._endpoint] = reply[2]
         log.info("teacher: %s speaks the %s dialect", self.config.base_url, reply[2])
         return reply
 
-    async def _send(self, messages: list[dict], dialect: Dialect, sampling: dict) -> tuple[str, str | None, Dialect]:
+    async def _send(self, request: StructuredRequest, dialect: Dialect, sampling: dict) -> tuple[str, str | None, Dialect]:
         assert self._client is not None, "use TeacherClient as an async context manager"
         self.http_requests += 1
+        fmt = response_format(dialect, strict=self.config.strict, schema=request.schema, name=request.name)
         response = await self._client.chat.completions.create(
-            model=self.config.model, messages=messages, max_tokens=self.config.max_tokens,
-            response_format=response_format(dialect, strict=self.config.strict),  # type: ignore[arg-type]
+            model=self.config.model, messages=request.messages, max_tokens=self.config.max_tokens,
+            response_format=fmt,  # type: ignore[arg-type]
             **{"temperature": self.config.temperature, **sampling},
         )
         if response.usage is not None:
@@ -395,12 +560,18 @@ class TeacherClient:
 # --- entry points ---------------------------------------------------------------------------------
 
 
-async def diagnose_failures_async(records: list[EvalRecord], image_root: Path, config: TeacherConfig) -> DiagnoseResult:
+ChoicesFn = Callable[[EvalRecord], Sequence[SkillChoice]]
+
+
+async def diagnose_failures_async(records: list[EvalRecord], image_root: Path, config: TeacherConfig,
+                                  choices: ChoicesFn | None = None) -> DiagnoseResult:
     from tqdm.auto import tqdm
 
     start = time.perf_counter()
+    listed = [choices(record) if choices else None for record in records]  # before the clock of the requests
     async with TeacherClient(config) as client:
-        tasks = [asyncio.create_task(client.diagnose(record, Path(image_root))) for record in records]
+        tasks = [asyncio.create_task(client.diagnose(record, Path(image_root), options))
+                 for record, options in zip(records, listed, strict=True)]
         with tqdm(total=len(tasks), desc="teacher", unit="diag", disable=not config.progress) as bar:
             for finished in asyncio.as_completed(tasks):
                 await finished
@@ -418,14 +589,21 @@ async def diagnose_failures_async(records: list[EvalRecord], image_root: Path, c
     return result
 
 
-def diagnose_failures(records: list[EvalRecord], image_root: Path, config: TeacherConfig) -> DiagnoseResult:
-    """Diagnose every failure; rows come back in the order of ``records`` (sync, for the graph)."""
+def diagnose_failures(records: list[EvalRecord], image_root: Path, config: TeacherConfig,
+                      choices: ChoicesFn | None = None) -> DiagnoseResult:
+    """Diagnose every failure; rows come back in the order of ``records`` (sync, for the graph).
+    ``choices(record)``: the skill-map skills to ground that failure's diagnosis in (None: free)."""
+    return run_sync(diagnose_failures_async(records, image_root, config, choices))
+
+
+def run_sync(coroutine: Any) -> Any:
+    """Run ``coroutine`` to the end from sync code, also when called inside a running event loop."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:  # the usual case: no loop in this thread
-        return asyncio.run(diagnose_failures_async(records, image_root, config))
+        return asyncio.run(coroutine)
     # Called from inside an event loop (a notebook, an async caller): run ours in a thread of its own.
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(asyncio.run, diagnose_failures_async(records, image_root, config)).result()
+        return pool.submit(asyncio.run, coroutine).result()

@@ -25,6 +25,8 @@ from retrieval.files import atomic_write_text, read_json
 from retrieval.index import (
     _RETRIEVE_BATCH,
     DEFAULT_COLLECTION,
+    Arm,
+    FusedHit,
     Hit,
     IndexManifest,
     _payload,
@@ -35,7 +37,7 @@ from retrieval.records import Sample
 EXACT_BELOW = 20_000
 HNSW_EF = 128  # recall@50 0.98 at 100k MiniLM vectors in notes.md's measurement; 256 gives 0.995
 PAYLOAD_INDEXES = {"sample_id": "Keyword", "run": "Keyword", "source": "Keyword", "skill": "Keyword",
-                   "cluster": "Integer"}
+                   "cluster": "Integer", "skill_cluster": "Integer"}
 LEGACY_MARKERS = ("meta.json", "collection")  # what qdrant-client's local mode leaves in a folder
 
 
@@ -103,10 +105,14 @@ class EdgeIndex:
         return self._count
 
     def query(self, vector: Sequence[float] | np.ndarray, limit: int, exclude_ids: Iterable[str] = frozenset(),
-              *, with_vectors: bool = True) -> list[Hit]:
-        """Top ``limit`` by cosine, never returning a sample in ``exclude_ids`` (a filter on the point ids)."""
+              *, with_vectors: bool = True, skills: Sequence[str] | None = None) -> list[Hit]:
+        """Top ``limit`` by cosine, never returning a sample in ``exclude_ids`` (a filter on the point ids);
+        with ``skills``, only points whose payload ``skill`` is one of them (the skill map's)."""
         edge, exclude = self.edge, frozenset(exclude_ids)
         flt = self._exclusion(exclude) if exclude else None
+        if skills:
+            flt = edge.Filter(must=[edge.FieldCondition(key="skill", match=edge.MatchAny(list(skills)))],
+                              must_not=flt.must_not if flt is not None else None)
         exact = self.count() <= EXACT_BELOW
         request = edge.QueryRequest(
             limit=limit, query=edge.Query.Nearest(np.asarray(vector, dtype=np.float32).tolist()), filter=flt,
@@ -115,6 +121,20 @@ class EdgeIndex:
         return [Hit(p.payload.get("sample_id", ""), float(p.score), p.payload.get("cluster"),
                     None if p.vector is None else np.asarray(p.vector, dtype=np.float32), p.payload)
                 for p in self.shard.query(request)]
+
+    def hybrid_query(self, arms: Sequence[Arm], limit: int, exclude_ids: Iterable[str] = frozenset()) -> list[FusedHit]:
+        """The arms' dense searches fused by reciprocal rank (retrieval/fusion.py, the same scores a Qdrant
+        server's prefetch + RRF gives), best first; each hit records the arm(s) that found it."""
+        from retrieval.fusion import rrf
+
+        results = [self.query(a.vector, limit, exclude_ids, skills=a.skills) for a in arms]
+        first: dict[str, Hit] = {}
+        for hits in results:
+            for hit in hits:
+                first.setdefault(hit.sample_id, hit)
+        fused = rrf([[h.sample_id for h in hits] for hits in results], limit=limit)
+        return [FusedHit(f.key, f.score, first[f.key].cluster, first[f.key].vector, first[f.key].payload,
+                         arms=tuple(dict.fromkeys(arms[i].name for i in f.ranks))) for f in fused]
 
     def _exclusion(self, exclude: frozenset[str]) -> Any:
         """The filter leaving out ``exclude``; a round asks many queries with one set: built once (10k
@@ -144,6 +164,37 @@ class EdgeIndex:
         """Those payload fields of every point, streamed."""
         return (r.payload for r in self._scroll(fields))
 
+    def vectors(self, batch: int = _RETRIEVE_BATCH) -> Iterable[tuple[list[str], np.ndarray]]:
+        """(sample ids, their vectors) of every point, streamed in batches (the skill map clusters them)."""
+        offset = None
+        while self.shard is not None:
+            records, offset = self.shard.scroll(self.edge.ScrollRequest(
+                limit=batch, offset=offset, with_payload=["sample_id"], with_vector=True))
+            if records:
+                yield ([r.payload["sample_id"] for r in records],
+                       np.asarray([_dense(r.vector) for r in records], dtype=np.float32))
+            if offset is None:
+                return
+
+    def set_payload(self, sample_ids: Sequence[str], payload: dict) -> None:
+        """Set ``payload`` fields on the points of ``sample_ids`` (other fields stay)."""
+        for start in range(0, len(sample_ids), _RETRIEVE_BATCH):
+            batch = [point_id(i) for i in sample_ids[start : start + _RETRIEVE_BATCH]]
+            self.shard.update(self.edge.UpdateOperation.set_payload(batch, payload))
+
+    def set_payload_where(self, key: str, values: Sequence[int | str], payload: dict) -> None:
+        """Set ``payload`` fields on every point whose field ``key`` is one of ``values``."""
+        edge = self.edge
+        flt = edge.Filter(must=[edge.FieldCondition(key=key, match=edge.MatchAny(list(values)))])
+        self.shard.update(edge.UpdateOperation.set_payload_by_filter(flt, payload))
+
+    def count_with(self, key: str) -> int:
+        """Points whose payload has a non-empty ``key``."""
+        if self.shard is None:
+            return 0
+        edge = self.edge
+        return self.shard.count(edge.CountRequest(exact=True, filter=edge.Filter(must_not=[edge.IsEmptyCondition(key)])))
+
     def _scroll(self, fields: list[str]) -> Iterable[Any]:
         offset = None
         while self.shard is not None:
@@ -152,6 +203,10 @@ class EdgeIndex:
             yield from records
             if offset is None:
                 return
+
+    def flush(self) -> None:
+        if self.shard is not None:
+            self.shard.flush()
 
     def close(self) -> None:
         if self.shard is not None:
@@ -200,3 +255,10 @@ class EdgeIndex:
         self.shard.optimize()
         self.shard.flush()
         atomic_write_text(self.manifest_path, manifest.model_dump_json(indent=2) + "\n")
+
+
+def _dense(vector: Any) -> list[float]:
+    """A record's vector as a list: the default (unnamed) dense vector, however the engine wraps it."""
+    if isinstance(vector, dict):
+        vector = next(iter(vector.values()))
+    return list(vector)

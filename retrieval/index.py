@@ -127,22 +127,45 @@ class PoolIndex:
 
     def query(
         self, vector: Sequence[float] | np.ndarray, limit: int, exclude_ids: Iterable[str] = frozenset(),
-        *, with_vectors: bool = True,
+        *, with_vectors: bool = True, skills: Sequence[str] | None = None,
     ) -> list[Hit]:
-        """Top ``limit`` by cosine, never returning a sample in ``exclude_ids``."""
+        """Top ``limit`` by cosine, never returning a sample in ``exclude_ids``; with ``skills``, only
+        points whose payload ``skill`` (the skill map's, agents/skills.py) is one of them."""
         exclude = frozenset(exclude_ids)
         query = np.asarray(vector, dtype=np.float32).tolist()
-        if self.local and len(exclude) <= self.LOCAL_OVERFETCH_MAX:
+        if self.local and skills is None and len(exclude) <= self.LOCAL_OVERFETCH_MAX:
             # Local mode scores every point either way but evaluates filters point by point in Python;
             # over-fetching by the size of the exclusion set and dropping in Python is cheaper.
             points = self._query(query, limit + len(exclude), None, with_vectors)
             points = [p for p in points if (p.payload or {}).get("sample_id") not in exclude][:limit]
         else:
-            flt = None
-            if exclude:
-                flt = models.Filter(must_not=[models.HasIdCondition(has_id=[point_id(i) for i in exclude])])
-            points = self._query(query, limit, flt, with_vectors)
+            points = self._query(query, limit, self._filter(exclude, skills), with_vectors)
         return [_hit(p) for p in points]
+
+    @staticmethod
+    def _filter(exclude: frozenset[str], skills: Sequence[str] | None) -> models.Filter | None:
+        must = [models.FieldCondition(key="skill", match=models.MatchAny(any=list(skills)))] if skills else []
+        must_not = [models.HasIdCondition(has_id=[point_id(i) for i in exclude])] if exclude else []
+        return models.Filter(must=must or None, must_not=must_not or None) if must or must_not else None
+
+    def hybrid_query(self, arms: Sequence[Arm], limit: int, exclude_ids: Iterable[str] = frozenset()) -> list[FusedHit]:
+        """The arms' dense searches fused by reciprocal rank on the server (query API: one prefetch per
+        arm + RRF), best first. Which arm(s) found each point comes from the same searches as a batch."""
+        from retrieval.fusion import SERVER_RRF_K
+
+        exclude = frozenset(exclude_ids)
+        if not arms:
+            return []
+        searches = [models.QueryRequest(query=np.asarray(a.vector, dtype=np.float32).tolist(), limit=limit,
+                                        filter=self._filter(exclude, a.skills), with_payload=["sample_id"])
+                    for a in arms]
+        found = [[(p.payload or {}).get("sample_id") for p in response.points]
+                 for response in self.client.query_batch_points(self.collection, requests=searches)]
+        prefetch = [models.Prefetch(query=s.query, filter=s.filter, limit=limit) for s in searches]
+        fused = self.client.query_points(
+            self.collection, prefetch=prefetch, query=models.RrfQuery(rrf=models.Rrf(k=SERVER_RRF_K)),
+            limit=limit, with_payload=True, with_vectors=True).points
+        return [_fused(_hit(p), arms, found) for p in fused]
 
     LOCAL_OVERFETCH_MAX = 5000
 
@@ -170,6 +193,34 @@ class PoolIndex:
     def payloads(self, fields: list[str]) -> Iterable[dict]:
         """Those payload fields of every point, streamed."""
         return (point.payload for point in self._scroll(fields))
+
+    def vectors(self, batch: int = _RETRIEVE_BATCH) -> Iterable[tuple[list[str], np.ndarray]]:
+        """(sample ids, their vectors) of every point, streamed in batches (the skill map clusters them)."""
+        offset = None
+        while True:
+            points, offset = self.client.scroll(self.collection, limit=batch, offset=offset,
+                                                with_payload=["sample_id"], with_vectors=True)
+            if points:
+                yield ([p.payload["sample_id"] for p in points],
+                       np.asarray([p.vector for p in points], dtype=np.float32))
+            if offset is None:
+                return
+
+    def set_payload(self, sample_ids: Sequence[str], payload: dict) -> None:
+        """Set ``payload`` fields on the points of ``sample_ids`` (other fields stay)."""
+        for start in range(0, len(sample_ids), _RETRIEVE_BATCH):
+            batch = [point_id(i) for i in sample_ids[start : start + _RETRIEVE_BATCH]]
+            self.client.set_payload(self.collection, payload=payload, points=batch, wait=True)
+
+    def set_payload_where(self, key: str, values: Sequence[int | str], payload: dict) -> None:
+        """Set ``payload`` fields on every point whose field ``key`` is one of ``values``."""
+        flt = models.Filter(must=[models.FieldCondition(key=key, match=models.MatchAny(any=list(values)))])
+        self.client.set_payload(self.collection, payload=payload, points=flt, wait=True)
+
+    def count_with(self, key: str) -> int:
+        """Points whose payload has a non-empty ``key``."""
+        flt = models.Filter(must_not=[models.IsEmptyCondition(is_empty=models.PayloadField(key=key))])
+        return self.client.count(self.collection, count_filter=flt, exact=True).count
 
     def _scroll(self, fields: list[str], flt: models.Filter | None = None) -> Iterable[Any]:
         offset = None
@@ -202,7 +253,8 @@ class PoolIndex:
             )
             if not self.local:  # the fields the loop filters on (local mode has no payload indexes)
                 for name, kind in (("sample_id", "KEYWORD"), ("run", "KEYWORD"), ("source", "KEYWORD"),
-                                   ("skill", "KEYWORD"), ("cluster", "INTEGER")):
+                                   ("skill", "KEYWORD"), ("cluster", "INTEGER"),
+                                   ("skill_cluster", "INTEGER")):
                     self.client.create_payload_index(self.collection, name, getattr(models.PayloadSchemaType, kind))
         self._fast_local_writes()
         return kept
@@ -260,6 +312,27 @@ def _payload(sample: Sample, cluster: int, run: str) -> dict:
         "run": run,
         "record": sample.to_record(),
     }
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One dense search of a hybrid query: its name (recorded on what it finds), vector, skill filter."""
+
+    name: str
+    vector: Sequence[float] | np.ndarray
+    skills: tuple[str, ...] | None = None
+
+
+@dataclass
+class FusedHit(Hit):
+    """A hit of a hybrid query: ``score`` is the fused (RRF) score; ``arms`` the arms that found it."""
+
+    arms: tuple[str, ...] = ()
+
+
+def _fused(hit: Hit, arms: Sequence[Arm], found: Sequence[Sequence[str]]) -> FusedHit:
+    names = tuple(dict.fromkeys(a.name for a, ids in zip(arms, found, strict=True) if hit.sample_id in ids))
+    return FusedHit(hit.sample_id, hit.score, hit.cluster, hit.vector, hit.payload, arms=names)
 
 
 def _hit(point: Any) -> Hit:

@@ -45,6 +45,7 @@ class Candidate(BaseModel):
     relevance: float
     cluster: int | None = None
     vector: list[float] | None = None
+    arms: list[str] = Field(default_factory=list, description="hybrid search arms that found it (skill-map, free-text)")
 
 
 class SelectionWhy(BaseModel):
@@ -57,6 +58,8 @@ class SelectionWhy(BaseModel):
     cluster: int | None = None
     score: float
     reason: str
+    arms: list[str] = Field(default_factory=list, description="hybrid search arms that found it: skill-map "
+                            "(restricted to the gap's skills), free-text (the queries unrestricted); empty: plain search")
 
 
 class ScoredCandidate(SelectionWhy):
@@ -135,6 +138,7 @@ def _pick(
         c = candidates[i]
         reason = (
             f"gap '{gap}' via '{c.query}': rank {rank_of[i]}/{len(candidates)}, relevance {c.relevance:.3f}"
+            + (f" (RRF of {' + '.join(c.arms)})" if c.arms else "")
             + (f", perturbation {pert[c.sample_id]:.3f}" if c.sample_id in pert else "")
             + (f", cluster {c.cluster} ({per_cluster[c.cluster]} of {len(chosen)} picked)" if c.cluster is not None else "")
         )
@@ -144,7 +148,7 @@ def _pick(
             ScoredCandidate(
                 sample_id=c.sample_id, gap=gap, query=c.query, relevance=c.relevance,
                 perturbation=pert.get(c.sample_id), cluster=c.cluster, score=float(mix[i]),
-                selected=i in chosen, reason=reason,
+                selected=i in chosen, reason=reason, arms=c.arms,
             )
         )
     return out
@@ -171,6 +175,7 @@ def _duplicate(candidate: Candidate, of: str) -> ScoredCandidate:
     return ScoredCandidate(
         sample_id=candidate.sample_id, gap=candidate.gap, query=candidate.query, relevance=candidate.relevance,
         cluster=candidate.cluster, score=0.0, selected=False, reason=f"dropped: near-duplicate of {of}",
+        arms=candidate.arms,
     )
 
 

@@ -1,7 +1,15 @@
-"""`teacher`: the teacher diagnoses a seeded sample of the failures; its diagnoses become the gaps."""
+"""`teacher`: the teacher diagnoses a seeded sample of the failures; its diagnoses become the gaps.
+
+With a skill map of the pool (``skills.json`` beside the index, agents/skills.py) the diagnoses are
+grounded: each failure's prompt lists the map's skills nearest to it and the teacher must choose among
+them (a JSON-schema enum), so every gap names a skill the pool has and retrieval searches within it as
+well as by the free-text queries (agents/retrieve.py). Without a map it diagnoses freely, as before;
+either way the plan says which (``gaps.json`` → ``teacher.skill_map``) and the log line does too.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -9,8 +17,10 @@ import numpy as np
 
 from agents.planning import plan_gaps
 from agents.selectors.base import Planned, RoundContext, Selector, choose_by_retrieval
-from agents.teacher import TeacherConfig, diagnose_failures
+from agents.teacher import ChoicesFn, TeacherConfig, diagnose_failures
 from training.records import EvalRecord
+
+log = logging.getLogger(__name__)
 
 
 def sample_failures(failures: Sequence[EvalRecord], n: int, *, seed: int) -> list[EvalRecord]:
@@ -22,14 +32,31 @@ def sample_failures(failures: Sequence[EvalRecord], n: int, *, seed: int) -> lis
 
 
 def diagnose_into_gaps(failures: Sequence[EvalRecord], budget: int, teacher: TeacherConfig,
-                       image_root: Path) -> Planned:
-    """Diagnose every failure given; the diagnosed ones become gaps sharing ``budget``."""
-    result = diagnose_failures(list(failures), image_root, teacher)
+                       image_root: Path, choices: ChoicesFn | None = None) -> Planned:
+    """Diagnose every failure given (grounded in ``choices`` when given); the diagnosed ones become gaps
+    sharing ``budget``."""
+    result = diagnose_failures(list(failures), image_root, teacher, choices)
     diagnosed = [row for row in result.logs if row.diagnosis]
     # the failed questions join the teacher's queries: a weak teacher's skill names alone can miss
     gaps = plan_gaps([row.diagnosis for row in diagnosed], budget, sample_ids=[row.sample_id for row in diagnosed],
                      questions=[row.question for row in diagnosed])
     return Planned(gaps=gaps, diagnoses=result.logs, teacher=result.model_dump(exclude={"logs"}))
+
+
+def map_choices(ctx: RoundContext, asked: Sequence[EvalRecord]) -> tuple[ChoicesFn | None, dict]:
+    """The skill map's choices per failure, or None (free diagnoses), and the map's status for the plan."""
+    from agents.skills import MapGrounding, open_map
+
+    config = ctx.config
+    index = ctx.services.pool_index()
+    skill_map, status = open_map(config.teacher.skill_map, index, config.store, config.collection, config.qdrant_url)
+    if skill_map is None:
+        log.info("teacher: no skill map used (%s)", status.reason)
+        return None, status.as_dict()
+    log.info("teacher: diagnoses grounded in the skill map %s (%s)", status.path, status.reason)
+    grounding = MapGrounding(skill_map, index, ctx.services.query_embedder(), shown=config.teacher.map_skills_shown)
+    table = grounding.choices_for(list(asked))
+    return (lambda record: table[record.id]), {**status.as_dict(), "build_cost": skill_map.cost.model_dump()}
 
 
 def plan(ctx: RoundContext, failures: Sequence[EvalRecord], budget: int) -> Planned:
@@ -39,9 +66,13 @@ def plan(ctx: RoundContext, failures: Sequence[EvalRecord], budget: int) -> Plan
     teacher = config.teacher if config.teacher.cache_dir or ctx.teacher_cache is None else \
         config.teacher.model_copy(update={"cache_dir": ctx.teacher_cache})
     with ctx.clock("diagnose"):
-        return diagnose_into_gaps(asked, budget, teacher, config.image_root_of(config.val))
+        choices, status = map_choices(ctx, asked)
+        planned = diagnose_into_gaps(asked, budget, teacher, config.image_root_of(config.val), choices)
+    planned.teacher = {**(planned.teacher or {}), "skill_map": status}
+    return planned
 
 
 SELECTOR = Selector(
     name="teacher", plan=plan, choose=choose_by_retrieval, needs_teacher=True,
-    help="the teacher diagnoses each failure (erroneous step, missing skill, queries); the gaps drive retrieval")
+    help="the teacher diagnoses each failure (erroneous step, missing skills — chosen from the pool's skill map "
+         "when skills.json is beside the index — and queries); the gaps drive retrieval")
