@@ -13,15 +13,16 @@ deterministic kernels are requested while training, so the same call on CPU give
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -29,18 +30,28 @@ from tqdm.auto import tqdm
 
 from retrieval.files import write_json
 from retrieval.records import Sample
-from training.student import Student, answer_nll, build_inputs, items_from_samples, quiet_peft
+from training.anatomy import PROJECTOR_NAMES, anatomy
+from training.distributed import ProcessGroup
+from training.student import (
+    IGNORE_INDEX,
+    Student,
+    answer_nll,
+    build_inputs,
+    items_from_samples,
+    quiet_peft,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# Language-model projections of LLaVA-style (language_model), Idefics3/SmolVLM (text_model) and
-# Qwen2-VL (model.language_model / model.layers) models; never the vision tower or the projector.
+# The fallback target for a model that does not name its language model (get_decoder): projections of
+# LLaVA-style (language_model), Idefics3/SmolVLM (text_model) and Qwen2-VL (model.language_model /
+# model.layers) models; never the vision tower or the projector. Normally the target is resolved from the
+# model (resolve_target).
 DEFAULT_TARGET = (
     r"^(?!.*(vision|visual|image_encoder|multi_modal_projector|connector)).*"
     r"(language_model|text_model|model\.layers).*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$"
 )
-PROJECTOR_NAMES = ("multi_modal_projector", "connector", "mm_projector", "merger", "aligner")
 
 
 class TrainConfig(BaseModel):
@@ -57,13 +68,22 @@ class TrainConfig(BaseModel):
     max_grad_norm: float | None = Field(1.0, gt=0)
     max_steps: int | None = Field(None, gt=0, description="stop after this many optimizer steps")
     seed: int = 0
+    max_tokens_per_batch: int | None = Field(
+        None, gt=0, description="build batches by a token budget instead of batch_size: samples sorted by length, "
+        "each batch's padded tokens (rows x longest row) <= this, summed over processes when distributed")
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="autocast for forward passes: auto = bf16 on a CUDA device that supports it, else fp32")
+    gradient_checkpointing: bool = Field(False, description="recompute layer activations in backward (less memory)")
+    memory_limit_gb: float | None = Field(
+        None, gt=0, description="refuse to train when the memory estimate exceeds this; default: the device's free memory")
 
 
 class LoraTrainConfig(TrainConfig):
     rank: int = Field(8, gt=0)
     alpha: int = Field(16, gt=0)
     dropout: float = Field(0.05, ge=0, lt=1)
-    target: str = Field(DEFAULT_TARGET, description="regex over module names (full match) that get LoRA")
+    target: str | None = Field(None, description="regex over module names (full match) that get LoRA; None: every "
+                               "linear layer of the language model, resolved from the model (training/anatomy.py)")
     train_projector: bool = Field(True, description="train the vision-to-text projector fully (modules_to_save)")
     replay_ratio: float = Field(0.5, ge=0, description="replayed earlier samples per selected sample (at most)")
 
@@ -111,6 +131,63 @@ def batches(n: int, batch_size: int, epochs: int, seed: int) -> Iterable[tuple[i
             yield epoch, number, order[start : start + batch_size]
 
 
+def cut_by_budget(order: Sequence[int], lengths: Sequence[int], budget: int) -> list[list[int]]:
+    """Greedy cut of ``order`` (sorted by length) into batches whose rows x longest length stay <= ``budget``."""
+    cut: list[list[int]] = []
+    current: list[int] = []
+    longest = 0
+    for i in order:
+        if current and max(longest, lengths[i]) * (len(current) + 1) > budget:
+            cut.append(current)
+            current, longest = [], 0
+        current.append(i)
+        longest = max(longest, lengths[i])
+    if current:
+        cut.append(current)
+    return cut
+
+
+def token_budget_batches(lengths: Sequence[int], budget: int, epochs: int, seed: int
+                         ) -> Iterator[tuple[int, int, list[int]]]:
+    """(epoch, batch number in the epoch, indices) with every batch's padded tokens <= ``budget``.
+
+    Each epoch: a fresh permutation, stably sorted by length (so equal lengths come in a new random order),
+    cut greedily into the largest batches the budget allows, visited in a random order (an epoch does not run
+    from the shortest samples to the longest). The lengths are the same every epoch, so is the number of
+    batches: the schedule's step count is exact.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    for epoch in range(epochs):
+        order = sorted(torch.randperm(len(lengths), generator=generator).tolist(), key=lambda i: lengths[i])
+        cut = cut_by_budget(order, lengths, budget)
+        for number, position in enumerate(torch.randperm(len(cut), generator=generator).tolist()):
+            yield epoch, number, cut[position]
+
+
+def sample_lengths(student: Student, samples: Sequence[Sample], image_root: Path | None) -> list[int]:
+    """Each sample's token count as the model sees it (prompt with expanded image tokens + answer + EOS),
+    measured by building its inputs alone: exact for any processor, at the cost of one pass over the data."""
+    return [int(build_inputs(student, items_from_samples([s], image_root, with_answer=True))["input_ids"].shape[1])
+            for s in samples]
+
+
+def plan_batches(student: Student, samples: Sequence[Sample], image_root: Path | None, config: TrainConfig
+                 ) -> tuple[Iterable[tuple[int, int, list[int]]], int]:
+    """The (global) batches of the whole run and how many there are per epoch: a fixed ``batch_size``, or
+    ``max_tokens_per_batch`` when set (a sample longer than the budget is refused, naming it)."""
+    n = len(samples)
+    if config.max_tokens_per_batch is None:
+        return batches(n, config.batch_size, config.epochs, config.seed), math.ceil(n / config.batch_size)
+    budget = config.max_tokens_per_batch
+    lengths = sample_lengths(student, samples, image_root)
+    over = sorted(((length, samples[i].id) for i, length in enumerate(lengths) if length > budget), reverse=True)
+    if over:
+        raise ValueError(f"max_tokens_per_batch={budget} is below the length of {len(over)} sample(s) (longest: "
+                         f"{over[0][1]} with {over[0][0]} tokens); raise it to at least {over[0][0]}")
+    per_epoch = len(cut_by_budget(sorted(range(n), key=lambda i: lengths[i]), lengths, budget))
+    return token_budget_batches(lengths, budget, config.epochs, config.seed), per_epoch
+
+
 def prefetched(make: Callable[[T], Any], plans: Iterable[T]) -> Iterator[tuple[T, Any]]:
     """``(plan, make(plan))`` in order; the next batch is built in a worker thread while the caller trains
     on the current one (image decoding, resizing and tokenisation overlap the forward/backward pass)."""
@@ -150,53 +227,131 @@ def linear_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int) -
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    """The autocast dtype for ``precision`` on ``device`` (None: no autocast, the weights' own dtype)."""
+    if precision == "fp32":
+        return None
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16  # asked for: CUDA and CPU both autocast to bf16
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+@contextmanager
+def checkpointing(model: torch.nn.Module, enabled: bool):
+    """Gradient (activation) checkpointing for the duration of training, non-reentrant (PyTorch's
+    recommendation; it keeps the RNG state, so dropout masks match). The language model's input embeddings
+    are made to require grad, as PEFT needs with a frozen base: only the text embeddings, so the frozen
+    vision tower still keeps nothing for backward."""
+    if not enabled:
+        yield
+        return
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    kwargs = {"use_reentrant": False}
+    if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.2x; the old name is deprecated
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        disable = base.activation_checkpointing_disable
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        disable = base.gradient_checkpointing_disable
+    hook = base.get_input_embeddings().register_forward_hook(lambda _module, _inputs, out: out.requires_grad_(True))
+    try:
+        yield
+    finally:
+        hook.remove()
+        disable()
+
+
+def check_training_memory(student: Student, batch: Any, config: TrainConfig, compute_dtype: torch.dtype | None,
+                          processes: int) -> None:
+    """Refuse, with the estimate, a run whose first micro-batch (or token budget) will not fit."""
+    from training.placement import TRAINING_ADVICE, ensure_fits, estimate_training
+
+    labels = batch["labels"]
+    width = int((labels != IGNORE_INDEX).sum(1).max())
+    tokens = int(batch["input_ids"].numel())
+    if config.max_tokens_per_batch:
+        tokens = max(tokens, math.ceil(config.max_tokens_per_batch / processes))
+    estimate = estimate_training(
+        student.model, tokens=tokens, logit_tokens=labels.shape[0] * (width + 1),
+        compute_dtype=compute_dtype or student.dtype, checkpointing=config.gradient_checkpointing,
+        lora_dropout=getattr(config, "dropout", 0.0) > 0,
+    )
+    ensure_fits(estimate, student.device, what=f"training {student.name} ({tokens} tokens per micro-batch)",
+                advice=TRAINING_ADVICE, limit_gb=config.memory_limit_gb)
+
+
 def run_training(
     student: Student, samples: Sequence[Sample], image_root: Path | None, config: TrainConfig, *,
-    progress: bool = True, desc: str = "train",
+    progress: bool = True, desc: str = "train", accelerator: Any = None,
 ) -> dict:
     """The one training loop: AdamW over the trainable parameters, linear warm-up and decay, loss on answers
-    (the LM head runs on the answer span only), the next batch prepared in a worker thread.
+    (the LM head runs on the answer span only), the next batch prepared in a worker thread, forward passes
+    under bf16 autocast where ``config.precision`` says, optional gradient checkpointing, batches of a fixed
+    size or by a token budget. Before the first step the memory estimate is checked (``training.placement``).
+
+    With an ``accelerator`` of several processes (``training.distributed``) every process walks the same global
+    batches and trains on its share of each; the loss is normalised by the answer tokens of the whole global
+    batch, so the gradient DDP averages is the one a single process computes on that batch.
 
     Returns ``{"losses", "steps", "seconds", "samples_per_s", "epochs_run"}``.
     """
     model = student.model
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
+    if not any(p.requires_grad for p in model.parameters()):
         raise ValueError("nothing to train: no parameter requires grad")
-    per_epoch = math.ceil(len(samples) / (config.batch_size * config.grad_accum))
+    group = ProcessGroup(accelerator)
+    plans, per_epoch_batches = plan_batches(student, samples, image_root, config)
+    per_epoch = math.ceil(per_epoch_batches / config.grad_accum)
     total = min(per_epoch * config.epochs, config.max_steps or 1 << 62)
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    compute_dtype = autocast_dtype(student.device, config.precision)
+    trained = group.wrap(model)  # DDP (or FSDP, from accelerate's config) across processes; else the model
+    params = [p for p in trained.parameters() if p.requires_grad]
+    optimizer = group.wrap_optimizer(torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay))
     scheduler = linear_schedule(optimizer, round(config.warmup_ratio * total), total)
+    forward = dataclasses.replace(student, model=trained)
     losses: list[float] = []
-    seen, step, window = 0, 0, []
-    model.train()
-    bar = tqdm(total=total, desc=desc, unit="step", disable=not progress)
+    seen, step, window, checked = 0, 0, [], False
+    bar = tqdm(total=total, desc=desc, unit="step", disable=not progress or not group.is_main)
     start = time.perf_counter()
-    per_epoch_batches = math.ceil(len(samples) / config.batch_size)
 
     def make(plan: tuple[int, int, list[int]]):
-        return build_inputs(student, items_from_samples([samples[i] for i in plan[2]], image_root, with_answer=True))
+        rows, weight = group.share(plan[2])
+        items = items_from_samples([samples[i] for i in rows], image_root, with_answer=True)
+        return build_inputs(student, items), weight
 
-    plans = batches(len(samples), config.batch_size, config.epochs, config.seed)
-    for (epoch, number, index), batch in prefetched(make, plans):
-        loss = answer_nll(student, batch)
-        (loss / config.grad_accum).backward()
-        window.append(loss.item())
-        seen += len(index)
-        if (number + 1) % config.grad_accum and number + 1 < per_epoch_batches:
-            continue  # accumulate; an epoch's last, partial window still steps
-        if config.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(sum(window) / len(window))
-        window, step = [], step + 1
-        elapsed = time.perf_counter() - start
-        bar.update(1)
-        bar.set_postfix(loss=f"{losses[-1]:.4f}", epoch=epoch + 1, samples_s=f"{seen / elapsed:.1f}")
-        if step >= total:
-            break
+    model.train()
+    with checkpointing(model, config.gradient_checkpointing):
+        for (epoch, number, index), (batch, weight) in prefetched(make, plans):
+            if not checked:
+                check_training_memory(student, batch, config, compute_dtype, group.size)
+                checked = True
+            boundary = not ((number + 1) % config.grad_accum and number + 1 < per_epoch_batches)
+            with group.no_sync(trained, enabled=not boundary):
+                with autocast(student.device, compute_dtype):
+                    mean = answer_nll(forward, batch)
+                count = (batch["labels"] != IGNORE_INDEX).sum().float() * weight
+                everywhere = group.sum(count)  # answer tokens of the global batch (this count, in one process)
+                loss = mean * (count * group.size / everywhere.clamp(min=1))  # x 1.0 exactly in one process
+                (loss / config.grad_accum).backward()
+            window.append(mean.item() if group.size == 1 else (group.sum(mean.detach() * count) / everywhere).item())
+            seen += len(index)
+            if not boundary:
+                continue  # accumulate; an epoch's last, partial window still steps
+            if config.max_grad_norm:
+                group.clip(params, config.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(sum(window) / len(window))
+            window, step = [], step + 1
+            elapsed = time.perf_counter() - start
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses[-1]:.4f}", epoch=epoch + 1, samples_s=f"{seen / elapsed:.1f}")
+            if step >= total:
+                break
     bar.close()
     model.eval()
     seconds = time.perf_counter() - start
@@ -208,12 +363,33 @@ def run_training(
 
 
 def find_projector(model: torch.nn.Module) -> str | None:
-    """The (shortest) module name of the vision-to-text projector, if the architecture has a known one."""
-    for name in PROJECTOR_NAMES:
-        hits = [n for n, _ in model.named_modules() if n.split(".")[-1] == name]
-        if hits:
-            return min(hits, key=len)
-    return None
+    """The module name of the vision-to-text projector (the main one, when there are several)."""
+    projectors = projector_modules(model)
+    return projectors[0] if projectors else None
+
+
+def projector_modules(model: torch.nn.Module) -> list[str]:
+    """Every projector module, main one first, resolved from the model (training/anatomy.py); for a model that
+    does not name its language model, the shortest module with a known projector name."""
+    try:
+        return list(anatomy(model).projectors)
+    except ValueError:
+        for name in PROJECTOR_NAMES:
+            hits = [n for n, _ in model.named_modules() if n.split(".")[-1] == name]
+            if hits:
+                return [min(hits, key=len)]
+        return []
+
+
+def resolve_target(model: torch.nn.Module, pattern: str | None) -> str:
+    """The LoRA target regex: ``pattern`` as given, else the language model's linear layers of this model."""
+    if pattern is not None:
+        return pattern
+    try:
+        return anatomy(model).lora_target
+    except ValueError as err:
+        log.warning("%s; falling back to the generic target regex", err)
+        return DEFAULT_TARGET
 
 
 def lora_targets(model: torch.nn.Module, pattern: str) -> list[str]:
@@ -225,22 +401,28 @@ def lora_targets(model: torch.nn.Module, pattern: str) -> list[str]:
 
 
 def attach_lora(student: Student, config: LoraTrainConfig) -> str | None:
-    """Wrap the student's model with a fresh LoRA adapter (in place); returns the projector trained, if any."""
+    """Wrap the student's model with a fresh LoRA adapter (in place); returns the projector trained, if any.
+
+    Targets: ``config.target``, else every linear layer of the language model; the projector modules go to
+    ``modules_to_save`` by their full names (PEFT matches them by suffix: a bare ``"merger"`` could also
+    catch an unrelated module ending in it).
+    """
     from peft import LoraConfig, get_peft_model
 
-    targets = lora_targets(student.model, config.target)
+    target = resolve_target(student.model, config.target)
+    targets = lora_targets(student.model, target)
     if not targets:
-        raise ValueError(f"LoRA target regex {config.target!r} matches no linear module of {student.name}")
-    projector = find_projector(student.model) if config.train_projector else None
-    if config.train_projector and projector is None:
+        raise ValueError(f"LoRA target regex {target!r} matches no linear module of {student.name}")
+    projectors = projector_modules(student.model) if config.train_projector else []
+    if config.train_projector and not projectors:
         log.warning("%s: no known projector module; training LoRA only", student.name)
     lora = LoraConfig(
-        r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout, target_modules=config.target,
-        modules_to_save=[projector.split(".")[-1]] if projector else None, bias="none",
+        r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout, target_modules=target,
+        modules_to_save=projectors or None, bias="none",
     )
     with quiet_peft():
         student.model = get_peft_model(student.model, lora)
-    return projector
+    return projectors[0] if projectors else None
 
 
 def make_adapter_trainable(model: torch.nn.Module) -> None:
@@ -258,11 +440,13 @@ def train_lora(
     *,
     replay: Iterable[Sample] = (),
     progress: bool = True,
+    accelerator: Any = None,
 ) -> TrainReport:
     """LoRA-tune the student on ``samples`` + replay; continues its adapter if it has one; saves to ``out_dir``.
 
     A continued adapter keeps the LoRA settings it was created with (rank, targets, trained projector);
-    ``config`` then only sets the optimisation (lr, epochs, batch, seed, replay).
+    ``config`` then only sets the optimisation (lr, epochs, batch, seed, replay). With an ``accelerator`` of
+    several processes (``training.distributed``) they train together and the main process saves.
     """
     out = Path(out_dir)
     replayed = mix_replay(samples, replay, config.replay_ratio, config.seed)
@@ -274,12 +458,15 @@ def train_lora(
             projector = _saved_projector(student.model)
         else:
             projector = attach_lora(student, config)
-        stats = (run_training(student, train_set, image_root, config, progress=progress, desc="lora")
-                 if train_set else _no_training())
-    out.mkdir(parents=True, exist_ok=True)
-    student.model.save_pretrained(out)
+        stats = (run_training(student, train_set, image_root, config, progress=progress, desc="lora",
+                              accelerator=accelerator) if train_set else _no_training())
     report = _report(student, out, "lora", samples, replayed, stats, config, continued=continued, projector=projector)
-    _write_report(out, report)
+    group = ProcessGroup(accelerator)
+    if group.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        student.model.save_pretrained(out)
+        _write_report(out, report)
+    group.barrier()  # the adapter is whole before any process returns
     return report
 
 
