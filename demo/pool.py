@@ -19,7 +19,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 from tqdm import tqdm
 
-from demo.world import OFF_TOPIC, SKILLS, Scene, Skill, png_bytes, sample_scene
+from demo.world import OFF_TOPIC, POOL_SKILLS, SKILLS, Scene, Skill, png_bytes, sample_scene
 from retrieval.files import atomic_write_text
 
 OFF_TOPIC_SOURCE = "misc-v1"
@@ -80,14 +80,14 @@ def write_pool(
     name: str = "pool",
     progress: bool = True,
 ) -> Path:
-    """Write ``out_dir/<name>.jsonl`` (+ ``images/``): ``n`` samples over ``skills`` (default: all).
+    """Write ``out_dir/<name>.jsonl`` (+ ``images/``): ``n`` samples over ``skills`` (default: every pool skill).
 
     Skills get equal shares of the clean samples. Skills that draw the same kind of scene share images
     (up to ``questions_per_image`` questions per PNG), which keeps 100k-sample pools quick to write.
     """
     out_dir = Path(out_dir)
     noise = noise or NoiseConfig()
-    names = list(skills or SKILLS)
+    names = list(skills or POOL_SKILLS)
     _check_skills(names)
     rng = random.Random(f"pool:{seed}")
     n_dup, n_off = round(n * noise.near_duplicate), round(n * noise.off_topic)

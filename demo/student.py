@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from demo.pool import CLEAN, write_clean, write_pool
 from demo.targets import TARGETS, target_texts, write_target
-from demo.world import GENERIC_SKILLS, SKILLS, WORLD_VERSION, vocabulary_texts
+from demo.world import GENERIC_SKILLS, POOL_SKILLS, WORLD_VERSION, vocabulary_texts
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ def measure_skills(model_dir: Path, work: Path, seed: int, n_per_skill: int, pro
 
     started = time.perf_counter()
     student = load_student(model_dir, adapter=adapter, device="cpu")
-    other = tuple(s for s in SKILLS if s not in GENERIC_SKILLS)
+    other = tuple(s for s in POOL_SKILLS if s not in GENERIC_SKILLS)
     sets = {
         "generic": write_clean(work / "generic.jsonl", GENERIC_SKILLS, n_per_skill, seed + 2000),
         "pool_only": write_clean(work / "pool_only.jsonl", other, n_per_skill, seed + 3000),

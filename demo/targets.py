@@ -50,6 +50,12 @@ TARGET_LIST: tuple[Target, ...] = (
             "what is the colour of the {vpos} one?",
         )},
     ),
+    Target(
+        "corner-colour",
+        ("corner_colour",),
+        "a shape in each quadrant: the colour of the one on a side and in a half — a skill the pool never "
+        "asks, whose parts (colour by side, colour by half) it does",
+    ),
 )
 TARGETS: dict[str, Target] = {t.name: t for t in TARGET_LIST}
 

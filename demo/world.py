@@ -17,6 +17,7 @@ target asks with (see demo/targets.py).
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from io import BytesIO
@@ -26,7 +27,7 @@ from string import Formatter
 from PIL import Image, ImageDraw
 
 # Bump when scenes, skills, phrasings or drawing change: cached students and worlds are keyed by it.
-WORLD_VERSION = "1"
+WORLD_VERSION = "2"  # 2: the corner_colour skill (a target only) joins the vocabulary
 
 CANVAS = 64
 BACKGROUND = (24, 24, 24)
@@ -94,7 +95,7 @@ class SceneRule:
     """How to draw a scene a skill can ask about."""
 
     n_shapes: tuple[int, int] = (1, 1)
-    split: str | None = None  # "x": first shape left, second right (or swapped); "y": top/bottom
+    split: str | None = None  # "x": first shape left, second right (or swapped); "y": top/bottom; "xy": one per quadrant
     one_big: bool = False  # exactly one big shape, the others small
     distinct: tuple[str, ...] = ()  # attributes ("colour", "kind") that differ between all shapes
     kinds: int | None = None  # exactly this many distinct kinds (comparisons need two)
@@ -169,6 +170,8 @@ def _halves(rng: random.Random, rule: SceneRule, n: int) -> list[tuple[str | Non
     if rule.split == "y":
         vpos = rng.sample(["top", "bottom"], 2)
         return [(None, vpos[0]), (None, vpos[1])] + [(None, None)] * (n - 2)
+    if rule.split == "xy":
+        return rng.sample([(side, vpos) for side in ("left", "right") for vpos in ("top", "bottom")], n)
     return [(None, None)] * n
 
 
@@ -208,6 +211,14 @@ class Skill:
     ask: Callable[[Scene, random.Random], Ask | None]
     scene: SceneRule = field(default_factory=SceneRule)
     answers: tuple[str, ...] = ()  # the answer space: wrong answers are drawn from it
+    # The pool skills that teach this one, for a skill the pool never asks itself (in_pool=False): the
+    # world's ground truth of what a failure on it needs (the oracle teacher and benchmarks read it).
+    parts: tuple[str, ...] = ()
+    in_pool: bool = True
+
+    @property
+    def taught_by(self) -> tuple[str, ...]:
+        return self.parts or (self.name,)
 
     @property
     def source(self) -> str:
@@ -297,6 +308,15 @@ def _by_place(axis: str, attribute: str) -> Callable[[Scene, random.Random], Ask
     return ask
 
 
+def _ask_corner_colour(scene: Scene, rng: random.Random) -> Ask | None:
+    """The colour of the shape in one quadrant, over a scene with a shape in every quadrant: neither the
+    side nor the half alone names it, so the answer needs both (what side_colour and vertical_colour teach)."""
+    if len({(s.side, s.vpos) for s in scene.shapes}) != 4:
+        return None
+    s = rng.choice(scene.shapes)
+    return {"side": s.side, "vpos": s.vpos}, s.colour
+
+
 def _one_big(scene: Scene) -> bool:
     return len(scene.shapes) == 2 and sorted(s.size for s in scene.shapes) == ["big", "small"]
 
@@ -328,6 +348,7 @@ SINGLE = SceneRule(n_shapes=(1, 1))
 TWO_X = SceneRule(n_shapes=(2, 2), split="x", distinct=("colour",))
 TWO_X_KINDS = SceneRule(n_shapes=(2, 2), split="x", distinct=("kind",))
 TWO_Y = SceneRule(n_shapes=(2, 2), split="y", distinct=("colour",))
+FOUR_QUADRANTS = SceneRule(n_shapes=(4, 4), split="xy", distinct=("colour",))
 TWO_BIG = SceneRule(n_shapes=(2, 2), one_big=True, distinct=("colour",))
 
 SKILL_LIST: tuple[Skill, ...] = (
@@ -428,8 +449,19 @@ SKILL_LIST: tuple[Skill, ...] = (
         "what size is the {colour} shape, big or small?",
         "is the {colour} one small or big?",
     ), _ask_colour_size, TWO_BIG, SIZES),
+    # Asked only by the corner-colour target, in words the pre-training already uses ("on the left",
+    # "at the top"); the pool teaches its parts, never the whole.
+    Skill("corner_colour", (
+        "what colour is the shape on the {side} at the {vpos}?",
+        "which colour does the shape at the {vpos} on the {side} have?",
+        "tell me the colour of the shape at the {vpos} on the {side}.",
+        "the shape on the {side} at the {vpos} is what colour?",
+    ), _ask_corner_colour, FOUR_QUADRANTS, tuple(COLOURS), parts=("side_colour", "vertical_colour"),
+        in_pool=False),
 )
 SKILLS: dict[str, Skill] = {s.name: s for s in SKILL_LIST}
+# What a pool may ask (every skill but the target-only ones).
+POOL_SKILLS = tuple(s.name for s in SKILL_LIST if s.in_pool)
 
 # What the pre-trained student is taught; the other skills exist only in the pool (targets need them).
 GENERIC_SKILLS = ("colour", "size", "side", "vertical", "count")
@@ -475,6 +507,27 @@ def vocabulary_texts(extra_templates: tuple[str, ...] = ()) -> list[str]:
     texts.extend(a for s in SKILL_LIST for a in s.answers)
     texts.extend(t for pair in OFF_TOPIC for t in pair)
     return texts
+
+
+def _template_pattern(template: str) -> re.Pattern[str]:
+    values = slot_values()
+    parts = []
+    for literal, name, _, _ in Formatter().parse(template):
+        parts.append(re.escape(literal))
+        if name:
+            parts.append("(?:" + "|".join(re.escape(v) for v in values[name]) + ")")
+    return re.compile("".join(parts) + "$")
+
+
+_PATTERNS = [(s.name, _template_pattern(t)) for s in SKILL_LIST for t in s.templates]
+
+
+def skill_of_question(question: str) -> str | None:
+    """The world skill whose phrasing ``question`` is (the world's ground truth, read back from the words);
+    ``None`` for a question no skill asks, or one several skills ask alike (e.g. size and colour_size share
+    "is the red shape big or small?")."""
+    found = {name for name, pattern in _PATTERNS if pattern.match(question.strip())}
+    return found.pop() if len(found) == 1 else None
 
 
 def words(text: str) -> set[str]:

@@ -56,6 +56,8 @@ def _oracle(record: dict) -> str:
         return only(lambda s: s["size"] == slots["size"])["colour"]
     if skill == "colour_size":
         return only(lambda s: s["colour"] == slots["colour"])["size"]
+    if skill == "corner_colour":
+        return only(lambda s: side(s) == slots["side"] and vpos(s) == slots["vpos"])["colour"]
     raise AssertionError(f"no oracle for skill {skill}")
 
 

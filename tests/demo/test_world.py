@@ -11,12 +11,14 @@ from demo.world import (
     CANVAS,
     COLOURS,
     GENERIC_SKILLS,
+    POOL_SKILLS,
     SKILL_LIST,
     SKILLS,
     Scene,
     draw,
     render_all,
     sample_scene,
+    skill_of_question,
     vocabulary_texts,
     words,
 )
@@ -106,3 +108,30 @@ def test_vocabulary_covers_every_text_and_is_small():
             for text in render_all(template):
                 assert words(text) <= vocab
     assert len(vocab) < 120
+
+
+def test_corner_colour_needs_both_the_side_and_the_half_and_the_pool_never_asks_it():
+    rng = random.Random(3)
+    skill = SKILLS["corner_colour"]
+    for _ in range(50):
+        scene = sample_scene(rng, skill.scene)
+        question, answer, slots = skill.question(scene, rng)
+        same_side = [s for s in scene.shapes if s.side == slots["side"]]
+        same_half = [s for s in scene.shapes if s.vpos == slots["vpos"]]
+        assert len(same_side) == 2 and len(same_half) == 2, "neither part alone names the shape"
+        assert [s.colour for s in same_side if s in same_half] == [answer]
+        assert skill_of_question(question) == "corner_colour"
+    assert "corner_colour" not in POOL_SKILLS
+    assert skill.taught_by == ("side_colour", "vertical_colour")
+    assert SKILLS["side_colour"].taught_by == ("side_colour",)
+
+
+def test_skill_of_question_reads_the_skill_back_or_says_it_cannot():
+    rng = random.Random(4)
+    for skill in SKILLS.values():
+        scene = sample_scene(rng, skill.scene)
+        asked = skill.question(scene, rng)
+        if asked is not None and skill.name not in {"size", "colour_size"}:
+            assert skill_of_question(asked[0]) == skill.name, asked[0]
+    assert skill_of_question("is the red shape big or small?") is None, "size and colour_size ask it alike"
+    assert skill_of_question("what is the meaning of life?") is None
