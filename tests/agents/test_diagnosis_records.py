@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from agents.records import Diagnosis, DiagnosisLog
+from agents.records import Diagnosis, DiagnosisLog, FreeDiagnosis
 
 BASE = {"erroneous_step": 2, "error_type": "reasoning", "missing_skill": "Spatial Relations!",
         "explanation": "It confused left and right.", "queries": ["is the circle left of the square"]}
@@ -27,7 +27,7 @@ def test_invalid_diagnoses_are_rejected(change):
 
 
 def test_schema_sent_to_the_teacher_requires_every_field():
-    schema = Diagnosis.model_json_schema()
+    schema = FreeDiagnosis.model_json_schema()  # what a teacher without a skill map is sent
     assert set(schema["required"]) == set(BASE) and schema["additionalProperties"] is False
     assert schema["properties"]["queries"]["maxItems"] == 3
     assert set(schema["properties"]["error_type"]["enum"]) == {
