@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from retrieval.records import Sample
 from training.matching import get_matcher
 from training.records import EvalRecord
-from training.student import Student, build_inputs, items_from_samples, length_order
+from training.student import Student, build_inputs, items_from_samples, length_order, stop_token_ids
 
 _ANSWER = re.compile(r"(?:final\s+)?answer\s*(?:is)?\s*[:：]|\banswer\s+is\s+", re.I)
 _STEP = re.compile(r"(?:^|\s)(?:step\s*\d+\s*[:.)]|\d+[.)]\s)", re.I)
@@ -71,13 +71,14 @@ def split_steps(text: str) -> list[str]:
 
 
 def generate(student: Student, samples: list[Sample], image_root: Path | None, *, max_new_tokens: int) -> list[str]:
-    """Greedy continuations of one batch, special tokens removed."""
+    """Greedy continuations of one batch, special tokens removed; a row stops at any of the student's stop
+    tokens (EOS, the template's end-of-turn token, the model's own EOS ids)."""
     inputs = build_inputs(student, items_from_samples(samples, image_root, with_answer=False))
     tokenizer = student.tokenizer
     with torch.inference_mode():
         out = student.model.generate(
             **inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id, eos_token_id=stop_token_ids(student),
         )
     return tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
 

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from retrieval.files import write_json
 from retrieval.records import Sample
+from training.anatomy import PROJECTOR_NAMES, anatomy
 from training.distributed import ProcessGroup
 from training.student import (
     IGNORE_INDEX,
@@ -43,13 +44,14 @@ from training.student import (
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# Language-model projections of LLaVA-style (language_model), Idefics3/SmolVLM (text_model) and
-# Qwen2-VL (model.language_model / model.layers) models; never the vision tower or the projector.
+# The fallback target for a model that does not name its language model (get_decoder): projections of
+# LLaVA-style (language_model), Idefics3/SmolVLM (text_model) and Qwen2-VL (model.language_model /
+# model.layers) models; never the vision tower or the projector. Normally the target is resolved from the
+# model (resolve_target).
 DEFAULT_TARGET = (
     r"^(?!.*(vision|visual|image_encoder|multi_modal_projector|connector)).*"
     r"(language_model|text_model|model\.layers).*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$"
 )
-PROJECTOR_NAMES = ("multi_modal_projector", "connector", "mm_projector", "merger", "aligner")
 
 
 class TrainConfig(BaseModel):
@@ -80,7 +82,8 @@ class LoraTrainConfig(TrainConfig):
     rank: int = Field(8, gt=0)
     alpha: int = Field(16, gt=0)
     dropout: float = Field(0.05, ge=0, lt=1)
-    target: str = Field(DEFAULT_TARGET, description="regex over module names (full match) that get LoRA")
+    target: str | None = Field(None, description="regex over module names (full match) that get LoRA; None: every "
+                               "linear layer of the language model, resolved from the model (training/anatomy.py)")
     train_projector: bool = Field(True, description="train the vision-to-text projector fully (modules_to_save)")
     replay_ratio: float = Field(0.5, ge=0, description="replayed earlier samples per selected sample (at most)")
 
@@ -360,12 +363,33 @@ def run_training(
 
 
 def find_projector(model: torch.nn.Module) -> str | None:
-    """The (shortest) module name of the vision-to-text projector, if the architecture has a known one."""
-    for name in PROJECTOR_NAMES:
-        hits = [n for n, _ in model.named_modules() if n.split(".")[-1] == name]
-        if hits:
-            return min(hits, key=len)
-    return None
+    """The module name of the vision-to-text projector (the main one, when there are several)."""
+    projectors = projector_modules(model)
+    return projectors[0] if projectors else None
+
+
+def projector_modules(model: torch.nn.Module) -> list[str]:
+    """Every projector module, main one first, resolved from the model (training/anatomy.py); for a model that
+    does not name its language model, the shortest module with a known projector name."""
+    try:
+        return list(anatomy(model).projectors)
+    except ValueError:
+        for name in PROJECTOR_NAMES:
+            hits = [n for n, _ in model.named_modules() if n.split(".")[-1] == name]
+            if hits:
+                return [min(hits, key=len)]
+        return []
+
+
+def resolve_target(model: torch.nn.Module, pattern: str | None) -> str:
+    """The LoRA target regex: ``pattern`` as given, else the language model's linear layers of this model."""
+    if pattern is not None:
+        return pattern
+    try:
+        return anatomy(model).lora_target
+    except ValueError as err:
+        log.warning("%s; falling back to the generic target regex", err)
+        return DEFAULT_TARGET
 
 
 def lora_targets(model: torch.nn.Module, pattern: str) -> list[str]:
@@ -377,22 +401,28 @@ def lora_targets(model: torch.nn.Module, pattern: str) -> list[str]:
 
 
 def attach_lora(student: Student, config: LoraTrainConfig) -> str | None:
-    """Wrap the student's model with a fresh LoRA adapter (in place); returns the projector trained, if any."""
+    """Wrap the student's model with a fresh LoRA adapter (in place); returns the projector trained, if any.
+
+    Targets: ``config.target``, else every linear layer of the language model; the projector modules go to
+    ``modules_to_save`` by their full names (PEFT matches them by suffix: a bare ``"merger"`` could also
+    catch an unrelated module ending in it).
+    """
     from peft import LoraConfig, get_peft_model
 
-    targets = lora_targets(student.model, config.target)
+    target = resolve_target(student.model, config.target)
+    targets = lora_targets(student.model, target)
     if not targets:
-        raise ValueError(f"LoRA target regex {config.target!r} matches no linear module of {student.name}")
-    projector = find_projector(student.model) if config.train_projector else None
-    if config.train_projector and projector is None:
+        raise ValueError(f"LoRA target regex {target!r} matches no linear module of {student.name}")
+    projectors = projector_modules(student.model) if config.train_projector else []
+    if config.train_projector and not projectors:
         log.warning("%s: no known projector module; training LoRA only", student.name)
     lora = LoraConfig(
-        r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout, target_modules=config.target,
-        modules_to_save=[projector.split(".")[-1]] if projector else None, bias="none",
+        r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout, target_modules=target,
+        modules_to_save=projectors or None, bias="none",
     )
     with quiet_peft():
         student.model = get_peft_model(student.model, lora)
-    return projector
+    return projectors[0] if projectors else None
 
 
 def make_adapter_trainable(model: torch.nn.Module) -> None:

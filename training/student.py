@@ -18,6 +18,7 @@ score — calls ``build_inputs(..., with_image=False)``, which drops both the pl
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -27,10 +28,11 @@ from typing import Any
 
 import torch
 from PIL import Image
-from transformers import AutoModelForImageTextToText, AutoProcessor, BatchFeature
+from transformers import AutoModelForImageTextToText, BatchFeature
 
 from retrieval.images import open_image
 from retrieval.records import Sample
+from training.processors import load_processor
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +122,7 @@ def load_student(
     placement = {"device_map": device_map} if device_map is not None else {}
     model = load_with_attention(AutoModelForImageTextToText.from_pretrained, source, attn_implementation,
                                 dtype=dtype, **placement)
-    processor = AutoProcessor.from_pretrained(source)
+    processor = load_processor(source)  # without its video half where torchvision is missing
     tokenizer = getattr(processor, "tokenizer", processor)
     if tokenizer.pad_token is None:  # many chat models ship without one; generation needs it for batches
         tokenizer.pad_token = tokenizer.eos_token
@@ -164,12 +166,67 @@ def build_prompt(processor: Any, question: str, *, with_image: bool = True, n_im
     return "".join(f"{image_token(processor)}\n" for _ in range(n)) + question
 
 
+ANSWER_MARK = "ANSWERMARK"  # stands in for an answer when reading the template's end-of-turn
+
+
+def turn_end(processor: Any) -> str | None:
+    """The special token the chat template writes after an assistant message (``<|im_end|>``,
+    ``<end_of_turn>``, ``<end_of_utterance>``, ``</s>``); None without a template or when it writes none
+    (LLaVA-1.5's ends with a space: the tokenizer's EOS ends the answer there)."""
+    if not has_chat_template(processor):
+        return None
+    conversation = [{"role": "user", "content": [{"type": "text", "text": "q"}]},
+                    {"role": "assistant", "content": [{"type": "text", "text": ANSWER_MARK}]}]
+    text = processor.apply_chat_template(conversation, tokenize=False)
+    after = text.split(ANSWER_MARK, 1)[1] if ANSWER_MARK in text else ""
+    tokenizer = getattr(processor, "tokenizer", processor)
+    specials = set(tokenizer.all_special_tokens) | {t.content for t in tokenizer.added_tokens_decoder.values()
+                                                    if t.special}
+    found = [(after.find(t), t) for t in specials if t and t in after]
+    return min(found)[1] if found else None
+
+
+def answer_end(processor: Any) -> str:
+    """What follows an answer in training: the template's end-of-turn token, else the tokenizer's EOS."""
+    tokenizer = getattr(processor, "tokenizer", processor)
+    return turn_end(processor) or tokenizer.eos_token or ""
+
+
+def stop_token_ids(student: Student) -> list[int]:
+    """Token ids that end a generated answer: the tokenizer's EOS, the template's end-of-turn token and the
+    model's own generation-config EOS ids (Gemma 3 ends a turn with <end_of_turn>, not <eos>)."""
+    tokenizer = student.tokenizer
+    ids = [tokenizer.eos_token_id]
+    if (end := turn_end(student.processor)) is not None:
+        ids.append(tokenizer.convert_tokens_to_ids(end))
+    configured = getattr(getattr(student.model, "generation_config", None), "eos_token_id", None)
+    ids.extend(configured if isinstance(configured, list) else [configured])
+    return list(dict.fromkeys(i for i in ids if i is not None))
+
+
+def takes_suffix(processor: Any) -> bool:
+    """A prefix-LM processor (PaliGemma) takes the answer as ``suffix``: prompt and image attend to each
+    other both ways, the answer causally, which its ``token_type_ids`` tell the model."""
+    import inspect
+
+    return callable(processor) and "suffix" in inspect.signature(type(processor).__call__).parameters
+
+
 def image_size(processor: Any) -> tuple[int, int]:
-    """(width, height) the image processor works at; falls back to 224 when it does not say."""
-    size = getattr(getattr(processor, "image_processor", None), "size", None) or {}
-    size = dict(size) if not isinstance(size, dict) else size
+    """(width, height) the image processor works at; falls back to 224 when it does not say.
+
+    Qwen2-VL-family processors (they have a ``merge_size``) give ``size`` as a pixel budget, not edges
+    (``shortest_edge=3136`` = 56x56 px, ``longest_edge`` ~ 1M px): their edge is the square root of the
+    smallest budget — a blank image of a million-pixel *edge* would not fit in memory.
+    """
+    image_processor = getattr(processor, "image_processor", None)
+    size = getattr(image_processor, "size", None) or {}
+    size = {k: v for k, v in dict(size).items() if v is not None}
     if size.get("height") and size.get("width"):
         return int(size["width"]), int(size["height"])
+    if getattr(image_processor, "merge_size", None) and size.get("shortest_edge"):
+        edge = math.isqrt(int(size["shortest_edge"]))
+        return edge, edge
     edge = size.get("longest_edge") or size.get("shortest_edge") or 224
     return int(edge), int(edge)
 
@@ -207,31 +264,64 @@ def items_from_samples(samples: list[Sample], image_root: Path | None, *, with_a
 def build_inputs(student: Student, items: list[PromptItem], *, with_image: bool = True) -> BatchFeature:
     """Left-padded model inputs for a batch; with answers, ``labels`` mark only the answer tokens.
 
-    The answer (plus EOS) is appended to the generation prompt; its token count ``k`` is measured alone
-    and, because padding is on the left, the last ``k`` tokens of every row are the answer: everything
-    else — padding, image tokens, the prompt — is ``-100``.
+    The answer plus what ends it (the template's end-of-turn token, else EOS: ``answer_end``) is appended to
+    the generation prompt; its token count ``k`` is measured alone and, because padding is on the left,
+    the last ``k`` tokens of every row are the answer: everything else — padding, image tokens, the
+    prompt — is ``-100``. A prompt from a template that writes the BOS itself (Gemma 3) is tokenized
+    without adding another, as ``processor.apply_chat_template(..., tokenize=True)`` does.
     """
     processor, tokenizer = student.processor, student.tokenizer
+    if takes_suffix(processor):
+        return to_device(prefix_lm_inputs(student, items, with_image=with_image), student)
     texts, answer_lengths = [], []
+    end = answer_end(processor) if any(item.answer is not None for item in items) else ""
     for item in items:
         prompt = build_prompt(processor, item.question, with_image=with_image, n_images=max(1, len(item.images)))
         if item.answer is not None:
             # a space after "assistant:", none after a template's "assistant\n" (the natural next token)
             gap = "" if prompt[-1:].isspace() else " "
-            answer = f"{gap}{item.answer.strip()}{tokenizer.eos_token or ''}"
+            answer = f"{gap}{item.answer.strip()}{end}"
             answer_lengths.append(len(tokenizer(answer, add_special_tokens=False)["input_ids"]))
             prompt += answer
         texts.append(prompt)
+    bos = tokenizer.bos_token
+    special = {"add_special_tokens": False} if bos and texts and texts[0].startswith(bos) else {}
     if with_image:
         # One list per row (a text-only row gets one blank image): the form Idefics3/SmolVLM require and
         # LLaVA/Qwen2-VL accept; a multi-image row carries all of its images.
         images = [item.images or [blank_image(processor)] for item in items]
-        batch = processor(text=texts, images=images, return_tensors="pt", padding=True)
+        batch = processor(text=texts, images=images, return_tensors="pt", padding=True, **special)
     else:
-        batch = processor(text=texts, return_tensors="pt", padding=True)
+        batch = processor(text=texts, return_tensors="pt", padding=True, **special)
     if answer_lengths:
         batch["labels"] = answer_labels(batch["input_ids"], batch["attention_mask"], answer_lengths)
     return to_device(batch, student)
+
+
+def prefix_lm_inputs(student: Student, items: list[PromptItem], *, with_image: bool = True) -> BatchFeature:
+    """PaliGemma's layout: ``<image>...<bos>question\n`` as the prefix and the answer (+ EOS) as the suffix,
+    labelled by the processor and marked ``token_type_ids == 1`` so it is attended causally. Appending the
+    answer to the prompt instead would put it in the bidirectional prefix: every answer token would see
+    the ones after it, and the loss would teach nothing. Without the image (the grounding score) the
+    tokenizer lays out the same text, since the processor refuses a call without images."""
+    processor, tokenizer = student.processor, student.tokenizer
+    answers = [item.answer.strip() for item in items] if items and items[0].answer is not None else None
+    if with_image:
+        texts = [image_token(processor) * max(1, len(item.images)) + item.question for item in items]
+        images = [item.images or [blank_image(processor)] for item in items]
+        batch = processor(text=texts, images=images, suffix=answers, return_tensors="pt", padding=True)
+        if answers is not None:
+            batch["labels"] = torch.as_tensor(batch["labels"])
+        else:
+            batch.pop("labels", None)
+        return batch
+    texts = [f"{tokenizer.bos_token or ''}{item.question}\n" for item in items]
+    pairs = [f"{a}{tokenizer.eos_token}" for a in answers] if answers is not None else None
+    batch = tokenizer(texts, pairs, return_tensors="pt", padding=True, return_token_type_ids=True,
+                      add_special_tokens=False)
+    if answers is not None:
+        batch["labels"] = batch["input_ids"].masked_fill(batch["token_type_ids"] == 0, IGNORE_INDEX)
+    return BatchFeature(dict(batch))
 
 
 def answer_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor, answer_lengths: list[int]) -> torch.Tensor:
