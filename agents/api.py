@@ -44,13 +44,14 @@ def index(config: IndexConfig, *, embedder: Any = None, pool_index: Any = None):
                 image_root=config.image_root, clusters=config.clusters, batch_size=config.batch_size,
                 cluster_sample=config.cluster_sample, quarantine_path=config.quarantine,
                 check_images=config.check_images, seed=config.seed,
-                address=None if config.ray == "local" else config.ray, actors=config.ray_actors)
+                address=None if config.ray == "local" else config.ray, actors=config.ray_actors,
+                semdedup_threshold=config.semdedup_threshold)
         return index_pool(
             config.pool, index=target, embedder=embedder or load_embedder(config.embedder),
             embedder_name=resolve_embedder_name(config.embedder), image_root=config.image_root,
             clusters=config.clusters, batch_size=config.batch_size, cluster_sample=config.cluster_sample,
             quarantine_path=config.quarantine, check_images=config.check_images, seed=config.seed,
-            progress=config.progress)
+            progress=config.progress, semdedup_threshold=config.semdedup_threshold)
     finally:
         if pool_index is None:
             target.close()

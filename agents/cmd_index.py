@@ -21,6 +21,7 @@ STAGE_LABELS = {
     "upsert_wait": "upsert (waited for)",
     "upsert_worker": "upsert (in worker, overlapped)",
     "finalize": "stale sweep + manifest",
+    "semdedup": "near-duplicate marking (SemDeDup)",
     "total": "total (model load excluded)",
 }
 
@@ -64,6 +65,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="read, validate and embed as a Ray Data pipeline: alone, a local Ray; with an address "
                              "(ray://head:10001), that cluster (`ray start --head` on the head node)")
     parser.add_argument("--ray-actors", type=int, help="embedder actors (default: one per GPU, else one per CPU)")
+    parser.add_argument("--semdedup", metavar="THRESHOLD|off",
+                        help="mark near-duplicates within clusters (text + image cosine above THRESHOLD) so they are "
+                             "never retrieved; 'off' keeps every point retrievable (default: 0.95)")
     parser.add_argument("--config", type=Path, help="YAML/TOML/JSON config (agents/configs/index.yaml); flags override it")
 
 
@@ -74,8 +78,15 @@ def overrides_from(args: argparse.Namespace) -> dict:
         "batch_size": args.batch_size, "cluster_sample": args.cluster_sample, "quarantine": args.quarantine,
         "check_images": False if args.skip_image_checks else None, "seed": args.seed,
         "progress": False if args.no_progress or not sys.stderr.isatty() else None,
-        "ray": args.ray, "ray_actors": args.ray_actors,
+        "ray": args.ray, "ray_actors": args.ray_actors, **_semdedup_override(args.semdedup),
     }
+
+
+def _semdedup_override(value: str | None) -> dict:
+    """``--semdedup off`` -> null (an explicit None would read as "flag not given" in the merge)."""
+    if value is None:
+        return {}
+    return {"semdedup_threshold": "off" if value.strip().lower() == "off" else value}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -124,6 +135,10 @@ def summary_table(report) -> object:
     table.add_row("points in the index", str(report.points))
     if report.stale_deleted:
         table.add_row("stale points removed", str(report.stale_deleted))
+    if report.dedup is not None:
+        dedup = report.dedup
+        table.add_row(f"near-duplicates marked (cosine > {dedup['threshold']:g})",
+                      f"{dedup['marked']} in {dedup['groups']} groups")
     silhouette = "n/a" if report.silhouette is None else f"{report.silhouette:.3f}"
     table.add_row("clusters k (silhouette)", f"{report.k} ({silhouette})")
     for stage, seconds in report.seconds.items():

@@ -22,6 +22,7 @@ from agents.teacher import TeacherConfig
 from retrieval.embed import DEFAULT_EMBEDDER
 from retrieval.index import DEFAULT_COLLECTION
 from retrieval.rerank import RerankConfig
+from retrieval.semdedup import DEFAULT_THRESHOLD as SEMDEDUP_THRESHOLD
 from training.evaluate import DEFAULT_BATCH_SIZE, DEFAULT_MATCHER, DEFAULT_MAX_NEW_TOKENS
 from training.lora import LoraTrainConfig
 
@@ -105,6 +106,9 @@ class IndexConfig(BaseModel):
     ray: str | None = Field(None, description="run read/validate/embed on Ray: 'local' starts a local cluster, "
                             "else the address of a running one (ray://host:10001 or host:6379)")
     ray_actors: int | None = Field(None, ge=1, description="embedder actors (default: one per GPU, else per CPU)")
+    semdedup_threshold: float | None = Field(SEMDEDUP_THRESHOLD, gt=0, le=1, description=(
+        "near-duplicates within a cluster (text cosine and image thumbnail, retrieval/semdedup.py) above this "
+        "are marked dup_of the most central one and never retrieved; null switches it off"))
 
     @field_validator("clusters", mode="before")
     @classmethod
@@ -112,6 +116,11 @@ class IndexConfig(BaseModel):
         from retrieval.clusters import parse_clusters
 
         return parse_clusters(str(value))
+
+    @field_validator("semdedup_threshold", mode="before")
+    @classmethod
+    def _semdedup_off(cls, value: object) -> object:
+        return None if isinstance(value, str) and value.strip().lower() in {"off", "none", "null"} else value
 
     @model_validator(mode="after")
     def _where(self) -> IndexConfig:

@@ -21,14 +21,15 @@ from retrieval.records import Sample
 THUMBNAIL = 8
 
 
-def image_signature(image_root: Path, image: str | None) -> np.ndarray:
-    """A centred, unit 8x8 RGB thumbnail of the sample's (first) image; zeros when it has no readable one."""
-    size = THUMBNAIL * THUMBNAIL * 3
+def image_signature(image_root: Path, image: str | None, side: int = THUMBNAIL) -> np.ndarray:
+    """A centred, unit ``side`` x ``side`` RGB thumbnail of the sample's (first) image; zeros when it has no
+    readable one."""
+    size = side * side * 3
     if image is None:
         return np.zeros(size, dtype=np.float32)
     try:
         with open_image(image_root, image) as opened:
-            small = opened.convert("RGB").resize((THUMBNAIL, THUMBNAIL), Image.Resampling.BILINEAR)
+            small = opened.convert("RGB").resize((side, side), Image.Resampling.BILINEAR)
     except (OSError, ValueError):
         return np.zeros(size, dtype=np.float32)
     pixels = np.asarray(small, dtype=np.float32).reshape(-1)

@@ -25,11 +25,13 @@ from retrieval.files import atomic_write_text, read_json
 from retrieval.index import (
     _RETRIEVE_BATCH,
     DEFAULT_COLLECTION,
+    DUP_OF,
     Arm,
     FusedHit,
     Hit,
     IndexManifest,
     _payload,
+    group_by_kept,
     point_id,
 )
 from retrieval.records import Sample
@@ -37,7 +39,7 @@ from retrieval.records import Sample
 EXACT_BELOW = 20_000
 HNSW_EF = 128  # recall@50 0.98 at 100k MiniLM vectors in notes.md's measurement; 256 gives 0.995
 PAYLOAD_INDEXES = {"sample_id": "Keyword", "run": "Keyword", "source": "Keyword", "skill": "Keyword",
-                   "cluster": "Integer", "skill_cluster": "Integer"}
+                   "cluster": "Integer", "skill_cluster": "Integer", DUP_OF: "Keyword"}
 LEGACY_MARKERS = ("meta.json", "collection")  # what qdrant-client's local mode leaves in a folder
 
 
@@ -106,13 +108,11 @@ class EdgeIndex:
 
     def query(self, vector: Sequence[float] | np.ndarray, limit: int, exclude_ids: Iterable[str] = frozenset(),
               *, with_vectors: bool = True, skills: Sequence[str] | None = None) -> list[Hit]:
-        """Top ``limit`` by cosine, never returning a sample in ``exclude_ids`` (a filter on the point ids);
-        with ``skills``, only points whose payload ``skill`` is one of them (the skill map's)."""
-        edge, exclude = self.edge, frozenset(exclude_ids)
-        flt = self._exclusion(exclude) if exclude else None
-        if skills:
-            flt = edge.Filter(must=[edge.FieldCondition(key="skill", match=edge.MatchAny(list(skills)))],
-                              must_not=flt.must_not if flt is not None else None)
+        """Top ``limit`` by cosine, never returning a sample in ``exclude_ids`` (a filter on the point ids)
+        nor a near-duplicate marked at index time (``dup_of`` set); with ``skills``, only points whose
+        payload ``skill`` is one of them (the skill map's)."""
+        edge = self.edge
+        flt = self._filter(frozenset(exclude_ids), tuple(skills) if skills else None)
         exact = self.count() <= EXACT_BELOW
         request = edge.QueryRequest(
             limit=limit, query=edge.Query.Nearest(np.asarray(vector, dtype=np.float32).tolist()), filter=flt,
@@ -136,13 +136,20 @@ class EdgeIndex:
         return [FusedHit(f.key, f.score, first[f.key].cluster, first[f.key].vector, first[f.key].payload,
                          arms=tuple(dict.fromkeys(arms[i].name for i in f.ranks))) for f in fused]
 
-    def _exclusion(self, exclude: frozenset[str]) -> Any:
-        """The filter leaving out ``exclude``; a round asks many queries with one set: built once (10k
-        ids take ~12 ms to convert, more than the query itself)."""
-        if getattr(self, "_excluded", (None,))[0] != exclude:
+    def _filter(self, exclude: frozenset[str], skills: tuple[str, ...] | None) -> Any:
+        """The filter leaving out ``exclude`` and the marked near-duplicates, keeping only ``skills``; a
+        round asks many queries with one set: each filter is built once (10k ids take ~12-25 ms to
+        convert, more than the query itself)."""
+        key = (exclude, skills)
+        if getattr(self, "_filters", (None,))[0] != key:
             edge = self.edge
-            self._excluded = (exclude, edge.Filter(must_not=[edge.HasIdCondition({point_id(i) for i in exclude})]))
-        return self._excluded[1]
+            if getattr(self, "_excluded", (None,))[0] != exclude:
+                self._excluded = (exclude, edge.HasIdCondition({point_id(i) for i in exclude}) if exclude else None)
+            must = [edge.FieldCondition(key="skill", match=edge.MatchAny(list(skills)))] if skills else []
+            must.append(edge.IsEmptyCondition(DUP_OF))
+            not_these = self._excluded[1]
+            self._filters = (key, edge.Filter(must=must, must_not=[not_these] if not_these is not None else None))
+        return self._filters[1]
 
     def fetch(self, ids: Sequence[str]) -> list[Sample]:
         """The samples of ``ids``, in that order, rebuilt from the stored records."""
@@ -158,7 +165,19 @@ class EdgeIndex:
         return [found[i] for i in ids]
 
     def all_ids(self) -> list[str]:
-        return sorted(r.payload["sample_id"] for r in self._scroll(["sample_id"]))
+        """Every retrievable sample id (marked near-duplicates left out), sorted."""
+        flt = self.edge.Filter(must=[self.edge.IsEmptyCondition(DUP_OF)])
+        return sorted(r.payload["sample_id"] for r in self._scroll(["sample_id"], flt))
+
+    def cluster_vectors(self, cluster: int) -> tuple[list[str], np.ndarray]:
+        """The ids and stored vectors of one cluster's points (for de-duplication at index time)."""
+        edge = self.edge
+        flt = edge.Filter(must=[edge.FieldCondition(key="cluster", match=edge.MatchValue(cluster))])
+        ids, vectors = [], []
+        for record in self._scroll(["sample_id"], flt, with_vector=True):
+            ids.append(record.payload["sample_id"])
+            vectors.append(_dense(record.vector))
+        return ids, np.asarray(vectors, dtype=np.float32).reshape(len(ids), -1)
 
     def payloads(self, fields: list[str]) -> Iterable[dict]:
         """Those payload fields of every point, streamed."""
@@ -195,11 +214,11 @@ class EdgeIndex:
         edge = self.edge
         return self.shard.count(edge.CountRequest(exact=True, filter=edge.Filter(must_not=[edge.IsEmptyCondition(key)])))
 
-    def _scroll(self, fields: list[str]) -> Iterable[Any]:
+    def _scroll(self, fields: list[str], flt: Any = None, *, with_vector: bool = False) -> Iterable[Any]:
         offset = None
         while self.shard is not None:
             records, offset = self.shard.scroll(self.edge.ScrollRequest(
-                limit=_RETRIEVE_BATCH, offset=offset, with_payload=fields, with_vector=False))
+                limit=_RETRIEVE_BATCH, offset=offset, filter=flt, with_payload=fields, with_vector=with_vector))
             yield from records
             if offset is None:
                 return
@@ -249,6 +268,14 @@ class EdgeIndex:
             self.shard.update(edge.UpdateOperation.delete_points_by_filter(stale))
             self._count = None
         return n
+
+    def mark_duplicates(self, dup_of: dict[str, str]) -> None:
+        """Set ``dup_of`` on each marked point (one payload operation per kept sample)."""
+        edge = self.edge
+        # a shard made before de-duplication existed has no index on the field yet (creating it again is a no-op)
+        self.shard.update(edge.UpdateOperation.create_field_index(DUP_OF, edge.PayloadSchemaType.Keyword))
+        for kept, marked in group_by_kept(dup_of).items():
+            self.shard.update(edge.UpdateOperation.set_payload([point_id(i) for i in marked], {DUP_OF: kept}))
 
     def write_manifest(self, manifest: IndexManifest) -> None:
         """Last step of indexing: build the HNSW graph, persist, then record how the index was made."""

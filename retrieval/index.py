@@ -7,6 +7,10 @@ sample id, so indexing the same pool twice leaves the same points. The manifest 
 embedder, dim, clusters) travels with the collection (its metadata on a server, a file beside the
 shard when embedded), so later stages load the same embedder and image root. ``index_pool``, the whole
 ``tutorloop index`` stage, is at the end of this module.
+
+Near-duplicates found at index time (retrieval/semdedup.py) stay in the collection with ``dup_of: <kept
+id>`` in their payload (a keyword payload index); queries and ``all_ids`` (the uniform draw) leave them
+out with an ``is_empty`` condition on that field, so they are never retrieved.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ MANIFEST_KEY = "tutorloop"
 # A fixed namespace so the same sample id maps to the same point id on every machine.
 POINT_NAMESPACE = uuid.UUID("6f2b3c1e-5a7d-4e2b-9c1a-7d3e0f4b8a21")
 _RETRIEVE_BATCH = 1000
+DUP_OF = "dup_of"  # payload field of a near-duplicate: the id of the sample kept in its place
 
 
 def point_id(sample_id: str) -> str:
@@ -54,6 +59,8 @@ class IndexManifest(BaseModel):
     clusters: int
     silhouette: float | None = None
     count: int
+    duplicates: int = 0  # points marked dup_of (never retrieved); included in count
+    semdedup_threshold: float | None = None  # None: no de-duplication ran
     version: int = 1
 
 
@@ -135,18 +142,25 @@ class PoolIndex:
         query = np.asarray(vector, dtype=np.float32).tolist()
         if self.local and skills is None and len(exclude) <= self.LOCAL_OVERFETCH_MAX:
             # Local mode scores every point either way but evaluates filters point by point in Python;
-            # over-fetching by the size of the exclusion set and dropping in Python is cheaper.
-            points = self._query(query, limit + len(exclude), None, with_vectors)
-            points = [p for p in points if (p.payload or {}).get("sample_id") not in exclude][:limit]
+            # over-fetching by the size of the exclusion set (and of the marked duplicates) and dropping in
+            # Python is cheaper.
+            points = self._query(query, limit + len(exclude) + self._duplicates(), None, with_vectors)
+            points = [p for p in points if (p.payload or {}).get("sample_id") not in exclude
+                      and (p.payload or {}).get(DUP_OF) is None][:limit]
         else:
             points = self._query(query, limit, self._filter(exclude, skills), with_vectors)
         return [_hit(p) for p in points]
 
+    def _duplicates(self) -> int:
+        manifest = self.read_manifest()
+        return manifest.duplicates if manifest is not None else 0
+
     @staticmethod
     def _filter(exclude: frozenset[str], skills: Sequence[str] | None) -> models.Filter | None:
         must = [models.FieldCondition(key="skill", match=models.MatchAny(any=list(skills)))] if skills else []
+        must.append(NOT_DUPLICATE)  # near-duplicates marked at index time are never retrieved
         must_not = [models.HasIdCondition(has_id=[point_id(i) for i in exclude])] if exclude else []
-        return models.Filter(must=must or None, must_not=must_not or None) if must or must_not else None
+        return models.Filter(must=must, must_not=must_not or None)
 
     def hybrid_query(self, arms: Sequence[Arm], limit: int, exclude_ids: Iterable[str] = frozenset()) -> list[FusedHit]:
         """The arms' dense searches fused by reciprocal rank on the server (query API: one prefetch per
@@ -188,7 +202,18 @@ class PoolIndex:
         return [found[i] for i in ids]
 
     def all_ids(self) -> list[str]:
-        return sorted(point.payload["sample_id"] for point in self._scroll(["sample_id"]))
+        """Every retrievable sample id (marked near-duplicates left out), sorted."""
+        flt = models.Filter(must=[NOT_DUPLICATE])
+        return sorted(point.payload["sample_id"] for point in self._scroll(["sample_id"], flt))
+
+    def cluster_vectors(self, cluster: int) -> tuple[list[str], np.ndarray]:
+        """The ids and stored vectors of one cluster's points (for de-duplication at index time)."""
+        flt = models.Filter(must=[models.FieldCondition(key="cluster", match=models.MatchValue(value=cluster))])
+        ids, vectors = [], []
+        for point in self._scroll(["sample_id"], flt, with_vectors=True):
+            ids.append(point.payload["sample_id"])
+            vectors.append(point.vector)
+        return ids, np.asarray(vectors, dtype=np.float32).reshape(len(ids), -1)
 
     def payloads(self, fields: list[str]) -> Iterable[dict]:
         """Those payload fields of every point, streamed."""
@@ -222,12 +247,13 @@ class PoolIndex:
         flt = models.Filter(must_not=[models.IsEmptyCondition(is_empty=models.PayloadField(key=key))])
         return self.client.count(self.collection, count_filter=flt, exact=True).count
 
-    def _scroll(self, fields: list[str], flt: models.Filter | None = None) -> Iterable[Any]:
+    def _scroll(self, fields: list[str], flt: models.Filter | None = None, *, with_vectors: bool = False
+                ) -> Iterable[Any]:
         offset = None
         while True:
             points, offset = self.client.scroll(
                 self.collection, scroll_filter=flt, limit=_RETRIEVE_BATCH, offset=offset,
-                with_payload=fields, with_vectors=False,
+                with_payload=fields, with_vectors=with_vectors,
             )
             yield from points
             if offset is None:
@@ -254,7 +280,7 @@ class PoolIndex:
             if not self.local:  # the fields the loop filters on (local mode has no payload indexes)
                 for name, kind in (("sample_id", "KEYWORD"), ("run", "KEYWORD"), ("source", "KEYWORD"),
                                    ("skill", "KEYWORD"), ("cluster", "INTEGER"),
-                                   ("skill_cluster", "INTEGER")):
+                                   ("skill_cluster", "INTEGER"), (DUP_OF, "KEYWORD")):
                     self.client.create_payload_index(self.collection, name, getattr(models.PayloadSchemaType, kind))
         self._fast_local_writes()
         return kept
@@ -296,8 +322,29 @@ class PoolIndex:
             self.client.delete(self.collection, points_selector=models.FilterSelector(filter=stale), wait=True)
         return n
 
+    def mark_duplicates(self, dup_of: dict[str, str]) -> None:
+        """Set ``dup_of`` on each marked point (one payload operation per kept sample, sent in batches)."""
+        if not self.local:  # a collection made before de-duplication existed has no index on the field yet
+            self.client.create_payload_index(self.collection, DUP_OF, models.PayloadSchemaType.KEYWORD)
+        operations = [models.SetPayloadOperation(set_payload=models.SetPayload(
+            payload={DUP_OF: kept}, points=[point_id(i) for i in marked]))
+            for kept, marked in group_by_kept(dup_of).items()]
+        for start in range(0, len(operations), _RETRIEVE_BATCH):
+            self.client.batch_update_points(self.collection, operations[start : start + _RETRIEVE_BATCH], wait=True)
+
     def write_manifest(self, manifest: IndexManifest) -> None:
         self.client.update_collection(self.collection, metadata={MANIFEST_KEY: manifest.model_dump(mode="json")})
+
+
+NOT_DUPLICATE = models.IsEmptyCondition(is_empty=models.PayloadField(key=DUP_OF))
+
+
+def group_by_kept(dup_of: dict[str, str]) -> dict[str, list[str]]:
+    """kept id -> its marked duplicates, both sorted (one payload write per kept sample)."""
+    groups: dict[str, list[str]] = {}
+    for marked, kept in sorted(dup_of.items()):
+        groups.setdefault(kept, []).append(marked)
+    return dict(sorted(groups.items()))
 
 
 def _payload(sample: Sample, cluster: int, run: str) -> dict:
@@ -356,6 +403,11 @@ class IndexReport:
     stale_deleted: int
     seconds: dict[str, float] = field(default_factory=dict)
     quarantine: str | None = None
+    dedup: dict | None = None  # DedupSummary.as_dict() (retrieval/semdedup.py); None: de-duplication off
+
+    @property
+    def duplicates(self) -> int:
+        return self.dedup["marked"] if self.dedup else 0
 
     @property
     def samples_per_second(self) -> float:
@@ -388,6 +440,7 @@ def index_pool(
     check_images: bool = True,
     seed: int = 0,
     progress: bool = True,
+    semdedup_threshold: float | None = None,
 ) -> IndexReport:
     """Read + validate -> embed -> cluster -> upsert, streaming: memory is bounded by the batch and the
     clustering sample, not by the pool.
@@ -396,6 +449,9 @@ def index_pool(
     image checks); the sample's vectors are reused, so no text is embedded twice. Each point is then
     written once with its cluster id, and writes overlap with the next batch's embedding in a worker
     thread (local mode spends most of an upsert waiting for SQLite commits).
+
+    ``semdedup_threshold`` (None: off, here; `tutorloop index` turns it on through IndexConfig) marks
+    near-duplicates within clusters after every point is written (retrieval/semdedup.py).
     """
     from retrieval.ingest import default_image_root
     from retrieval.tables import is_table
@@ -445,21 +501,30 @@ def index_pool(
         writer.close()
 
     return finalize(index, pool_path, root, embedder_name, dim, fit, tally, run, kept=kept, quarantine=quarantine,
-                    clock=clock, start=start)
+                    clock=clock, start=start, semdedup_threshold=semdedup_threshold)
 
 
 def finalize(index: PoolIndex, pool_path: Path, root: Path, embedder_name: str, dim: int, fit: ClusterFit,
              tally: IngestTally, run: str, *, kept: bool, quarantine: Path | None, clock: _Clock,
-             start: float) -> IndexReport:
-    """After every batch is written: drop stale points, write the manifest, report (shared with Ray's path)."""
+             start: float, semdedup_threshold: float | None = None) -> IndexReport:
+    """After every batch is written: drop stale points, mark near-duplicates, write the manifest, report
+    (shared with Ray's path, so both mark the same duplicates)."""
+    from retrieval.semdedup import dedup_store
+
     t = time.perf_counter()
     if tally.accepted == 0:
         raise ValueError(f"{pool_path}: every record was rejected (see the quarantine); stale points were kept")
     stale = index.delete_stale(run) if kept else 0
+    t = clock.add("finalize", t)
+    # every point left was (re)written by this run, and an upsert replaces the payload: no earlier marks remain
+    dedup = dedup_store(index, root, fit.k, semdedup_threshold) if semdedup_threshold is not None else None
+    if dedup is not None:
+        t = clock.add("semdedup", t)
     points = index.count()
     index.write_manifest(IndexManifest(
         pool=str(pool_path.resolve()), image_root=str(root), embedder=embedder_name, dim=dim,
-        clusters=fit.k, silhouette=fit.silhouette, count=points,
+        clusters=fit.k, silhouette=fit.silhouette, count=points, duplicates=dedup.marked if dedup else 0,
+        semdedup_threshold=semdedup_threshold,
     ))
     clock.add("finalize", t)
     clock.seconds["total"] = time.perf_counter() - start
@@ -468,6 +533,7 @@ def finalize(index: PoolIndex, pool_path: Path, root: Path, embedder_name: str, 
         silhouette=fit.silhouette, silhouette_grid=fit.grid, points=points, stale_deleted=stale,
         seconds={k: round(v, 3) for k, v in clock.seconds.items()},
         quarantine=str(quarantine) if quarantine is not None else None,
+        dedup=dedup.as_dict() if dedup else None,
     )
 
 

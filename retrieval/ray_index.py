@@ -43,8 +43,10 @@ RANGE_BYTES = 32 << 20  # one read task per 32 MB of JSONL
 def index_pool_ray(pool_path: Path | str, *, index: PoolIndex, embedder_name: str, image_root: Path | str | None = None,
                    clusters: ClusterSpec = "auto", batch_size: int = 1024, cluster_sample: int = 4096,
                    quarantine_path: Path | str | None = None, check_images: bool = True, seed: int = 0,
-                   address: str | None = None, actors: int | None = None) -> IndexReport:
-    """The `index_pool` stage on Ray (a local cluster when ``address`` is None); same report."""
+                   address: str | None = None, actors: int | None = None,
+                   semdedup_threshold: float | None = None) -> IndexReport:
+    """The `index_pool` stage on Ray (a local cluster when ``address`` is None); same report. De-duplication
+    (``semdedup_threshold``) runs in the driver after the writes, in the shared `finalize`."""
     import ray
 
     from retrieval.ingest import default_image_root
@@ -100,7 +102,7 @@ def index_pool_ray(pool_path: Path | str, *, index: PoolIndex, embedder_name: st
                 writer.submit(samples, np.asarray(vectors, dtype=np.float32), np.asarray(labels))
         writer.close()
     return finalize(index, pool_path, root, embedder_name, embedding_dim(embedder), fit, tally, run, kept=kept,
-                    quarantine=quarantine, clock=clock, start=start)
+                    quarantine=quarantine, clock=clock, start=start, semdedup_threshold=semdedup_threshold)
 
 
 def _result(row: Any) -> Accepted | Rejected:
