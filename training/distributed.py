@@ -32,6 +32,19 @@ from typing import Any
 import torch
 
 
+def share_of(index: list[int], rank: int, size: int) -> tuple[list[int], int]:
+    """Process ``rank``'s rows of a global batch and their weight (0: an empty share padded with one row)."""
+    rows = index[rank::size]
+    return (rows, 1) if rows else (index[:1], 0)
+
+
+def share_loss(mean: torch.Tensor, count: torch.Tensor, everywhere: torch.Tensor, size: int) -> torch.Tensor:
+    """The loss of one share whose gradient, averaged over ``size`` processes (what DDP does), is the gradient
+    of the mean NLL over the global batch: ``mean`` is the share's mean over its ``count`` answer tokens and
+    ``everywhere`` the global batch's answer tokens. In one process the factor is ``count / count`` = 1.0."""
+    return mean * (count * size / everywhere.clamp(min=1))
+
+
 class ProcessGroup:
     """The processes training together: one (no accelerator, or an accelerator of one process) or N."""
 
@@ -53,8 +66,7 @@ class ProcessGroup:
 
     def share(self, index: list[int]) -> tuple[list[int], int]:
         """This process's rows of a global batch and their weight (0: an empty share padded with one row)."""
-        rows = index[self.rank :: self.size]
-        return (rows, 1) if rows else (index[:1], 0)
+        return share_of(index, self.rank, self.size)
 
     def sum(self, value: torch.Tensor) -> torch.Tensor:
         return self.accelerator.reduce(value.clone(), reduction="sum") if self.accelerator else value

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from retrieval.files import write_json
 from retrieval.records import Sample
 from training.anatomy import PROJECTOR_NAMES, anatomy
-from training.distributed import ProcessGroup
+from training.distributed import ProcessGroup, share_loss
 from training.student import (
     IGNORE_INDEX,
     Student,
@@ -334,7 +334,7 @@ def run_training(
                     mean = answer_nll(forward, batch)
                 count = (batch["labels"] != IGNORE_INDEX).sum().float() * weight
                 everywhere = group.sum(count)  # answer tokens of the global batch (this count, in one process)
-                loss = mean * (count * group.size / everywhere.clamp(min=1))  # x 1.0 exactly in one process
+                loss = share_loss(mean, count, everywhere, group.size)  # x 1.0 exactly in one process
                 (loss / config.grad_accum).backward()
             window.append(mean.item() if group.size == 1 else (group.sum(mean.detach() * count) / everywhere).item())
             seen += len(index)
