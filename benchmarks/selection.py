@@ -8,10 +8,20 @@ scoring, uniform draws, known-skill replay) and
 training. Rows:
 
 - ``zero-shot``: the student as given (round 0 of the runs);
-- ``random``, ``failures``, ``teacher`` at every budget;
+- ``random``, ``failures``, ``teacher`` (free diagnosis, no skill map) at every budget;
+- ``teacher-map``: the same teacher, its diagnoses grounded in the pool's skill map (agents/skills.py),
+  which that teacher named (built once per pool into a copy of the index; its cost amortised per run);
+- ``oracle-map``: the oracle teacher (demo/oracle_teacher.py: the world's ground truth behind the OpenAI
+  API) on a map it named — labelled "oracle (upper bound)" everywhere: the method with a perfect teacher,
+  never the product's result;
 - teacher ablations: ``teacher-no-perturbation``, ``teacher-no-clusters``, ``teacher-no-replay``;
 - ``failures-known``, ``teacher-known``: the same with known-skill replay (``known_share`` = KNOWN_SHARE);
 - ``full-pool``: one LoRA run over every accepted pool sample (policy in ``FULL_POOL_POLICY``).
+
+Besides accuracy, each teacher row reports how often the diagnosed skill is right: the share of its
+diagnosed failures whose (heaviest) skill is one the failure needs — the world knows: the question's world
+skill and its parts (``Skill.taught_by``); a map skill stands for the world skill most of its points ask,
+a free skill name must be that skill's own name.
 
 Every run has its own folder under ``--out`` and is reused when complete, so an interrupted benchmark
 continues where it stopped; ``--out`` can be extended with more seeds or budgets later. Writes
@@ -19,6 +29,8 @@ continues where it stopped; ``--out`` can be extended with more seeds or budgets
 ``--results``.
 
     .venv/bin/python benchmarks/selection.py --target side-colour --budgets 0.02,0.05,0.1 --seeds 0,1,2
+    .venv/bin/python benchmarks/selection.py --target side-colour,corner-colour --budgets 0.02,0.05,0.1 \
+        --seeds 0,1,2 --strategies random,failures,teacher,teacher-map,oracle-map   # issue 13's grid
     .venv/bin/python benchmarks/selection.py --quick --out /tmp/sel --results /tmp/sel/results
 """
 
@@ -67,17 +79,30 @@ class Strategy:
     rerank: dict = field(default_factory=dict)
     lora: dict = field(default_factory=dict)
     run: dict = field(default_factory=dict)  # top-level RunConfig fields
+    teacher: str = "model"  # "model": the CPU teacher or --teacher; "oracle": demo/oracle_teacher.py
+    skill_map: bool = False  # diagnoses grounded in a skill map this strategy's teacher named
 
     @property
     def needs_teacher(self) -> bool:
         return self.selector == "teacher"
 
+    @property
+    def needs_model_teacher(self) -> bool:
+        return self.needs_teacher and self.teacher == "model"
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} — {ORACLE_LABEL}" if self.teacher == "oracle" else self.name
+
 
 KNOWN_SHARE = 0.3  # "-known": this share of each round replays samples the untouched student answers right
+ORACLE_LABEL = "oracle (upper bound)"
 STRATEGIES: tuple[Strategy, ...] = (
     Strategy("random", "random"),
     Strategy("failures", "failures"),
     Strategy("teacher", "teacher"),
+    Strategy("teacher-map", "teacher", skill_map=True),
+    Strategy("oracle-map", "teacher", teacher="oracle", skill_map=True),
     Strategy("teacher-no-perturbation", "teacher", rerank={"use_perturbation": False}),
     Strategy("teacher-no-clusters", "teacher", rerank={"use_clusters": False}),
     Strategy("teacher-no-replay", "teacher", lora={"replay_ratio": 0.0}),
@@ -120,6 +145,7 @@ class World:
     store: Path
     pool_count: int
     target_sources: tuple[str, ...]
+    root: Path = Path(".")
 
 
 def prepare_world(task: str, args: argparse.Namespace, settings: Settings) -> World:
@@ -152,8 +178,10 @@ def prepare_world(task: str, args: argparse.Namespace, settings: Settings) -> Wo
     finally:
         index.close()
     val, test = world.targets[task]
-    sources = tuple(sorted({SKILLS[s].source for s in TARGETS[task].skills}))
-    return World(task, Path(student), val, test, world.generic, world.pool, world.image_root, store, count, sources)
+    # on target = the pool skills that teach the target (a composite target's parts: the pool never asks it)
+    sources = tuple(sorted({SKILLS[p].source for s in TARGETS[task].skills for p in SKILLS[s].taught_by}))
+    return World(task, Path(student), val, test, world.generic, world.pool, world.image_root, store, count, sources,
+                 root)
 
 
 def check_same_world(task_dir: Path, world: World, root: Path) -> None:
@@ -177,11 +205,13 @@ def budget_samples(fraction: float, pool_count: int) -> int:
 
 
 def run_config(world: World, strategy: Strategy, fraction: float, seed: int, out: Path, settings: Settings,
-               teacher: dict | None):
+               teacher: dict | None, store: Path | None = None):
     from agents.config import RunConfig
 
+    if strategy.needs_teacher:  # say which: the map strategies' stores hold one, the others' do not
+        teacher = {**(teacher or {}), "skill_map": "auto" if strategy.skill_map else "off"}
     return RunConfig.model_validate(dict(
-        student=world.student, val=world.val, test=world.test, generic=world.generic, store=world.store,
+        student=world.student, val=world.val, test=world.test, generic=world.generic, store=store or world.store,
         out=out, budget=budget_samples(fraction, world.pool_count), rounds=settings.rounds,
         patience=settings.rounds,  # no early stop: every strategy spends its whole budget
         selector=strategy.selector, seed=seed, max_diagnoses=settings.max_diagnoses,
@@ -216,14 +246,14 @@ def save_round_zero(out: Path, zero_shot: Path) -> None:
 
 
 def run_strategy(world: World, strategy: Strategy, fraction: float, seed: int, task_dir: Path,
-                 settings: Settings, teacher: dict | None) -> Path:
+                 settings: Settings, teacher: dict | None, store: Path | None = None) -> Path:
     from agents import api
 
     out = task_dir / f"seed{seed}" / f"{strategy.name}-b{fraction:g}"
     zero_shot = task_dir / "zero-shot"
     if not run_complete(out):
         seed_round_zero(out, zero_shot)
-        config = run_config(world, strategy, fraction, seed, out, settings, teacher)
+        config = run_config(world, strategy, fraction, seed, out, settings, teacher, store)
         log.info("running %s at budget %g (%d samples), seed %d → %s", strategy.name, fraction, config.budget,
                  seed, out)
         api.run(config, run_id=f"selection-{world.task}-{strategy.name}-{fraction:g}-{seed}")
@@ -272,6 +302,99 @@ def run_full_pool(world: World, seed: int, task_dir: Path, settings: Settings) -
     return out
 
 
+# --- skill maps --------------------------------------------------------------------------------------
+
+
+def map_store(world: World, kind: str, teacher: dict) -> tuple[Path, Any]:
+    """A copy of the world's index carrying a skill map named by teacher ``kind`` ("model" or "oracle"):
+    built once per pool and reused by every run (and task) on it. The naming replies are cached outside
+    the copy, so a build cut short resumes. Returns the store and its SkillMap."""
+    from agents.skills import build_skill_map, is_applied, load_skill_map, map_path
+    from agents.teacher import TeacherConfig
+    from retrieval.index import PoolIndex
+
+    store = world.root / f"index-map-{kind}"
+    path = map_path(store, "pool")
+    if path.is_file() and is_applied(path) and load_skill_map(path).points == world.pool_count:
+        return store, load_skill_map(path)
+    shutil.rmtree(store, ignore_errors=True)
+    shutil.copytree(world.store, store)
+    config = TeacherConfig(**{**{k: v for k, v in teacher.items() if k not in {"cache_dir", "skill_map"}},
+                              "cache_dir": world.root / f"skills-cache-{kind}"})
+    index = PoolIndex.open(store=store)
+    try:
+        log.info("building the %s teacher's skill map of the pool in %s", kind, store)
+        skill_map = build_skill_map(index, config, path)
+    finally:
+        index.close()
+    return store, skill_map
+
+
+def existing_map(world: World, kind: str) -> tuple[Path, Any] | None:
+    """The map store of teacher ``kind`` if one was built (``--report-only`` builds nothing)."""
+    from agents.skills import load_skill_map, map_path
+
+    store = world.root / f"index-map-{kind}"
+    return (store, load_skill_map(map_path(store, "pool"))) if map_path(store, "pool").is_file() else None
+
+
+def map_path_of(store: Path) -> Path:
+    from agents.skills import map_path
+
+    return map_path(store, "pool")
+
+
+def map_seconds(skill_map: Any) -> float:
+    """What the map cost once: clustering + the naming calls (a build resumed from the reply cache
+    records only what it paid itself; see the map's cost.cached)."""
+    return skill_map.cost.seconds + skill_map.cost.cluster_seconds
+
+
+def world_skill_of_map_skills(store: Path) -> dict[str, str | None]:
+    """Each map skill -> the world skill most of its points ask (the world's ground truth of the map)."""
+    from demo.world import SKILLS
+    from retrieval.index import PoolIndex
+
+    by_source = {skill.source: skill.name for skill in SKILLS.values()}
+    counts: dict[str, Counter] = {}
+    index = PoolIndex.open(store=store)
+    try:
+        for payload in index.payloads(["skill", "source"]):
+            if payload.get("skill"):
+                counts.setdefault(payload["skill"], Counter())[payload.get("source")] += 1
+    finally:
+        index.close()
+    return {skill: by_source.get(c.most_common(1)[0][0]) for skill, c in counts.items()}
+
+
+def world_skill_of_name(name: str) -> str | None:
+    """A free skill name as a world skill, when it is that skill's own name ("side-color" = side_colour)."""
+    from demo.world import SKILLS
+
+    key = name.replace("color", "colour").replace("-", "_")
+    return key if key in SKILLS else None
+
+
+def diagnosis_right(out: Path, map_skills: dict[str, str | None] | None) -> tuple[float | None, int]:
+    """Share of a run's diagnosed failures whose (heaviest) diagnosed skill is one the failure needs
+    (its world skill's ``taught_by``), and how many were diagnosed."""
+    from demo.world import SKILLS, skill_of_question
+    from retrieval.records import strip_image_tag
+
+    run, right, n = RunDir(out), 0, 0
+    for number in run.rounds_done()[1:]:
+        for row in run.read(number, DIAGNOSES):
+            if row.diagnosis is None:
+                continue
+            skill = skill_of_question(strip_image_tag(row.question))
+            needed = set(SKILLS[skill].taught_by) if skill else set()
+            d = row.diagnosis
+            said = (map_skills or {}).get(d.skills[0].skill) if d.skills else world_skill_of_name(d.missing_skill)
+            n += 1
+            right += said is not None and said in needed
+    return (right / n if n else None), n
+
+
 # --- reading results -------------------------------------------------------------------------------
 
 
@@ -309,11 +432,13 @@ def diagnosis_cost(run_dirs: list[Path]) -> float:
 
 
 def strategy_row(out: Path, strategy: str, fraction: float, seed: int, zero_generic: float | None,
-                 target_sources: tuple[str, ...], diagnosis_s: float = 0.0) -> dict:
+                 target_sources: tuple[str, ...], diagnosis_s: float = 0.0, map_s: float = 0.0,
+                 map_skills: dict[str, str | None] | None = None) -> dict:
     """``diagnosis_s``: seconds one uncached teacher diagnosis costs. Teacher replies are cached and shared
     by the runs of a task (round 1 asks every run of a seed the same questions, and a student that barely
     moved asks some again in round 2), so each reply a run got from the cache is charged ``diagnosis_s``:
-    a run's selection cost is what it would pay alone, never what the cache saved it."""
+    a run's selection cost is what it would pay alone, never what the cache saved it. ``map_s``: this
+    run's share of building the skill map it used (the map's cost over the runs that use it)."""
     run = RunDir(out)
     rounds = run.rounds_done()
     final = run.read(rounds[-1], METRICS_FILE)
@@ -325,7 +450,9 @@ def strategy_row(out: Path, strategy: str, fraction: float, seed: int, zero_gene
     selected = [row.sample.to_record() for n in rounds[1:] for row in run.read(n, SELECTED)]
     cached = sum(c * diagnosis_s for _, _, c in diagnose_rounds(out))
     seconds["diagnose"] = seconds.get("diagnose", 0.0) + cached
+    seconds["skill_map"] = map_s
     selection_s = sum(v for k, v in seconds.items() if k not in NOT_SELECTION)
+    right, diagnosed = diagnosis_right(out, map_skills)
     return {
         "strategy": strategy, "budget_fraction": fraction, "seed": seed,
         "budget": summary.budget, "rounds": len(rounds) - 1, "stop_reason": summary.stop_reason,
@@ -334,10 +461,11 @@ def strategy_row(out: Path, strategy: str, fraction: float, seed: int, zero_gene
         "forgetting": _forgetting(final.generic_accuracy, zero_generic),
         "test_by_source": final.test_by_source, "generic_by_source": final.generic_by_source,
         **composition(selected, target_sources),
+        "diagnosis_right": right, "diagnosed": diagnosed,
         "seconds": {"selection": round(selection_s, 3), "training": round(seconds.get("train", 0.0), 3),
                     "evaluation": round(seconds.get("evaluate", 0.0), 3),
                     **{k: round(seconds.get(k, 0.0), 3) for k in SELECTION_STAGES},
-                    "diagnose_charged_for_cache": round(cached, 3)},
+                    "diagnose_charged_for_cache": round(cached, 3), "skill_map_amortised": round(map_s, 3)},
         "per_round": by_round,
         "run_dir": str(out),
     }
@@ -398,7 +526,7 @@ def full_pool_row(out: Path, seed: int, zero_generic: float | None, target_sourc
 
 # --- aggregation and report ------------------------------------------------------------------------
 
-METRICS = ("test_accuracy", "generic_accuracy", "forgetting", "noise_share", "on_target_share")
+METRICS = ("test_accuracy", "generic_accuracy", "forgetting", "noise_share", "on_target_share", "diagnosis_right")
 SECONDS = ("selection", "training")
 
 
@@ -456,24 +584,34 @@ def markdown(task: str, table: list[dict], checks: list[dict], settings: dict, n
         "Selection = diagnose + retrieve + rerank + draw + replay seconds (teacher, embedding, retrieval, "
         "scoring, uniform draws, known-skill replay).", "",
         "| strategy | budget | n | target test acc | generic acc | forgetting | noise share | on-target share "
-        "| selection s | training s | selected skills (top 3) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| diagnosed skill right | selection s | training s | selected skills (top 3) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for e in table:
         budget = "—" if e["strategy"] == "zero-shot" else f"{100 * e['budget_fraction']:g}% ({e['budget']})"
         lines.append(
-            f"| {e['strategy']} | {budget} | {e['n_seeds']} | {_pm(e['test_accuracy'])} | {_pm(e['generic_accuracy'])} "
+            f"| {display(e['strategy'])} | {budget} | {e['n_seeds']} | {_pm(e['test_accuracy'])} "
+            f"| {_pm(e['generic_accuracy'])} "
             f"| {_pm(e['forgetting'], signed=True)} | {_pm(e['noise_share'], digits=0)} "
-            f"| {_pm(e['on_target_share'], digits=0)} | {_pm(e['selection_s'], 1, 0)} "
+            f"| {_pm(e['on_target_share'], digits=0)} | {_pm(e.get('diagnosis_right'), digits=0)} "
+            f"| {_pm(e['selection_s'], 1, 0)} "
             f"| {_pm(e['training_s'], 1, 0)} | {_mix(e['by_source'])} |")
-    lines += ["", "## Targets (issue 6)", "", "| target | met | measured |", "|---|---|---|"]
+    lines += ["", "## Targets (issues 6 and 13)", "", "| target | met | measured |", "|---|---|---|"]
     lines += [f"| {c['target']} | {c['met']} | {c['measured']} |" for c in checks]
     lines += round_lines(rows or [])
     lines += ["", "## Policies", "", f"- {FULL_POOL_POLICY}", f"- {FINAL_POLICY}",
               "- every run spends its whole budget (patience = rounds: no early stop), split evenly over rounds.",
               "- teacher replies are cached and shared by the runs of a task (they often ask the same questions); "
-              "every reply a run got from the cache is charged the median uncached seconds per diagnosis, so "
-              "selection seconds are what a run alone would pay."]
+              "every reply a run got from the cache is charged the median uncached seconds per diagnosis (per "
+              "teacher), so selection seconds are what a run alone would pay.",
+              "- a skill map is built once per pool (k teacher calls, k = clamp(round(sqrt(N/2)), 32, 1024)); "
+              "its seconds (clustering + naming) are divided among this report's runs that use it and added to "
+              "their selection seconds.",
+              f"- rows marked {ORACLE_LABEL} use the oracle teacher (the world's ground truth behind the OpenAI "
+              "API): the bound of what diagnosis can give, never the product's result.",
+              "- diagnosed skill right: share of diagnosed failures whose heaviest diagnosed skill is one the "
+              "failure needs (the world's skill of the question, or a composite's parts); a map skill stands "
+              "for the world skill most of its points ask; a free name must be the world skill's own name."]
     if notes:
         lines += ["", "## Notes", "", *(f"- {n}" for n in notes)]
     lines += ["", f"Command: `{command}`", ""]
@@ -566,6 +704,53 @@ def check_targets(table: list[dict], max_fraction: float = 0.10, strategy: str =
     return checks
 
 
+def display(strategy: str) -> str:
+    """A strategy's name as tables and plots show it (oracle rows carry their label)."""
+    found = next((s for s in STRATEGIES if s.name == strategy), None)
+    return found.label if found else strategy
+
+
+def check_map_targets(table: list[dict], task: str, fraction: float = 0.05) -> list[dict]:
+    """Issue 13's targets: on the composite target at 5%, teacher-map >= failures + 3 points and >= random
+    + 5 points, each beyond the seed spread; oracle-map >= teacher-map (else the map is the bottleneck);
+    on side-colour, teacher-map no worse than failures."""
+    def at(name: str) -> dict | None:
+        return next((e for e in table if e["strategy"] == name and math.isclose(e["budget_fraction"], fraction)
+                     and e["test_accuracy"]), None)
+
+    mapped, checks = at("teacher-map"), []
+    if mapped is None:
+        return [{"target": f"teacher-map at {100 * fraction:g}%", "met": "n/a", "measured": "no teacher-map row"}]
+    acc, spread = mapped["test_accuracy"]["mean"], mapped["test_accuracy"]["spread"]
+
+    def margin(other: dict, points: float, label: str) -> dict:
+        gap = acc - other["test_accuracy"]["mean"]
+        worst = max(spread, other["test_accuracy"]["spread"])
+        n = min(mapped["n_seeds"], other["n_seeds"])
+        met = gap >= points / 100 and gap > worst and n > 1
+        return {"target": label, "met": _yes(met) + ("" if n > 1 else " (one seed: spread unknown)"),
+                "measured": f"{100 * gap:+.1f} points (needs ≥ {points:+.0f}) vs spread {100 * worst:.1f} (n={n})"}
+
+    if task == "side-colour":
+        failures = at("failures")
+        if failures:
+            gap = acc - failures["test_accuracy"]["mean"]
+            checks.append({"target": "side-colour 5%: teacher-map no worse than failures", "met": _yes(gap >= 0),
+                           "measured": f"{100 * gap:+.1f} points"})
+    else:
+        for name, points in (("failures", 3), ("random", 5)):
+            other = at(name)
+            if other:
+                checks.append(margin(other, points, f"{task} 5%: teacher-map ≥ {name} + {points} points, beyond spread"))
+    oracle = at("oracle-map")
+    if oracle:
+        gap = oracle["test_accuracy"]["mean"] - acc
+        checks.append({"target": f"{task} 5%: oracle-map ({ORACLE_LABEL}) ≥ teacher-map", "met": _yes(gap >= 0),
+                       "measured": f"{100 * gap:+.1f} points"
+                                   + ("" if gap >= 0 else " (the map, not the teacher, is the bottleneck)")})
+    return checks
+
+
 def _named(target: str, strategy: str) -> str:
     return target if strategy == "teacher" else f"{strategy}: {target}"
 
@@ -588,7 +773,7 @@ def plot(task: str, table: list[dict], path: Path) -> None:
             ax.errorbar([100 * e["budget_fraction"] for e in points],
                         [100 * e["test_accuracy"]["mean"] for e in points],
                         yerr=[100 * e["test_accuracy"]["spread"] for e in points],
-                        marker="o", capsize=3, label=strategy)
+                        marker="o", capsize=3, label=display(strategy))
     for e in table:
         if e["strategy"] == "full-pool" and e["test_accuracy"]:
             ax.axhline(100 * e["test_accuracy"]["mean"], color="black", label="full pool")
@@ -610,6 +795,8 @@ def write_results(task: str, rows: list[dict], settings: dict, notes: list[str],
     table = aggregate(rows)
     checks = [c for name in ("teacher", "teacher-known") if any(e["strategy"] == name for e in table)
               for c in check_targets(table, strategy=name)] or check_targets(table)
+    if any(e["strategy"] in {"teacher-map", "oracle-map"} for e in table):
+        checks += check_map_targets(table, task)
     paths = {ext: results / f"selection-{task}.{ext}" for ext in ("json", "md", "png")}
     paths["json"].write_text(json.dumps({
         "task": task, "settings": settings, "policies": [FULL_POOL_POLICY, FINAL_POLICY], "notes": notes,
@@ -655,6 +842,21 @@ def teacher_endpoint(args: argparse.Namespace, notes: list[str]):
                    "progress": False}
         finally:
             server.__exit__(None, None, None)
+
+
+@contextlib.contextmanager
+def oracle_endpoint(args: argparse.Namespace, notes: list[str]):
+    """The oracle teacher (demo/oracle_teacher.py) for the oracle rows: a real HTTP server on 127.0.0.1."""
+    from demo.oracle_teacher import OracleTeacher
+
+    if args.report_only:
+        yield {}
+        return
+    with OracleTeacher() as oracle:
+        notes.append(f"oracle-map: the oracle teacher, {ORACLE_LABEL} — the world's ground truth behind the "
+                     "OpenAI API (json_object dialect), never the product's result")
+        yield {"base_url": oracle.base_url, "model": "oracle", "dialect": "json_object", "send_images": False,
+               "concurrency": 8, "progress": False}
 
 
 # --- the CLI -----------------------------------------------------------------------------------------
@@ -743,12 +945,22 @@ def benchmark_task(task: str, args: argparse.Namespace, settings: Settings, comm
     notes = [*args.note, *skipped]
     check_same_world(task_dir, world, args.world or args.out / "world")
     rows: list[dict] = []
-    needs_teacher = any(s.needs_teacher for s in strategies)
-    with teacher_endpoint(args, notes) if needs_teacher else contextlib.nullcontext(None) as teacher:
-        if teacher is not None:
-            teacher = {**teacher, "cache_dir": str(task_dir / "teacher_cache")}  # shared: round 1 is asked once
+    needs_model = any(s.needs_model_teacher for s in strategies)
+    needs_oracle = any(s.teacher == "oracle" for s in strategies)
+    with teacher_endpoint(args, notes) if needs_model else contextlib.nullcontext(None) as model_teacher, \
+            oracle_endpoint(args, notes) if needs_oracle else contextlib.nullcontext(None) as oracle_teacher:
+        teachers = {"model": model_teacher, "oracle": oracle_teacher}
+        for kind, cache in (("model", "teacher_cache"), ("oracle", "oracle_cache")):
+            if teachers[kind] is not None:  # shared by a task's runs: round 1 is asked once
+                teachers[kind] = {**teachers[kind], "cache_dir": str(task_dir / cache)}
         jobs = [(seed, fraction, s) for seed in seeds for fraction in budgets for s in strategies
-                if teacher is not None or not s.needs_teacher]
+                if not s.needs_teacher or teachers[s.teacher] is not None]
+        maps: dict[str, tuple[Path, Any]] = {}
+        for strategy in {s.teacher: s for _, _, s in jobs if s.skill_map}.values():
+            found = existing_map(world, strategy.teacher) if args.report_only else \
+                map_store(world, strategy.teacher, teachers[strategy.teacher])
+            if found is not None:
+                maps[strategy.teacher] = found
         runs = []
         missing: dict[str, list[str]] = {}
         for seed, fraction, strategy in tqdm(jobs, desc=f"selection {task}", unit="run"):
@@ -756,8 +968,10 @@ def benchmark_task(task: str, args: argparse.Namespace, settings: Settings, comm
             if args.report_only and not run_complete(out):
                 missing.setdefault(strategy.name, []).append(f"{100 * fraction:g}% seed {seed}")
                 continue
+            store = maps[strategy.teacher][0] if strategy.skill_map else None
             runs.append((strategy.name, fraction, seed,
-                         run_strategy(world, strategy, fraction, seed, task_dir, settings, teacher)))
+                         run_strategy(world, strategy, fraction, seed, task_dir, settings,
+                                      teachers[strategy.teacher] if strategy.needs_teacher else None, store)))
     full_runs = []
     for seed in [] if args.no_full_pool else seeds:
         if args.report_only and not (task_dir / f"seed{seed}" / "full-pool" / "result.json").exists():
@@ -771,15 +985,32 @@ def benchmark_task(task: str, args: argparse.Namespace, settings: Settings, comm
     if RunDir(zero_shot).has(0, METRICS_FILE):
         rows.append(zero_shot_row(zero_shot))
         zero_generic = rows[0]["generic_accuracy"]
-    teacher_names = {s.name for s in STRATEGIES if s.needs_teacher}
-    per_diagnosis = diagnosis_cost([out for name, _, _, out in runs if name in teacher_names])
-    rows += [strategy_row(out, name, fraction, seed, zero_generic, world.target_sources,
-                          per_diagnosis if name in teacher_names else 0.0)
-             for name, fraction, seed, out in runs]
+    by_name = {s.name: s for s in STRATEGIES}
+    per_diagnosis = {kind: diagnosis_cost([out for name, _, _, out in runs
+                                           if by_name[name].needs_teacher and by_name[name].teacher == kind])
+                     for kind in ("model", "oracle")}
+    map_users = Counter(by_name[name].teacher for name, *_ in runs if by_name[name].skill_map)
+    map_share = {kind: map_seconds(maps[kind][1]) / n for kind, n in map_users.items() if kind in maps}
+    map_truth = {kind: world_skill_of_map_skills(store) for kind, (store, _) in maps.items()}
+    for kind, (store, skill_map) in maps.items():
+        notes.append(f"skill map of the {kind} teacher: {len(skill_map.skills)} skills from {skill_map.k} clusters "
+                     f"({len(skill_map.unnamed)} unnamed), {skill_map.cost.requests} requests "
+                     f"({skill_map.cost.cached} cached), {map_seconds(skill_map):.1f} s, shared by "
+                     f"{map_users.get(kind, 0)} run(s) of this report: {map_path_of(store)}")
+    for name, fraction, seed, out in runs:
+        strategy = by_name[name]
+        rows.append(strategy_row(
+            out, name, fraction, seed, zero_generic, world.target_sources,
+            per_diagnosis[strategy.teacher] if strategy.needs_teacher else 0.0,
+            map_s=map_share.get(strategy.teacher, 0.0) if strategy.skill_map else 0.0,
+            map_skills=map_truth.get(strategy.teacher) if strategy.skill_map else None))
     rows += [full_pool_row(out, seed, zero_generic, world.target_sources) for seed, out in full_runs]
     payload = {**settings.__dict__, "task": task, "budgets": budgets, "seeds": seeds,
                "pool_count": world.pool_count, "target_sources": list(world.target_sources),
-               "teacher_seconds_per_diagnosis": round(per_diagnosis, 3), "student": str(world.student), "threads": args.threads, "teacher": recorded_teacher(runs)}
+               "teacher_seconds_per_diagnosis": {k: round(v, 3) for k, v in per_diagnosis.items()},
+               "student": str(world.student), "threads": args.threads, "teacher": recorded_teacher(runs),
+               "skill_maps": {kind: {"store": str(store), "skills": len(m.skills), "k": m.k, "seconds": map_seconds(m),
+                                     "cost": m.cost.model_dump()} for kind, (store, m) in maps.items()}}
     return write_results(task, rows, payload, notes, args.results, command)
 
 
