@@ -154,7 +154,7 @@ def _round_data(run: RunDir, number: int, evals: dict, val_root: Path, pool_root
             "prediction": row.prediction if row else (record.prediction if record else ""),
             "steps": list(row.steps if row else (record.steps if record else [])),
             "erroneous_step": d.erroneous_step if d else None, "error_type": d.error_type if d else None,
-            "missing_skill": d.missing_skill if d else None, "explanation": d.explanation if d else None,
+            "missing_skill": _skill_label(d) if d else None, "explanation": d.explanation if d else None,
             "queries": list(d.queries) if d else [], "rejected": row.error if row else None,
             "raw": row.raw if row and row.error else None,
             "image": images.add(val_root, record.image if record else None),
@@ -198,6 +198,16 @@ def _round_data(run: RunDir, number: int, evals: dict, val_root: Path, pool_root
         "rejected_by_reason": dict(Counter(_reason(r.error) for r in diagnoses.values() if r.error)),
         "val_accuracy": metrics.val_accuracy if metrics else None, "gaps": gaps,
     }
+
+
+def _skill_label(d) -> str:
+    """A grounded diagnosis shows its map skills and weights ("side-colour 0.5 + vertical-colour 0.5 (skill
+    map)"); a free one its own skill name."""
+    if not d.grounded:
+        return d.missing_skill
+    chosen = " + ".join(f"{s.skill} {s.weight:g}" for s in d.skills)
+    other = f"none of the map's: {d.other_skill}" if d.other_skill else ""
+    return f"{' + '.join(x for x in (chosen, other) if x)} (skill map)"
 
 
 def _reason(error: str) -> str:
