@@ -47,6 +47,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="form of each round's selected.jsonl (default: the pool's own form, sample by sample)")
     parser.add_argument("--no-perturbation", action="store_true", help="ablation: re-rank without the perturbation score")
     parser.add_argument("--no-clusters", action="store_true", help="ablation: re-rank without cluster quotas")
+    from training.scorers import RULES, SCORERS
+
+    parser.add_argument("--scorer", choices=[*SCORERS, *RULES],
+                        help="student-side score mixed with relevance (default: perturbation); "
+                             + "; ".join(f"{name}: {s.help}" for name, s in SCORERS.items())
+                             + "; " + "; ".join(f"{name}: {text}" for name, text in RULES.items()))
     parser.add_argument("--seed", type=int, help="seed of selection and training (default: 0)")
     parser.add_argument("--out", type=Path, required=True, help="run directory; an existing one is resumed")
     parser.add_argument("--config", type=Path, help="YAML/TOML/JSON config; flags override it")
@@ -63,7 +69,7 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
         "teacher": {"base_url": teacher_url, "model": args.teacher_model, "dialect": args.teacher_dialect,
                     "concurrency": args.teacher_concurrency},
         "rerank": {"use_perturbation": False if args.no_perturbation else None,
-                   "use_clusters": False if args.no_clusters else None},
+                   "use_clusters": False if args.no_clusters else None, "scorer": args.scorer},
     }
 
 

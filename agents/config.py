@@ -69,6 +69,14 @@ class RunConfig(BaseModel):
         return value
 
     @model_validator(mode="after")
+    def _known_scorer(self) -> RunConfig:
+        from training.scorers import scorer_choices
+
+        if self.rerank.scorer not in scorer_choices():
+            raise ValueError(f"unknown rerank.scorer {self.rerank.scorer!r}; known: {', '.join(scorer_choices())}")
+        return self
+
+    @model_validator(mode="after")
     def _one_store(self) -> RunConfig:
         if self.store is None and self.qdrant_url is None:
             raise ValueError("give the pool index: --store DIR (embedded Qdrant) or --qdrant-url URL")

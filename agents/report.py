@@ -166,11 +166,12 @@ def _round_data(run: RunDir, number: int, evals: dict, val_root: Path, pool_root
         question, answer = _text_of(record)
         return {"id": row.sample.id, "question": question, "answer": answer, "source": row.sample.source,
                 "relevance": row.why.relevance, "perturbation": row.why.perturbation, "cluster": row.why.cluster,
+                "scorer": row.why.scorer, "scores": row.why.scores,
                 "score": row.why.score, "reason": row.why.reason,
                 "image": images.add(pool_root, row.sample.images[0] if row.sample.images else None)}
 
     def passed_over(c) -> dict[str, Any]:
-        return {"id": c.sample_id, "relevance": c.relevance, "perturbation": c.perturbation,
+        return {"id": c.sample_id, "relevance": c.relevance, "perturbation": c.perturbation, "scorer": c.scorer,
                 "cluster": c.cluster, "score": c.score, "reason": c.reason}
 
     by_gap: dict[str, list] = {}

@@ -18,10 +18,10 @@ from retrieval.dedup import dedup_vectors
 from retrieval.index import PoolIndex
 from retrieval.ingest import load_samples
 from retrieval.records import Sample
-from retrieval.rerank import Candidate, RerankConfig, ScoredCandidate, rerank
+from retrieval.rerank import Candidate, RerankConfig, ScoredCandidate, StudentScores, rerank
 from training.evaluate import EvalResult, evaluate
 from training.lora import LoraTrainConfig, TrainReport, train_lora
-from training.scores import perturbation_distance
+from training.scorers import SCORERS, ScoreCache, ScoreSettings, ScoringSession
 from training.student import Student
 
 KNOWN_OVERDRAW = 4  # pool samples drawn per known sample wanted: the student answers only some of them right
@@ -37,21 +37,25 @@ def evaluate_splits(student: Student, splits: Mapping[str, tuple[Path, Path]], *
 
 def rerank_for_student(candidates: dict[str, list[Candidate]], shares: dict[str, int], config: RerankConfig,
                        student: Callable[[], Student], index: PoolIndex, image_root: Path | None, *,
-                       seed: int) -> list[ScoredCandidate]:
-    """The re-rank (retrieval/rerank.py) with the student's perturbation score and text+image de-dup.
+                       seed: int, cache: ScoreCache | None = None) -> list[ScoredCandidate]:
+    """The re-rank (retrieval/rerank.py) with the student-side scorers (training/scorers.py, by the name or
+    rule ``config.scorer`` gives) and text+image de-dup.
 
-    ``student`` is called only when the perturbation score is needed, and only for the shortlist."""
-
-    def perturbation(ids: Sequence[str]) -> np.ndarray:
-        return perturbation_distance(student(), index.fetch(list(ids)), image_root, n_words=config.perturbation_words,
-                                     m=config.perturbation_draws, seed=seed)
+    ``student`` is called only when a score is not cached yet, and only for the shortlist. ``cache`` (one
+    per round unless given) keeps every pass's values per sample and adapter, so scorers sharing a pass
+    and the entropy rule's second look cost no extra forward."""
+    settings = ScoreSettings(perturbation_words=config.perturbation_words,
+                             perturbation_draws=config.perturbation_draws, seed=seed)
+    session = ScoringSession(student, lambda ids: index.fetch(list(ids)), image_root, settings,
+                             cache if cache is not None else ScoreCache())
+    scorers = StudentScores(tuple(SCORERS), session.score)
 
     text_vectors = {c.sample_id: c.vector for cands in candidates.values() for c in cands}
 
     def near_duplicate_vectors(ids: Sequence[str]) -> np.ndarray:  # text meaning + image look (retrieval/dedup.py)
         return dedup_vectors(index.fetch(list(ids)), np.asarray([text_vectors[i] for i in ids]), image_root)
 
-    return rerank(candidates, shares, config, perturbation, near_duplicate_vectors)
+    return rerank(candidates, shares, config, scorers, near_duplicate_vectors)
 
 
 def known_draw(untouched: Student, index: PoolIndex, image_root: Path | None, n: int, *, seed: int,

@@ -12,6 +12,10 @@
   "Without the image" is a true text-only forward: no image placeholder in the prompt and no pixels
   (for LLaVA/Idefics3 that runs the language model alone), not a blank image. A text-only sample's
   "with image" side gets the blank image every text-only sample gets, so its grounding stays near 1.
+- ``answer_statistics``: one teacher-forced forward over the reference answer giving, per sample, the mean
+  token NLL (log-perplexity), the mean EL2N (Paul et al. 2021: the L2 norm of softmax minus the one-hot
+  target — a loss-based difficulty bounded by sqrt(2)) and the mean predictive entropy over the answer
+  tokens. training/scorers.py turns these into the named scorers and caches them.
 
 The instruction is the last human turn (the one the reference answers), as in evaluation and training.
 Left padding shifts absolute positions, which rotary embeddings (relative by construction) ignore up to
@@ -30,6 +34,7 @@ from tqdm.auto import tqdm
 
 from retrieval.records import Sample
 from training.student import (
+    IGNORE_INDEX,
     PromptItem,
     Student,
     accepts_logits_to_keep,
@@ -38,6 +43,8 @@ from training.student import (
     length_order,
     load_images,
 )
+
+ANSWER_STATISTICS = ("nll", "el2n", "entropy")  # the columns of answer_statistics, in order
 
 
 def _embed_items(student: Student, items: list[PromptItem], batch_size: int, progress: bool, desc: str) -> np.ndarray:
@@ -141,3 +148,51 @@ def image_grounding(
     without = answer_perplexity(student, samples, image_root, with_image=False, batch_size=batch_size,
                                 progress=progress)
     return without / with_image
+
+
+def answer_statistics(
+    student: Student,
+    samples: Sequence[Sample],
+    image_root: Path | None,
+    *,
+    with_image: bool = True,
+    batch_size: int = 16,
+    progress: bool = False,
+) -> np.ndarray:
+    """(n, 3) float64: per sample, the mean over its reference answer (+ end) tokens of the NLL, the EL2N
+    and the predictive entropy (columns ``ANSWER_STATISTICS``), from one forward per batch."""
+    student.model.eval()
+    order = length_order([f"{s.question} {s.reference}" for s in samples])
+    out = np.zeros((len(samples), len(ANSWER_STATISTICS)))
+    with torch.inference_mode():
+        for start in tqdm(range(0, len(samples), batch_size), desc="answer stats", unit="batch",
+                          disable=not progress):
+            index = order[start : start + batch_size]
+            items = [PromptItem(load_images(samples[i], image_root) if with_image else [], samples[i].question,
+                                samples[i].reference) for i in index]
+            out[index] = _batch_statistics(student, build_inputs(student, items, with_image=with_image))
+    return out
+
+
+def _batch_statistics(student: Student, batch) -> np.ndarray:
+    """NLL, EL2N and entropy of the answer tokens, the LM head run on the answer span only (as answer_nll)."""
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    labels = batch["labels"]
+    width = int((labels != IGNORE_INDEX).sum(1).max())
+    if accepts_logits_to_keep(student.model):
+        logits = student.model(**inputs, logits_to_keep=width + 1, use_cache=False).logits
+    else:
+        logits = student.model(**inputs, use_cache=False).logits[:, -(width + 1):]
+    targets = labels[:, -width:] if width else labels[:, :0]
+    log_p = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    mask = targets != IGNORE_INDEX
+    safe = targets.clamp(min=0).unsqueeze(-1)
+    p = log_p.exp()
+    p_target = p.gather(-1, safe).squeeze(-1)
+    nll = -log_p.gather(-1, safe).squeeze(-1)
+    # ||p - onehot(y)||^2 = sum p^2 - 2 p_y + 1 (no one-hot of the vocabulary's size is built)
+    el2n = ((p * p).sum(-1) - 2 * p_target + 1).clamp(min=0).sqrt()
+    entropy = -(p * log_p).sum(-1)
+    counts = mask.sum(1).clamp(min=1)
+    columns = [(value * mask).sum(1) / counts for value in (nll, el2n, entropy)]
+    return torch.stack(columns, dim=1).double().cpu().numpy()

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from retrieval.rerank import Candidate, RerankConfig, rerank
 
@@ -51,3 +52,60 @@ def test_perturbation_is_only_asked_for_the_shortlist_and_changes_the_order():
     assert "perturbation 5.000" in next(c.reason for c in out if c.selected)
     off = rerank({"g": _cands("g", rows)}, {"g": 1}, config.model_copy(update={"use_perturbation": False}), perturbation)
     assert [c.sample_id for c in off if c.selected] == ["a"] and len(asked) == 1
+
+
+def _scorer_table(table: dict[str, dict[str, float]], asked: list | None = None):
+    from retrieval.rerank import StudentScores
+
+    def score(name, ids):
+        if asked is not None:
+            asked.append((name, list(ids)))
+        return np.array([table[name][i] for i in ids])
+
+    return StudentScores(tuple(table), score)
+
+
+def test_histogram_entropy_prefers_spread_out_scores():
+    from retrieval.rerank import histogram_entropy
+
+    assert histogram_entropy(np.array([3.0, 3.0, 3.0]), 10) == 0.0
+    assert histogram_entropy(np.array([1.0]), 10) == 0.0
+    two_lumps = histogram_entropy(np.array([0.0, 0.01, 0.02, 1.0, 0.99, 0.98]), 10)
+    spread = histogram_entropy(np.linspace(0, 1, 6), 10)
+    assert abs(two_lumps - np.log(2)) < 1e-9 and abs(spread - np.log(6)) < 1e-9
+    assert histogram_entropy(np.array([0.0, 1.0, np.inf]), 4) == histogram_entropy(np.array([0.0, 1.0, 1.0]), 4)
+
+
+def test_entropy_rule_picks_per_cluster_the_scorer_that_spreads_most_and_records_it():
+    # cluster 0: "flat" is constant there, "spread" varies; cluster 1 the other way round
+    rows = [(f"a{i}", 0.5, 0, None) for i in range(4)] + [(f"b{i}", 0.5, 1, None) for i in range(4)]
+    table = {"flat": {**{f"a{i}": 1.0 for i in range(4)}, **{f"b{i}": float(i) for i in range(4)}},
+             "spread": {**{f"a{i}": float(i) for i in range(4)}, **{f"b{i}": 2.0 for i in range(4)}}}
+    asked: list = []
+    config = RerankConfig(scorer="entropy", dedup_threshold=None, max_cluster_fraction=0.5)
+    out = rerank({"g": _cands("g", rows)}, {"g": 4}, config, _scorer_table(table, asked))
+    assert sorted(name for name, _ in asked) == ["flat", "spread"]  # each scorer asked once, for the shortlist
+    assert all(ids == sorted(ids) and len(ids) == 8 for _, ids in asked)
+    by_id = {c.sample_id: c for c in out}
+    assert {by_id[f"a{i}"].scorer for i in range(4)} == {"spread"}
+    assert {by_id[f"b{i}"].scorer for i in range(4)} == {"flat"}
+    assert by_id["a3"].scores == {"flat": 1.0, "spread": 3.0}
+    picked = {c.sample_id for c in out if c.selected}
+    assert picked == {"a3", "a2", "b3", "b2"}  # equal relevance: the chosen score decides, two per cluster
+    assert "entropy rule: spread spreads the most on cluster 0" in by_id["a3"].reason
+    assert by_id["a3"].why().scorer == "spread"  # what selected.jsonl carries
+
+
+def test_a_named_scorer_ranks_everyone_and_none_is_relevance_only():
+    rows = [("a", 0.9, 0, None), ("b", 0.8, 1, None), ("c", 0.7, 2, None)]
+    table = {"perturbation": {"a": 0.0, "b": 0.0, "c": 0.0}, "hard": {"a": 0.0, "b": 0.0, "c": 9.0}}
+    scorers = _scorer_table(table)
+    config = RerankConfig(scorer="hard", perturbation_weight=2.0, dedup_threshold=None)
+    out = rerank({"g": _cands("g", rows)}, {"g": 1}, config, scorers)
+    assert [c.sample_id for c in out if c.selected] == ["c"]
+    assert {c.scorer for c in out} == {"hard"} and "hard 9.000" in out[0].reason
+    plain = rerank({"g": _cands("g", rows)}, {"g": 1}, config.model_copy(update={"scorer": "none"}), scorers)
+    assert [c.sample_id for c in plain if c.selected] == ["a"] and {c.scorer for c in plain} == {"none"}
+    assert all(c.scores == {} and "relevance only" in c.reason for c in plain)
+    with pytest.raises(ValueError, match="unknown scorer 'missing'"):
+        rerank({"g": _cands("g", rows)}, {"g": 1}, config.model_copy(update={"scorer": "missing"}), scorers)
