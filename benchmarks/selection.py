@@ -112,6 +112,18 @@ STRATEGIES: tuple[Strategy, ...] = (
 ROW_ORDER = ("zero-shot", *(s.name for s in STRATEGIES), "full-pool")
 
 
+def scorer_strategies(names: str | None, selector: str) -> list[Strategy]:
+    """``--scorers a,b``: one row per student-side scorer (or rule: entropy, none) of training/scorers.py,
+    named ``<selector>-scorer-<name>``, otherwise the selector's default settings."""
+    from training.scorers import scorer_choices
+
+    wanted = [n.strip() for n in (names or "").split(",") if n.strip()]
+    unknown = set(wanted) - set(scorer_choices())
+    if unknown:
+        raise SystemExit(f"--scorers: unknown {sorted(unknown)}; known: {scorer_choices()}")
+    return [Strategy(f"{selector}-scorer-{name}", selector, rerank={"scorer": name}) for name in wanted]
+
+
 @dataclass
 class Settings:
     """What every run of one benchmark shares (stored in the JSON)."""
@@ -875,6 +887,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--strategies", default=",".join(s.name for s in STRATEGIES),
                         help="strategies to run, comma-separated")
     parser.add_argument("--no-full-pool", action="store_true", help="skip the full-pool row")
+    parser.add_argument("--scorers", help="extra rows, one per re-rank scorer or rule (comma-separated: "
+                        "perturbation, perplexity, image_grounding, el2n, answer_entropy, entropy, none)")
+    parser.add_argument("--scorer-selector", default="failures", choices=["failures", "teacher"],
+                        help="selector of the --scorers rows")
     parser.add_argument("--report-only", action="store_true",
                         help="run nothing: report the complete runs among those asked for, note the rest")
     parser.add_argument("--out", type=Path, default=Path("runs/selection"), help="run directories (reused)")
@@ -933,7 +949,7 @@ def benchmark_task(task: str, args: argparse.Namespace, settings: Settings, comm
     unknown = set(wanted) - {s.name for s in STRATEGIES}
     if unknown:
         raise SystemExit(f"--strategies: unknown {sorted(unknown)}; known: {[s.name for s in STRATEGIES]}")
-    strategies = [s for s in STRATEGIES if s.name in wanted]
+    strategies = [s for s in STRATEGIES if s.name in wanted] + scorer_strategies(args.scorers, args.scorer_selector)
     skipped: list[str] = []
     if settings.rounds == 1 and any(s.name == "teacher-no-replay" for s in strategies):
         # the loop replays earlier rounds' selections: with one round there is nothing to replay
@@ -985,7 +1001,7 @@ def benchmark_task(task: str, args: argparse.Namespace, settings: Settings, comm
     if RunDir(zero_shot).has(0, METRICS_FILE):
         rows.append(zero_shot_row(zero_shot))
         zero_generic = rows[0]["generic_accuracy"]
-    by_name = {s.name: s for s in STRATEGIES}
+    by_name = {s.name: s for s in (*STRATEGIES, *strategies)}  # strategies: also the --scorers rows
     per_diagnosis = {kind: diagnosis_cost([out for name, _, _, out in runs
                                            if by_name[name].needs_teacher and by_name[name].teacher == kind])
                      for kind in ("model", "oracle")}
