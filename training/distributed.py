@@ -4,7 +4,7 @@ One command trains a round's adapter on N processes from a samples file (a round
 one), with the same settings and the same result as ``train_lora`` in one process::
 
     accelerate launch --num_processes 4 -m training.distributed \\
-        --student STUDENT_DIR --data RUNDIR/round_01/selected.jsonl --out ADAPTER_DIR \\
+        --student STUDENT_DIR --data SELECTED_JSONL --out ADAPTER_DIR \\
         [--image-root DIR] [--adapter PREVIOUS_ADAPTER] [--replay FILE] [--config lora.yaml] [--set lr=1e-4]
 
 Design: every process loads the student, builds the same global batches from the same seed and takes its
