@@ -236,3 +236,26 @@ def test_qwen_pixel_budget_is_not_an_edge():
 
     processor = type("P", (), {"image_processor": transformers.Qwen2VLImageProcessorPil()})()
     assert image_size(processor) == (56, 56)
+
+
+def test_a_processor_without_its_video_half_keeps_its_class_and_settings(tmp_path, tiny_data):
+    """Without torchvision the Qwen2-VL processor is loaded without its video processor; it is still a
+    Qwen2VLProcessor with the saved image processor and chat template, and a folder it saves names the
+    real class (training/processors.py)."""
+    import json
+
+    import transformers
+    from transformers.utils import is_torchvision_available
+
+    from training.processors import load_processor
+
+    folder = build("qwen2_vl", tmp_path / "qwen", tiny_data.texts)
+    processor = load_processor(folder)
+    assert isinstance(processor, transformers.Qwen2VLProcessor) and has_chat_template(processor)
+    assert processor.image_processor.patch_size == 8
+    processor.save_pretrained(tmp_path / "again")
+    assert json.loads((tmp_path / "again" / "processor_config.json").read_text())["processor_class"] == \
+        "Qwen2VLProcessor"
+    if not is_torchvision_available():
+        with pytest.raises(ValueError, match="without its video processor"):
+            processor.video_processor([])
