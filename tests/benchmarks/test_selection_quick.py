@@ -24,11 +24,11 @@ def test_quick_benchmark_writes_every_row(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     data = json.loads((results / "selection-side-colour.json").read_text())
     strategies = {row["strategy"] for row in data["rows"]}
-    expected = {"zero-shot", "random", "failures", "full-pool"}
+    expected = {"zero-shot", "random", "failures", "full-pool", "oracle-map"}  # the oracle needs no model
     from agents.cpu_teacher import cpu_teacher_available
 
     if cpu_teacher_available():
-        expected |= {"teacher", "teacher-no-perturbation", "teacher-no-clusters"}  # no-replay: 1 round
+        expected |= {"teacher", "teacher-map", "teacher-no-perturbation", "teacher-no-clusters"}  # no-replay: 1 round
     else:
         assert any("teacher rows skipped" in note for note in data["notes"])
     assert expected <= strategies
@@ -44,7 +44,11 @@ def test_quick_benchmark_writes_every_row(tmp_path):
     full = next(r for r in data["rows"] if r["strategy"] == "full-pool")
     assert full["selected"] == data["settings"]["pool_count"] == 600
     md = (results / "selection-side-colour.md").read_text()
-    assert all(f"| {name} |" in md for name in expected)
+    assert all(f"| {name} |" in md for name in expected - {"oracle-map"})
+    assert "| oracle-map — oracle (upper bound) |" in md  # never shown without its label
+    oracle = next(r for r in data["rows"] if r["strategy"] == "oracle-map")
+    assert oracle["diagnosis_right"] == 1.0  # the world's ground truth, through the map it named
+    assert oracle["seconds"]["skill_map_amortised"] > 0
     assert (results / "selection-side-colour.png").read_bytes()[:4] == b"\x89PNG"
 
     again = subprocess.run(  # complete runs are reused: the second call trains nothing
