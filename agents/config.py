@@ -51,7 +51,11 @@ class RunConfig(BaseModel):
     candidates_factor: int = Field(4, ge=1, description="retrieve this many x a gap's share")
     known_share: float = Field(0.0, ge=0, lt=1, description=(
         "share of each round's budget spent on pool samples the untouched student already answers right "
-        "(teacher/failures selectors): replay of the skills it has, so the gaps' samples do not erase them"))
+        "(teacher/failures selectors): replay of the skills it has, so the gaps' samples do not erase them; "
+        "after round 1 it follows the forgetting measured on the generic split (agents/retention.py)"))
+    known_quantile: float = Field(0.5, gt=0, le=1, description=(
+        "a pool sample counts as known when the untouched student's answer perplexity on it is at most this "
+        "quantile of its perplexity over a uniform draw of the pool"))
     export: Literal["llava", "sharegpt", "messages"] | None = Field(None, description=(
         "form of selected.jsonl; default: each sample's own form (the pool's), so its trainer reads it as is"))
     eval_batch_size: int = Field(DEFAULT_BATCH_SIZE, gt=0)

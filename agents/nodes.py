@@ -12,15 +12,18 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import replace
 from typing import TypedDict
 
 from agents.planning import GapPlan
 from agents.records import RoundMetrics, RunSummary, SelectedSample
+from agents.retention import KnownDraw, draw_known, replay_share
 from agents.run_dir import CANDIDATES, DIAGNOSES, EVALS, METRICS, PLAN, SCORED, SELECTED
 from agents.runtime import Runtime
 from agents.selectors import RoundContext, get_selector
-from agents.stages import evaluate_splits, known_draw, train_round
+from agents.stages import evaluate_splits, train_round
 from retrieval.rerank import ScoredCandidate
+from training.student import untouched
 
 log = logging.getLogger(__name__)
 
@@ -99,12 +102,29 @@ def plan(state: LoopState, loop: Runtime) -> dict:
         return {}
     failures = [r for r in run.read(number - 1, EVALS["val"]) if not r.correct]
     budget = min(config.per_round_budget(number), config.budget - len(run.selected_ids(number - 1)))
-    known = round(config.known_share * budget)
-    planned = get_selector(config.selector).plan(_context(loop, number), failures, budget - known)
+    ctx = _context(loop, number)
+    previous = run.read(number - 1, PLAN) if number > 1 else None
+    share, share_why = replay_share(config.known_share, [run.read(n, METRICS) for n in range(number)],
+                                    previous.known_share if previous else None)
+    known = _known(loop, ctx, round(share * budget))
+    # What replay could not fill goes to the gaps: the round spends its whole budget.
+    planned = get_selector(config.selector).plan(ctx, failures, budget - len(known.ids))
     if planned.diagnoses:
         run.write(number, DIAGNOSES, planned.diagnoses)
-    run.write(number, PLAN, GapPlan(budget=budget, known=known, gaps=planned.gaps, teacher=planned.teacher))
+    reason = f"{share_why}; {known.reason(round(share * budget), config.known_quantile)}" if known.drawn else share_why
+    run.write(number, PLAN, GapPlan(budget=budget, known=len(known.ids), known_ids=known.ids, known_share=share,
+                                    known_reason=reason, gaps=planned.gaps, teacher=planned.teacher))
     return {}
+
+
+def _known(loop: Runtime, ctx: RoundContext, n: int) -> KnownDraw:
+    if n <= 0:
+        return KnownDraw([], 0, float("nan"))
+    # The student of the last round with its adapter switched off: the base weights, not loaded again.
+    with ctx.clock("replay"), untouched(loop.student(loop.run_dir.adapter(ctx.number - 1))) as base:
+        return draw_known(base, loop.pool_index(), loop.pool_image_root, n, quantile=loop.config.known_quantile,
+                          seed=loop.config.seed, round_number=ctx.number, exclude=ctx.exclude,
+                          batch_size=loop.config.eval_batch_size)
 
 
 def select(state: LoopState, loop: Runtime) -> dict:
@@ -112,15 +132,12 @@ def select(state: LoopState, loop: Runtime) -> dict:
     number, run, config = state["round"], loop.run_dir, loop.config
     if run.has(number, SELECTED):
         return {}
-    ctx, gap_plan = _context(loop, number), run.read(number, PLAN)
+    gap_plan = run.read(number, PLAN)
+    ctx = replace(_context(loop, number), exclude=_context(loop, number).exclude | set(gap_plan.known_ids))
     choice = get_selector(config.selector).choose(ctx, gap_plan)
-    scored = list(choice.scored)
-    if gap_plan.known:  # the untouched student is loaded only when there is a replay share to judge
-        with ctx.clock("replay"):
-            scored += known_draw(
-                loop.student(None), loop.pool_index(), loop.pool_image_root, gap_plan.known, seed=config.seed,
-                round_number=number, exclude=ctx.exclude | {c.sample_id for c in choice.chosen},
-                matcher=config.matcher, batch_size=config.eval_batch_size, max_new_tokens=config.max_new_tokens)
+    scored = list(choice.scored) + [
+        ScoredCandidate(sample_id=i, gap="known", query="", relevance=0.0, score=1.0, selected=True,
+                        reason=gap_plan.known_reason) for i in gap_plan.known_ids]
     chosen = [c for c in scored if c.selected]
     samples = loop.pool_index().fetch([c.sample_id for c in chosen])
     if config.export:  # selected.jsonl in the form the user's trainer takes, not the pool's own

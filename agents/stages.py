@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 
-from agents.retrieve import known_replay, random_selection
 from retrieval.dedup import dedup_vectors
 from retrieval.index import PoolIndex
 from retrieval.ingest import load_samples
@@ -23,8 +22,6 @@ from training.evaluate import EvalResult, evaluate
 from training.lora import LoraTrainConfig, TrainReport, train_lora
 from training.scorers import SCORERS, ScoreCache, ScoreSettings, ScoringSession
 from training.student import Student
-
-KNOWN_OVERDRAW = 4  # pool samples drawn per known sample wanted: the student answers only some of them right
 
 
 def evaluate_splits(student: Student, splits: Mapping[str, tuple[Path, Path]], *, matcher: str, batch_size: int,
@@ -56,21 +53,6 @@ def rerank_for_student(candidates: dict[str, list[Candidate]], shares: dict[str,
         return dedup_vectors(index.fetch(list(ids)), np.asarray([text_vectors[i] for i in ids]), image_root)
 
     return rerank(candidates, shares, config, scorers, near_duplicate_vectors)
-
-
-def known_draw(untouched: Student, index: PoolIndex, image_root: Path | None, n: int, *, seed: int,
-               round_number: int, exclude: frozenset[str], matcher: str, batch_size: int,
-               max_new_tokens: int) -> list[ScoredCandidate]:
-    """Known-skill replay: ``n`` pool samples, drawn uniformly, that the untouched student answers right."""
-    if n <= 0:
-        return []
-    drawn = random_selection(index.all_ids(), KNOWN_OVERDRAW * n, seed=seed, round_number=round_number,
-                             exclude=exclude)
-    ids = known_replay(untouched, index.fetch(drawn), image_root, n, matcher=matcher, batch_size=batch_size,
-                       max_new_tokens=max_new_tokens)
-    return [ScoredCandidate(sample_id=i, gap="known", query="", relevance=0.0, score=1.0, selected=True,
-                            reason=f"replay: the untouched student answers it right ({len(ids)} of {len(drawn)} "
-                                   f"drawn uniformly, seed {seed}, round {round_number}; {n} wanted)") for i in ids]
 
 
 def train_round(student: Student, selected: Sequence[Sample], replay: Sequence[Sample], image_root: Path | None,

@@ -376,3 +376,14 @@ def to_device(batch: BatchFeature, student: Student) -> BatchFeature:
             value = value.to(student.device)
             batch[key] = value.to(dtype) if value.is_floating_point() else value
     return batch
+
+
+@contextmanager
+def untouched(student: Student):
+    """``student`` as it was before its adapter (PEFT's ``disable_adapter()``: LoRA layers and the adapter's
+    fully trained modules switched off), without loading the base model a second time."""
+    if not student.is_peft:
+        yield student
+        return
+    with quiet_peft(), student.model.disable_adapter():
+        yield student

@@ -97,10 +97,22 @@ def test_known_share_takes_its_part_of_the_round_budget(tiny_world, loop_config,
     config = loop_config(tiny_world, tmp_path / "run", selector="failures", known_share=0.5, rounds=1, budget=6)
     run(config, run_id="test-known")
     plan = RunDir(config.out).read(1, PLAN)
-    assert plan.known == 3 and sum(g.budget for g in plan.gaps) == 3
+    assert plan.known == 3 and len(plan.known_ids) == 3 and sum(g.budget for g in plan.gaps) == 3
+    assert "50% quantile over 12 samples drawn uniformly" in plan.known_reason
     rows = RunDir(config.out).read(1, SELECTED)
-    # the random tiny student answers no pool sample right: nothing to replay, the gaps keep their half only
-    assert [r for r in rows if r.why.gap == "known"] == [] and len(rows) == 3
+    known = [r.sample.id for r in rows if r.why.gap == "known"]
+    assert known == plan.known_ids and len(rows) == 6 and len({r.sample.id for r in rows}) == 6
+
+
+def test_what_replay_cannot_fill_goes_to_the_gaps(tiny_world, loop_config, tmp_path):
+    # A quantile so low that the whole 300-sample pool holds only 2 "known" samples of the 3 wanted.
+    config = loop_config(tiny_world, tmp_path / "run", selector="failures", known_share=0.5, known_quantile=0.005,
+                         rounds=1, budget=6)
+    run(config, run_id="test-known-short")
+    plan = RunDir(config.out).read(1, PLAN)
+    assert plan.known == 2 and sum(g.budget for g in plan.gaps) == 4
+    assert "2 of 3 wanted" in plan.known_reason
+    assert len(RunDir(config.out).read(1, SELECTED)) == 6, "the round spends its whole budget"
 
 
 def test_a_messages_form_pool_runs_and_its_selection_comes_back_in_that_form(tiny_world, loop_config, tmp_path):
