@@ -232,7 +232,9 @@ def _grounded_model(names: tuple[str, ...]) -> type[BaseModel]:
     strict = ConfigDict(extra="forbid")
     item = create_model("MapSkill", __config__=strict,
                         skill=(choice, Field(description="a skill of the list, or " + NONE_OF_THESE)),
-                        weight=(float, Field(description="its share of the error, 0-1", ge=0, le=1)))
+                        # no upper bound: weights are normalised to sum 1, and llama.cpp's grammar does not
+                        # enforce a maximum (SmolLM2 replied 2 for a part it judged twice as important)
+                        weight=(float, Field(description="its share of the error, 0-1", ge=0)))
     free = FreeDiagnosis.model_fields
     return create_model(
         "GroundedDiagnosis", __config__=strict,

@@ -850,8 +850,10 @@ def teacher_endpoint(args: argparse.Namespace, notes: list[str]):
             return
         notes.append("teacher: the CPU demo teacher (llama.cpp + SmolLM2-135M, text only, json_object dialect)")
         try:
+            # llama.cpp serves one request at a time: queued requests wait, so the timeout is long (a
+            # grounded prompt took > 120 s behind three others on a loaded 2-core machine)
             yield {"base_url": url, "dialect": "json_object", "send_images": False, "concurrency": 4,
-                   "progress": False}
+                   "timeout_s": 600, "progress": False}
         finally:
             server.__exit__(None, None, None)
 

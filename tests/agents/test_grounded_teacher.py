@@ -56,6 +56,8 @@ def test_a_grounded_reply_is_normalised():
                                                ("side-colour", 0.2)]), NAMES)
     assert diagnosis.grounded and diagnosis.missing_skill == "side-colour"
     assert [(s.skill, s.weight) for s in diagnosis.skills] == [("side-colour", 0.8), ("vertical-colour", 0.2)]
+    over = parse_grounded_reply(grounded([("count", 2), ("side-colour", 6)]), NAMES)  # relative weights
+    assert [(s.skill, s.weight) for s in over.skills] == [("side-colour", 0.75), ("count", 0.25)]
     zero = parse_grounded_reply(grounded([("count", 0), ("side-colour", 0)]), NAMES)
     assert [s.weight for s in zero.skills] == [0.5, 0.5]
     other = parse_grounded_reply(grounded([(NONE_OF_THESE, 1)], other="Corner Colours"), NAMES)
@@ -66,7 +68,7 @@ def test_a_grounded_reply_is_normalised():
     (grounded([("colour-by-corner", 1)]), "missing_skills.0.skill"),  # a skill the map does not have
     (grounded([(NONE_OF_THESE, 1)]), "needs other_skill"),
     (grounded([("count", 1)] * 4), "missing_skills"),
-    (grounded([("count", 1.5)]), "weight"),
+    (grounded([("count", -0.5)]), "weight"),
 ])
 def test_replies_outside_the_schema_are_rejected(reply, problem):
     with pytest.raises(ReplyError, match=problem):
