@@ -130,9 +130,11 @@ def greedy_duplicates(vectors: np.ndarray, threshold: float, block: int = BLOCK)
             better = top > best
             best[better], best_at[better] = top[better], a + kept[at[better]]
         inner = rows @ rows.T
+        # only a row with an earlier row of its block above the threshold needs the sequential look
+        close_earlier = np.triu(inner > threshold, 1).any(axis=0)
         kept_here: list[int] = []
         for r in range(len(rows)):  # within the block, in rank order
-            if kept_here:
+            if kept_here and close_earlier[r]:
                 sims = inner[r, kept_here]
                 j = int(sims.argmax())
                 if sims[j] > best[r]:
@@ -175,7 +177,8 @@ def cluster_duplicates(ids: Sequence[str], text_vectors: np.ndarray, details: De
         vectors, groups = ranked[rows], {None: np.arange(len(rows))}
     else:
         signatures, answers = details(names)
-        vectors = joined_vectors(ranked[rows], signatures)
+        # no candidate with a readable image: the joined cosine is the text cosine (skip the zero half)
+        vectors = joined_vectors(ranked[rows], signatures) if signatures.any() else ranked[rows]
         keys = [answer_key(a) for a in answers]
         groups = {}
         for position, key in enumerate(keys):
