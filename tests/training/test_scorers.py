@@ -131,7 +131,10 @@ def test_cached_scores_run_no_second_forward_and_depend_on_the_adapter(tiny_llav
     np.testing.assert_array_equal(cached.score("el2n", ids), session.score("el2n", ids))
 
     # the next round's student (another adapter) is scored again
-    lora = get_peft_model(student.model, LoraConfig(r=2, target_modules=r".*language_model.*\.q_proj"))
+    from training.student import quiet_peft
+
+    with quiet_peft():
+        lora = get_peft_model(student.model, LoraConfig(r=2, target_modules=r".*language_model.*\.q_proj"))
     lora.save_pretrained(tmp_path / "adapter")
     next_student = load_student(tiny_llava, adapter=tmp_path / "adapter", device="cpu")
     assert adapter_key(next_student) != adapter_key(student)
