@@ -21,7 +21,7 @@ from agents.config import IndexConfig, RunConfig, merge
 from agents.records import RunInfo, RunSummary
 from agents.run_dir import RunDir
 
-__all__ = ["IndexConfig", "RunConfig", "ensure_index", "evaluate", "index", "resume", "run"]
+__all__ = ["IndexConfig", "RunConfig", "ensure_index", "evaluate", "export", "index", "resume", "run"]
 
 INDEX_COMPLETE = ".complete"  # marks a store that `ensure_index` built to the end
 
@@ -110,6 +110,16 @@ def resume(out: Path, overrides: dict[str, Any] | None = None) -> RunSummary:
     info = RunDir(out).read_info()
     config = RunConfig.model_validate(merge(info.config, overrides or {}))
     return run(config, run_id=info.run_id)
+
+
+def export(run_dir: Path, out: Path, *, form: str | None = None, rounds: str | int = "all",
+           image_root: Path | None = None, progress: bool = False):
+    """A run's selected samples of ``rounds`` ("all", or N: rounds 1..N) as ``out/selected.jsonl`` with every
+    image a file under ``out/images/`` (table images decoded), paths relative to ``out``; returns the
+    ExportReport (agents/export.py)."""
+    from agents.export import export_run
+
+    return export_run(run_dir, out, form=form, rounds=rounds, image_root=image_root, progress=progress)
 
 
 def evaluate(student: str | Path, data: Path, *, adapter: Path | None = None, image_root: Path | None = None,

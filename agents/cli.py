@@ -16,6 +16,7 @@ COMMANDS = {
     "eval": "agents.cmd_eval",
     "run": "agents.cmd_run",
     "review": "agents.cmd_review",
+    "export": "agents.cmd_export",
     "demo": "agents.cmd_demo",
 }
 HELPS = {
@@ -28,6 +29,8 @@ HELPS = {
            "LoRA-train, repeat",
     "review": "the teacher's diagnoses and accuracy per round of a run (--html: a report with the images, "
               "side by side for two runs)",
+    "export": "write a run's selected samples with every image as a file (table images decoded) into one "
+              "folder an outside trainer reads as is (LLaVA, LLaMA-Factory, TRL)",
     "demo": "build the offline demo world, student and index, then run the loop on it",
 }
 
