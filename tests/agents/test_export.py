@@ -224,3 +224,26 @@ def test_cli_export_prints_the_summary(tmp_path, capsys):
     total = next(line for line in text.splitlines() if "all" in line and "│" in line)
     assert [cell.strip() for cell in total.split("│") if cell.strip()][:5] == ["all", "5", "5", "4", "4"]
     assert len(load_samples(out / "selected.jsonl", out)) == 5
+
+
+def test_a_datasets_folder_exports_and_a_missing_image_is_named(tmp_path):
+    datasets = pytest.importorskip("datasets", reason="datasets is in the dev extra")
+
+    features = datasets.Features({"id": datasets.Value("string"), "image": datasets.Image(),
+                                  "conversations": [{"from": datasets.Value("string"), "value": datasets.Value("string")}]})
+    rows = [{"id": f"d-{i}", "image": {"bytes": _png(colour), "path": None}, "conversations": _turns("Colour?", colour)}
+            for i, colour in enumerate(["red", "blue"])]
+    datasets.Dataset.from_list(rows, features=features).save_to_disk(str(tmp_path / "saved"))
+    samples = [r.sample for r in iter_samples(tmp_path / "saved")]
+    assert samples[0].image.startswith("arrow:")
+    out = tmp_path / "export"
+    export_run(make_run(tmp_path / "run", tmp_path / "saved", [samples]), out)
+    back = load_samples(out / "selected.jsonl", out)
+    for sample, original in zip(back, samples, strict=True):
+        assert (out / sample.image).read_bytes() == image_bytes(tmp_path / "saved", original.image)
+
+    pool = tmp_path / "files"
+    selected = file_pool(pool)
+    (pool / "more/images/a.png").unlink()  # moved away after the run
+    with pytest.raises(ExportError, match="more/images/a.png"):
+        export_run(make_run(tmp_path / "run2", pool, [selected]), tmp_path / "export2")
