@@ -117,7 +117,7 @@ def markdown(result: dict, command: str) -> str:
         f"Demo pool: {demo['pool']} samples, {demo['clusters']} clusters, index build "
         f"{demo['build_seconds']:.1f} s (de-duplication off); {demo['thresholds'][0]['planted']} planted "
         "near-duplicates.", "",
-        "| threshold | seconds | / build | marked | groups | text-only marked | planted found | other marks |",
+        "| threshold | seconds | / build | marked | groups | text-only marked | planted found | other marks (incl. text-only) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for row in demo["thresholds"]:
@@ -130,7 +130,12 @@ def markdown(result: dict, command: str) -> str:
         f"{big['largest_cluster']:,}); store build {big['store_build_seconds']:.1f} s; de-duplication at 0.95 "
         f"{d['seconds']:.1f} s = {big['ratio_to_store_build']:.3f} of the store build, "
         f"{big['ratio_to_estimated_full_build']:.3f} of the full build estimated with the demo run's embedding "
-        f"rate ({big['estimated_full_build_seconds']:.0f} s); {d['marked']:,} marked in {d['groups']:,} groups.",
+        f"rate ({big['estimated_full_build_seconds']:.0f} s); {d['marked']:,} marked in {d['groups']:,} groups "
+        f"({d['candidates']:,} samples passed the text pre-filter and had their record read).",
+        "", "Other marks are samples the planted list does not name: exact repeats of text-only questions, and "
+        "the same question with the same answer over scenes whose thumbnails nearly coincide (the demo world "
+        "draws scenes at random). Planted pairs missed are mostly re-worded questions whose text cosine is "
+        "below 0.9 or that fell into another cluster (SemDeDup compares within clusters only).",
     ]
     return "\n".join(lines) + "\n"
 
