@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from retrieval.embed import DEFAULT_EMBEDDER, embed_texts
@@ -185,3 +186,31 @@ def test_index_cli_summary_counts_the_duplicates_and_off_switches_it_off(tmp_pat
     assert index.manifest.duplicates == 0 and index.manifest.semdedup_threshold is None
     assert len(index.all_ids()) == 15
     index.close()
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_ray_path_marks_the_same_duplicates(tmp_path, kit, minilm):
+    """The Ray pipeline shares `finalize`, so it marks the same points with the same kept ids."""
+    ray = pytest.importorskip("ray", reason="ray is in the dev extra")
+    from retrieval.ray_index import index_pool_ray
+
+    pool = _dup_pool(tmp_path, kit)
+    single = PoolIndex.open(store=tmp_path / "single")
+    index_pool(pool, index=single, embedder=minilm, embedder_name=DEFAULT_EMBEDDER, clusters=2, progress=False,
+               semdedup_threshold=0.95)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        distributed = PoolIndex.open(store=tmp_path / "ray")
+        report = index_pool_ray(pool, index=distributed, embedder_name=DEFAULT_EMBEDDER, clusters=2,
+                                semdedup_threshold=0.95)
+    finally:
+        ray.shutdown()
+
+    def marks(index):
+        return {p["sample_id"]: p.get(DUP_OF) for p in index.payloads(["sample_id", DUP_OF])}
+
+    assert report.duplicates == 2 and marks(single) == marks(distributed)
+    assert single.all_ids() == distributed.all_ids()
+    single.close()
+    distributed.close()
