@@ -15,7 +15,8 @@ training. Rows:
   API) on a map it named — labelled "oracle (upper bound)" everywhere: the method with a perfect teacher,
   never the product's result;
 - teacher ablations: ``teacher-no-perturbation``, ``teacher-no-clusters``, ``teacher-no-replay``;
-- ``failures-known``, ``teacher-known``: the same with known-skill replay (``known_share`` = KNOWN_SHARE);
+- ``failures-known``, ``teacher-known``, ``oracle-map-known``: the same with known-skill replay (``known_share`` =
+  KNOWN_SHARE in round 1, then following the measured forgetting: agents/retention.py);
 - ``full-pool``: one LoRA run over every accepted pool sample (policy in ``FULL_POOL_POLICY``).
 
 Besides accuracy, each teacher row reports how often the diagnosed skill is right: the share of its
@@ -95,7 +96,7 @@ class Strategy:
         return f"{self.name} — {ORACLE_LABEL}" if self.teacher == "oracle" else self.name
 
 
-KNOWN_SHARE = 0.3  # "-known": this share of each round replays samples the untouched student answers right
+KNOWN_SHARE = 0.3  # "-known": this share of round 1 replays samples the untouched student knows (agents/retention.py)
 ORACLE_LABEL = "oracle (upper bound)"
 STRATEGIES: tuple[Strategy, ...] = (
     Strategy("random", "random"),
@@ -108,6 +109,7 @@ STRATEGIES: tuple[Strategy, ...] = (
     Strategy("teacher-no-replay", "teacher", lora={"replay_ratio": 0.0}),
     Strategy("failures-known", "failures", run={"known_share": KNOWN_SHARE}),
     Strategy("teacher-known", "teacher", run={"known_share": KNOWN_SHARE}),
+    Strategy("oracle-map-known", "teacher", teacher="oracle", skill_map=True, run={"known_share": KNOWN_SHARE}),
 )
 ROW_ORDER = ("zero-shot", *(s.name for s in STRATEGIES), "full-pool")
 

@@ -53,13 +53,18 @@ def test_build_does_not_depend_on_the_callers_thread_count(tmp_path):
     assert all(torch.equal(built[0][k], built[1][k]) for k in built[0])
 
 
+# The bars a built demo student must clear on any machine (issue 14). Counting 1-4 shapes stays the
+# weakest skill of a 3M model trained for minutes; its bar is what it reaches with margin, not 0.9.
+COUNT_BAR = 0.5  # measured 0.58 after the default pre-training (README: the range seen)
+SKILL_BARS = {"colour": 0.9, "size": 0.9, "side": 0.9, "vertical": 0.9, "count": COUNT_BAR}
+
+
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="missed (issue 4): the demo student reaches colour 0.75, size 0.83, "
-                   "vertical 0.88 but side 0.54 (chance); two pre-training epochs are what fits the demo's time")
 def test_pretrained_student_is_good_at_generic_skills_and_weak_on_targets(tmp_path_factory):
     path = build_student(tmp_path_factory.mktemp("students"), seed=0, progress=False)
     acc = json.loads((path / "skills.json").read_text())["accuracy"]
-    for skill in ("colour", "size", "side", "vertical"):
-        assert acc["generic"][SKILLS[skill].source] >= 0.9, (skill, acc["generic"])
+    missed = {skill: acc["generic"][SKILLS[skill].source] for skill, bar in SKILL_BARS.items()
+              if acc["generic"][SKILLS[skill].source] < bar}
+    assert not missed, f"generic skills under their bars {SKILL_BARS}: {missed}"
     for name, target_acc in acc["targets"].items():
         assert target_acc <= 0.65, (name, target_acc)
