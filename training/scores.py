@@ -38,7 +38,7 @@ from training.student import (
     PromptItem,
     Student,
     accepts_logits_to_keep,
-    answer_nll,
+    answer_span_logits,
     build_inputs,
     length_order,
     load_images,
@@ -123,20 +123,9 @@ def answer_perplexity(
     progress: bool = False,
 ) -> np.ndarray:
     """(n,) float64: exp of the mean negative log-likelihood of the reference answer (+ EOS) tokens."""
-    student.model.eval()
-    order = length_order([f"{s.question} {s.reference}" for s in samples])
-    out = np.zeros(len(samples))
-    with torch.inference_mode():
-        for start in tqdm(range(0, len(samples), batch_size), desc="perplexity", unit="batch", disable=not progress):
-            index = order[start : start + batch_size]
-            items = [PromptItem(load_images(samples[i], image_root) if with_image else [], samples[i].question,
-                                samples[i].reference) for i in index]
-            out[index] = _batch_perplexity(student, build_inputs(student, items, with_image=with_image))
-    return out
-
-
-def _batch_perplexity(student: Student, batch) -> np.ndarray:
-    return torch.exp(answer_nll(student, batch, reduction="row")).double().cpu().numpy()
+    stats = answer_statistics(student, samples, image_root, with_image=with_image, batch_size=batch_size,
+                              progress=progress)
+    return np.exp(stats[:, ANSWER_STATISTICS.index("nll")])
 
 
 def image_grounding(
@@ -176,15 +165,8 @@ def answer_statistics(
 
 def _batch_statistics(student: Student, batch) -> np.ndarray:
     """NLL, EL2N and entropy of the answer tokens, the LM head run on the answer span only (as answer_nll)."""
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
-    labels = batch["labels"]
-    width = int((labels != IGNORE_INDEX).sum(1).max())
-    if accepts_logits_to_keep(student.model):
-        logits = student.model(**inputs, logits_to_keep=width + 1, use_cache=False).logits
-    else:
-        logits = student.model(**inputs, use_cache=False).logits[:, -(width + 1):]
-    targets = labels[:, -width:] if width else labels[:, :0]
-    log_p = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    logits, targets = answer_span_logits(student, batch)
+    log_p = torch.log_softmax(logits, dim=-1)
     mask = targets != IGNORE_INDEX
     safe = targets.clamp(min=0).unsqueeze(-1)
     p = log_p.exp()

@@ -342,14 +342,9 @@ def accepts_logits_to_keep(model: Any) -> bool:
     return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
-def answer_nll(student: Student, batch: BatchFeature, *, reduction: str = "mean") -> torch.Tensor:
-    """Negative log-likelihood of the labelled (answer) tokens, computing logits for the answer span only.
-
-    With left padding every answer sits in the last ``w`` positions (``w`` = the longest answer), so the
-    LM head runs on ``w + 1`` positions instead of the whole sequence: for a real model's 100k+ vocabulary
-    this is most of the head's time and memory. ``reduction="mean"`` is the mean over all answer tokens
-    of the batch (what ``model(labels=...).loss`` gives); ``"row"`` is one mean per row.
-    """
+def answer_span_logits(student: Student, batch: BatchFeature) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(logits, targets)`` over the answer span only: fp32 logits predicting each of the last ``w``
+    positions (``w`` = the longest answer) and their labels (``IGNORE_INDEX`` outside a row's answer)."""
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     labels = batch["labels"]
     width = int((labels != IGNORE_INDEX).sum(1).max())
@@ -358,9 +353,20 @@ def answer_nll(student: Student, batch: BatchFeature, *, reduction: str = "mean"
     else:
         logits = student.model(**inputs, use_cache=False).logits[:, -(width + 1):]
     targets = labels[:, -width:] if width else labels[:, :0]
+    return logits[:, :-1].float(), targets
+
+
+def answer_nll(student: Student, batch: BatchFeature, *, reduction: str = "mean") -> torch.Tensor:
+    """Negative log-likelihood of the labelled (answer) tokens, computing logits for the answer span only.
+
+    With left padding every answer sits in the last ``w`` positions (``w`` = the longest answer), so the
+    LM head runs on ``w + 1`` positions instead of the whole sequence: for a real model's 100k+ vocabulary
+    this is most of the head's time and memory. ``reduction="mean"`` is the mean over all answer tokens
+    of the batch (what ``model(labels=...).loss`` gives); ``"row"`` is one mean per row.
+    """
+    logits, targets = answer_span_logits(student, batch)
     nll = torch.nn.functional.cross_entropy(
-        logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
-        ignore_index=IGNORE_INDEX, reduction="none",
+        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none",
     ).view(targets.shape)
     counts = (targets != IGNORE_INDEX).sum(1)
     if reduction == "row":
