@@ -1,23 +1,37 @@
 #!/usr/bin/env bash
-# How the committed selection results were made (benchmarks/results/selection-<target>.*).
+# How the committed selection results were made (benchmarks/results/selection-{side,corner}-colour.*).
 #
-#   benchmarks/selection_results.sh side-colour runs/bench/world
-#   benchmarks/selection_results.sh size-colour runs/bench/world2     # at the same time, in a second shell
+#   benchmarks/selection_results.sh
 #
-# Each target needs a world folder of its own when they run at once (local Qdrant locks its store); both
-# use the demo student of world seed 0, built once under runs/bench/world/students (start the first
-# call alone until its student exists). Completed runs are reused, so an interrupted call can be re-run.
+# The demo student is built once (demo/student.py defaults, ~20 min on one core) into runs/students; the
+# world (pool 6000, both targets) and its index once into runs/bench4/world, copied to world2 so the two
+# targets run at once (one qdrant-edge store per process). Completed runs are reused: an interrupted call
+# can be re-run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-task=$1 world=$2
 py=.venv/bin/python
 export HF_HUB_OFFLINE=1
-student=$($py -c "from demo.build import build_world; print(build_world('runs/bench/world', targets=['$task']).student)" | tail -1)
-common=(--target "$task" --out runs/bench3 --world "$world" --student "$student" --rounds 2 --epochs 3 --max-diagnoses 8)
-tmp=(--results "runs/bench3/tmp-$task")  # partial reports; the last call writes benchmarks/results
-$py benchmarks/selection.py "${common[@]}" --strategies random,failures,teacher,failures-known,teacher-known --budgets 0.02,0.05,0.1 --seeds 0,1,2 --no-full-pool "${tmp[@]}"
-$py benchmarks/selection.py "${common[@]}" --strategies random --budgets 0.02 --seeds 0 "${tmp[@]}"  # + full pool, seed 0
-$py benchmarks/selection.py "${common[@]}" --strategies teacher-no-perturbation,teacher-no-clusters,teacher-no-replay \
-    --budgets 0.05,0.1 --seeds 0 --no-full-pool "${tmp[@]}"
-$py benchmarks/selection.py "${common[@]}" --budgets 0.02,0.05,0.1 --seeds 0,1,2 --report-only --note \
-    "runs made by benchmarks/selection_results.sh: random/failures/teacher (+ -known) at 2/5/10% × seeds 0-2; ablations at 5% and 10%, seed 0; full pool seed 0 (its adapter does not depend on the target: same pool, same seed); both targets ran at once, one process each, on 2 shared CPU cores"
+student=$($py -c "from demo.student import build_student; print(build_student('runs/students'))" | tail -1)
+$py -c "
+from agents import api
+from demo.build import build_world
+for task in ('corner-colour', 'side-colour'):
+    w = build_world('runs/bench4/world', pool_size=6000, targets=[task], n_val=200, n_test=500,
+                    n_generic_per_skill=50, with_student=False, progress=False)
+api.ensure_index(api.IndexConfig(pool=w.pool, image_root=w.image_root, store='runs/bench4/world/index'))"
+[ -d runs/bench4/world2 ] || cp -r runs/bench4/world runs/bench4/world2
+common=(--out runs/bench4 --student "$student" --rounds 2 --epochs 3 --max-diagnoses 8 --budgets 0.05 --no-full-pool)
+$py benchmarks/selection.py --target corner-colour --world runs/bench4/world "${common[@]}" --seeds 0,1,2 \
+    --strategies random,failures,oracle-map,failures-known,oracle-map-known --results runs/bench4/tmp-corner-colour &
+$py benchmarks/selection.py --target side-colour --world runs/bench4/world2 "${common[@]}" --seeds 0,1,2 \
+    --strategies random,failures,oracle-map,oracle-map-known --results runs/bench4/tmp-side-colour
+wait
+# SmolLM2 on its own skill map: one seed (its map naming + 8 diagnoses per round took ~10 min on the 2 cores)
+$py benchmarks/selection.py --target corner-colour --world runs/bench4/world2 "${common[@]}" --seeds 0 \
+    --strategies teacher-map --results runs/bench4/tmp-corner-colour
+[ -e runs/bench4/world/index-map-model ] || cp -r runs/bench4/world2/index-map-model runs/bench4/world/
+for task in corner-colour side-colour; do
+  $py benchmarks/selection.py --target $task --world runs/bench4/world "${common[@]}" --seeds 0,1,2 --report-only \
+      --strategies random,failures,teacher-map,oracle-map,failures-known,oracle-map-known \
+      --note "made by benchmarks/selection_results.sh on 2 shared CPU cores; teacher-map: seed 0 only"
+done
