@@ -22,9 +22,8 @@ import json
 import threading
 import time
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
+from demo.openai_http import ChatHandler, ChatServer
 from demo.world import SKILLS, render_all, skill_of_question
 
 LABEL = "oracle (upper bound)"
@@ -134,11 +133,11 @@ class OracleTeacher:
         self.requests = 0
         self.kinds: Counter[str] = Counter()
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
+        self._server: ChatServer | None = None
 
     def __enter__(self) -> OracleTeacher:
         handler = type("Handler", (_Handler,), {"oracle": self})
-        self._server = _Server(("127.0.0.1", 0), handler)
+        self._server = ChatServer(("127.0.0.1", 0), handler)
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
@@ -170,42 +169,11 @@ class OracleTeacher:
                      "usage": {"prompt_tokens": 0, "completion_tokens": words, "total_tokens": words}}
 
 
-class _Server(ThreadingHTTPServer):
-    request_queue_size = 256  # the stdlib's 5 drops connections at 16 in flight (the client then retries)
-
-
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(ChatHandler):
     oracle: OracleTeacher
-    protocol_version = "HTTP/1.1"
 
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
+    def model_name(self) -> str:
+        return self.oracle.model
 
-    def _send(self, status: int, body: dict) -> None:
-        data = json.dumps(body).encode()
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-
-    def do_GET(self) -> None:
-        if self.path.rstrip("/") == "/v1/models":
-            self._send(200, {"object": "list", "data": [{"id": self.oracle.model, "object": "model"}]})
-        else:
-            self._send(404, {"error": {"message": f"no route {self.path}"}})
-
-    def do_POST(self) -> None:
-        raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        if self.path.rstrip("/") != "/v1/chat/completions":
-            self._send(404, {"error": {"message": f"no route {self.path}"}})
-            return
-        try:
-            request = json.loads(raw)
-        except json.JSONDecodeError:
-            self._send(400, {"error": {"message": "body is not JSON"}})
-            return
-        self._send(*self.oracle.answer(request))
+    def chat(self, request: dict) -> tuple[int, dict]:
+        return self.oracle.answer(request)

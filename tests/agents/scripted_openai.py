@@ -22,8 +22,9 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from demo.openai_http import ChatHandler, ChatServer
 
 FAULT_KINDS = {"ok", "http500", "http400", "delay", "invalid_json", "truncated", "bad_schema"}
 
@@ -131,7 +132,7 @@ class ScriptedOpenAI:
         self.in_flight = 0
         self.max_in_flight = 0
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
+        self._server: ChatServer | None = None
 
     # --- lifecycle
     def __enter__(self) -> ScriptedOpenAI:
@@ -143,7 +144,7 @@ class ScriptedOpenAI:
 
     def start(self) -> None:
         handler = type("Handler", (_Handler,), {"scripted": self})
-        self._server = _Server(("127.0.0.1", 0), handler)
+        self._server = ChatServer(("127.0.0.1", 0), handler)
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
 
@@ -212,54 +213,19 @@ def completion(model: str, content: str, finish: str) -> dict:
     }
 
 
-class _Server(ThreadingHTTPServer):
-    # The stdlib default backlog (5) drops connections beyond it; the client then waits a 1 s SYN
-    # retransmit, which would show up as a client slowdown at 16 in flight.
-    request_queue_size = 256
-
-
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(ChatHandler):
     scripted: ScriptedOpenAI
-    protocol_version = "HTTP/1.1"
 
-    def log_message(self, format: str, *args: Any) -> None:  # quiet: tests read counts, not access logs
-        pass
+    def model_name(self) -> str:
+        return self.scripted.model
 
-    def _send(self, status: int, body: dict) -> None:
-        data = json.dumps(body).encode()
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the client gave up (a timeout fault): nothing to answer
-
-    def do_GET(self) -> None:
-        if self.path.rstrip("/") == "/v1/models":
-            self._send(200, {"object": "list", "data": [{"id": self.scripted.model, "object": "model"}]})
-        else:
-            self._send(404, {"error": {"message": f"no route {self.path}"}})
-
-    def do_POST(self) -> None:
-        length = int(self.headers.get("Content-Length", 0))
-        raw = self.rfile.read(length)
-        if self.path.rstrip("/") != "/v1/chat/completions":
-            self._send(404, {"error": {"message": f"no route {self.path}"}})
-            return
-        try:
-            request = json.loads(raw)
-        except json.JSONDecodeError:
-            self._send(400, {"error": {"message": "body is not JSON"}})
-            return
+    def chat(self, request: dict) -> tuple[int, dict]:
         scripted = self.scripted
         with scripted._lock:
             scripted.in_flight += 1
             scripted.max_in_flight = max(scripted.max_in_flight, scripted.in_flight)
         try:
-            status, body = scripted.answer(request, self.headers.get("Authorization", ""))
+            return scripted.answer(request, self.headers.get("Authorization", ""))
         finally:
             with scripted._lock:
                 scripted.in_flight -= 1
-        self._send(status, body)

@@ -33,7 +33,7 @@ from training.records import EvalRecord
 @pytest.fixture(scope="module")
 def base_store(tmp_path_factory) -> Path:
     from demo.pool import write_pool
-    from retrieval.embed import DEFAULT_EMBEDDER, load_embedder
+    from retrieval.embed import DEFAULT_EMBEDDER
     from retrieval.index import index_pool
 
     root = tmp_path_factory.mktemp("skills-world")
