@@ -106,12 +106,13 @@ def plan(state: LoopState, loop: Runtime) -> dict:
     previous = run.read(number - 1, PLAN) if number > 1 else None
     share, share_why = replay_share(config.known_share, [run.read(n, METRICS) for n in range(number)],
                                     previous.known_share if previous else None)
-    known = _known(loop, ctx, round(share * budget))
+    wanted = round(share * budget)
+    known = _known(loop, ctx, wanted)
     # What replay could not fill goes to the gaps: the round spends its whole budget.
     planned = get_selector(config.selector).plan(ctx, failures, budget - len(known.ids))
     if planned.diagnoses:
         run.write(number, DIAGNOSES, planned.diagnoses)
-    reason = f"{share_why}; {known.reason(round(share * budget), config.known_quantile)}" if known.drawn else share_why
+    reason = f"{share_why}; {known.reason(wanted, config.known_quantile)}" if known.drawn else share_why
     run.write(number, PLAN, GapPlan(budget=budget, known=len(known.ids), known_ids=known.ids, known_share=share,
                                     known_reason=reason, gaps=planned.gaps, teacher=planned.teacher))
     return {}
@@ -133,7 +134,8 @@ def select(state: LoopState, loop: Runtime) -> dict:
     if run.has(number, SELECTED):
         return {}
     gap_plan = run.read(number, PLAN)
-    ctx = replace(_context(loop, number), exclude=_context(loop, number).exclude | set(gap_plan.known_ids))
+    base = _context(loop, number)
+    ctx = replace(base, exclude=base.exclude | set(gap_plan.known_ids))  # replay is drawn first (plan)
     choice = get_selector(config.selector).choose(ctx, gap_plan)
     scored = list(choice.scored) + [
         ScoredCandidate(sample_id=i, gap="known", query="", relevance=0.0, score=1.0, selected=True,
