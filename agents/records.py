@@ -30,6 +30,14 @@ def normalise_skill(name: str) -> str:
     return "-".join(words[:SKILL_MAX_WORDS])
 
 
+def skill_name(value: str, field: str) -> str:
+    """``normalise_skill`` for a validator: a name with no letters or digits is an error naming ``field``."""
+    name = normalise_skill(value)
+    if not name:
+        raise ValueError(f"{field} has no letters or digits: {value!r}")
+    return name
+
+
 # What a teacher without a skill map replies: the skill in its own words. Its JSON schema is the
 # ``diagnosis`` schema sent to such a teacher, so it has no docstring (that would become the schema's
 # description, sent with every request) and keeps the title "Diagnosis" it had before the map existed.
@@ -49,10 +57,7 @@ class FreeDiagnosis(BaseModel):
     @field_validator("missing_skill")
     @classmethod
     def _kebab(cls, value: str) -> str:
-        skill = normalise_skill(value)
-        if not skill:
-            raise ValueError(f"missing_skill has no letters or digits: {value!r}")
-        return skill
+        return skill_name(value, "missing_skill")
 
     @field_validator("queries")
     @classmethod

@@ -45,7 +45,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from agents.planning import skill_key
-from agents.records import normalise_skill
+from agents.records import skill_name
 from agents.teacher import (
     SkillChoice,
     StructuredRequest,
@@ -95,10 +95,7 @@ class ClusterName(BaseModel):
     @field_validator("name")
     @classmethod
     def _kebab(cls, value: str) -> str:
-        name = normalise_skill(value)
-        if not name:
-            raise ValueError(f"name has no letters or digits: {value!r}")
-        return name
+        return skill_name(value, "name")
 
 
 SKILL_NAME_SCHEMA: dict[str, Any] = ClusterName.model_json_schema()
@@ -117,10 +114,7 @@ class MapSkill(BaseModel):
     @field_validator("name")
     @classmethod
     def _kebab(cls, value: str) -> str:
-        name = normalise_skill(value)
-        if not name:
-            raise ValueError(f"skill name has no letters or digits: {value!r}")
-        return name
+        return skill_name(value, "skill name")
 
 
 class MapCost(BaseModel):

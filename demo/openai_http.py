@@ -6,6 +6,7 @@ scripted server are such doubles; what they answer is theirs, the wire is this m
 from __future__ import annotations
 
 import json
+import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -58,3 +59,17 @@ class ChatHandler(BaseHTTPRequestHandler):
             self._send(400, {"error": {"message": "body is not JSON"}})
             return
         self._send(*self.chat(request))
+
+
+def serve(handler: type[ChatHandler]) -> ChatServer:
+    """``handler`` answering on a free port of 127.0.0.1, in a daemon thread."""
+    server = ChatServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def shut(server: ChatServer | None) -> None:
+    if server is not None:
+        server.shutdown()
+        server.server_close()

@@ -23,7 +23,7 @@ import threading
 import time
 from collections import Counter
 
-from demo.openai_http import ChatHandler, ChatServer
+from demo.openai_http import ChatHandler, ChatServer, serve, shut
 from demo.world import SKILLS, render_all, skill_of_question
 
 LABEL = "oracle (upper bound)"
@@ -136,17 +136,12 @@ class OracleTeacher:
         self._server: ChatServer | None = None
 
     def __enter__(self) -> OracleTeacher:
-        handler = type("Handler", (_Handler,), {"oracle": self})
-        self._server = ChatServer(("127.0.0.1", 0), handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self._server = serve(type("Handler", (_Handler,), {"oracle": self}))
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        shut(self._server)
+        self._server = None
 
     @property
     def base_url(self) -> str:

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from demo.openai_http import ChatHandler, ChatServer
+from demo.openai_http import ChatHandler, ChatServer, serve, shut
 
 FAULT_KINDS = {"ok", "http500", "http400", "delay", "invalid_json", "truncated", "bad_schema"}
 
@@ -143,16 +143,11 @@ class ScriptedOpenAI:
         self.stop()
 
     def start(self) -> None:
-        handler = type("Handler", (_Handler,), {"scripted": self})
-        self._server = ChatServer(("127.0.0.1", 0), handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self._server = serve(type("Handler", (_Handler,), {"scripted": self}))
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        shut(self._server)
+        self._server = None
 
     @property
     def base_url(self) -> str:
