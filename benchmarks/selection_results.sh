@@ -27,8 +27,10 @@ $py benchmarks/selection.py --target side-colour --world runs/bench4/world2 "${c
     --strategies random,failures,oracle-map,oracle-map-known --results runs/bench4/tmp-side-colour
 wait
 # SmolLM2 on its own skill map: one seed (its map naming + 8 diagnoses per round took ~10 min on the 2 cores)
-$py benchmarks/selection.py --target corner-colour --world runs/bench4/world2 "${common[@]}" --seeds 0 \
-    --strategies teacher-map --results runs/bench4/tmp-corner-colour
+for task in corner-colour side-colour; do
+  $py benchmarks/selection.py --target $task --world runs/bench4/world2 "${common[@]}" --seeds 0 \
+      --strategies teacher-map --results runs/bench4/tmp-$task
+done
 [ -e runs/bench4/world/index-map-model ] || cp -r runs/bench4/world2/index-map-model runs/bench4/world/
 for task in corner-colour side-colour; do
   $py benchmarks/selection.py --target $task --world runs/bench4/world "${common[@]}" --seeds 0,1,2 --report-only \
