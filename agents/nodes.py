@@ -22,7 +22,9 @@ from agents.run_dir import CANDIDATES, DIAGNOSES, EVALS, METRICS, PLAN, SCORED, 
 from agents.runtime import Runtime
 from agents.selectors import RoundContext, get_selector
 from agents.stages import evaluate_splits, train_round
+from retrieval.ingest import load_samples
 from retrieval.rerank import ScoredCandidate
+from training.lora import HeldOut
 from training.student import untouched
 
 log = logging.getLogger(__name__)
@@ -175,7 +177,11 @@ def train(state: LoopState, loop: Runtime) -> dict:
         log.warning("round %d selected nothing; the adapter is carried over unchanged", number)
     replay = [row.sample for n in range(1, number) for row in run.read(n, SELECTED)]
     student = loop.trainable_student(run.adapter(number - 1))
+    # the target's val split tells a round when to stop (lora.early_stop); it is never trained on
+    root = config.image_root_of(config.val)
+    held_out = HeldOut(load_samples(config.val, root), root) if config.lora.early_stop else None
     with _clock(loop, number)("train"):
         train_round(student, selected, replay, loop.pool_image_root,
-                    config.lora.model_copy(update={"seed": config.lora.seed + number}), run.adapter(number))
+                    config.lora.model_copy(update={"seed": config.lora.seed + number}), run.adapter(number),
+                    held_out=held_out)
     return {}

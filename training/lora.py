@@ -7,6 +7,12 @@ because a bare list such as ``["q_proj", "v_proj"]`` would also wrap the vision 
 ``modules_to_save``: a small student cannot learn a new visual feature with the language side alone.
 Loss is on the answer tokens only (``training.student.build_inputs``).
 
+Length of training: a fixed number of ``epochs``, or (``early_stop``) epochs until the answer loss on
+held-out samples stops falling — the loop holds out the target's val split, so a round trains as long as
+its own data keeps helping the target, whatever the round's size (issue 14: a fixed 3 epochs under-trained
+rounds of a few hundred samples on a world the defaults were not tuned on). The best epoch's weights are
+kept.
+
 Determinism: one seed drives the LoRA init, dropout and the shuffling (its own ``torch.Generator``), and
 deterministic kernels are requested while training, so the same call on CPU gives the same adapter.
 """
@@ -60,7 +66,13 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     lr: float = Field(5e-4, gt=0)
-    epochs: int = Field(3, gt=0)
+    epochs: int = Field(3, gt=0, description="passes over the data; with early_stop, the most")
+    early_stop: bool = Field(False, description=(
+        "after every epoch measure the mean answer loss on the held-out samples given to training (the loop: "
+        "the target's val split); stop once an epoch lowers it by less than min_gain, keep the best epoch's "
+        "weights. The lr is constant after the warm-up (warmup_ratio of one epoch): the stop, not a decay "
+        "schedule fixed in advance, ends training"))
+    min_gain: float = Field(0.01, ge=0, lt=1, description="relative held-out loss drop an epoch must make to count")
     batch_size: int = Field(16, gt=0)
     grad_accum: int = Field(1, gt=0, description="batches per optimizer step")
     warmup_ratio: float = Field(0.1, ge=0, le=1)
@@ -105,6 +117,8 @@ class TrainReport(BaseModel):
     total_params: int
     continued_adapter: bool = False
     projector: str | None = None
+    held_out_losses: list[float] = Field(default_factory=list, description="before training, then after each epoch")
+    best_epoch: int | None = Field(None, description="the epoch whose weights were kept (early_stop)")
     config: dict
     selected_ids: list[str]
     replay_ids: list[str]
@@ -218,10 +232,13 @@ def deterministic(seed: int):
         torch.use_deterministic_algorithms(previous)
 
 
-def linear_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+def linear_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int | None) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over ``warmup`` steps, then linear decay to 0 at ``total`` (``None``: constant)."""
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / (warmup + 1)
+        if total is None:
+            return 1.0
         return max(0.0, (total - step) / max(1, total - warmup))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
@@ -284,9 +301,48 @@ def check_training_memory(student: Student, batch: Any, config: TrainConfig, com
                 advice=TRAINING_ADVICE, limit_gb=config.memory_limit_gb)
 
 
+@dataclasses.dataclass(frozen=True)
+class HeldOut:
+    """Samples whose answer loss decides when training stops (``TrainConfig.early_stop``); never trained on."""
+
+    samples: Sequence[Sample]
+    image_root: Path | None
+
+    def loss(self, student: Student, batch_size: int) -> float:
+        from training.scores import ANSWER_STATISTICS, answer_statistics
+
+        stats = answer_statistics(student, self.samples, self.image_root, batch_size=batch_size)
+        return float(stats[:, ANSWER_STATISTICS.index("nll")].mean())
+
+
+class EarlyStop:
+    """Tracks the held-out loss epoch by epoch and keeps a copy of the trainable weights of the epoch with the
+    lowest one; training ends at the first epoch that gains less than ``min_gain`` (relative) on the best."""
+
+    def __init__(self, held_out: HeldOut, config: TrainConfig, student: Student, params: Sequence[torch.nn.Parameter]):
+        self.held_out, self.config, self.student, self.params = held_out, config, student, list(params)
+        self.losses = [held_out.loss(student, config.batch_size)]  # the start: what an epoch must beat
+        self.best_epoch, self.best = 0, None
+
+    def after_epoch(self, epoch: int) -> bool:
+        """Measure after ``epoch`` (1-based); True when training should stop."""
+        loss = self.held_out.loss(self.student, self.config.batch_size)
+        self.student.model.train()
+        best = self.losses[self.best_epoch]
+        self.losses.append(loss)
+        if loss < best or self.best is None:  # the first epoch is kept even without a gain: a round always trains
+            self.best_epoch, self.best = epoch, [p.detach().clone() for p in self.params]
+        return not loss < best * (1 - self.config.min_gain)  # a gain below min_gain ends training
+
+    def restore(self) -> None:
+        with torch.no_grad():
+            for param, value in zip(self.params, self.best or [], strict=False):
+                param.copy_(value)
+
+
 def run_training(
     student: Student, samples: Sequence[Sample], image_root: Path | None, config: TrainConfig, *,
-    progress: bool = True, desc: str = "train", accelerator: Any = None,
+    progress: bool = True, desc: str = "train", accelerator: Any = None, held_out: HeldOut | None = None,
 ) -> dict:
     """The one training loop: AdamW over the trainable parameters, linear warm-up and decay, loss on answers
     (the LM head runs on the answer span only), the next batch prepared in a worker thread, forward passes
@@ -297,11 +353,17 @@ def run_training(
     batches and trains on its share of each; the loss is normalised by the answer tokens of the whole global
     batch, so the gradient DDP averages is the one a single process computes on that batch.
 
-    Returns ``{"losses", "steps", "seconds", "samples_per_s", "epochs_run"}``.
+    With ``config.early_stop`` the ``held_out`` samples' answer loss is measured before training and after
+    every epoch (each process measures it alone: fine under DDP, not under FSDP's sharded weights); training
+    ends at the first epoch that does not lower it by ``min_gain`` and the best epoch's weights are restored.
+
+    Returns ``{"losses", "steps", "seconds", "samples_per_s", "epochs_run", "held_out_losses", "best_epoch"}``.
     """
     model = student.model
     if not any(p.requires_grad for p in model.parameters()):
         raise ValueError("nothing to train: no parameter requires grad")
+    if config.early_stop and (held_out is None or not held_out.samples):
+        raise ValueError("early_stop needs held-out samples (the loop passes its val split)")
     group = ProcessGroup(accelerator)
     plans, per_epoch_batches = plan_batches(student, samples, image_root, config)
     per_epoch = math.ceil(per_epoch_batches / config.grad_accum)
@@ -310,7 +372,12 @@ def run_training(
     trained = group.wrap(model)  # DDP (or FSDP, from accelerate's config) across processes; else the model
     params = [p for p in trained.parameters() if p.requires_grad]
     optimizer = group.wrap_optimizer(torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay))
-    scheduler = linear_schedule(optimizer, round(config.warmup_ratio * total), total)
+    if config.early_stop:  # warm up over a share of one epoch, then hold: the held-out loss ends training
+        scheduler = linear_schedule(optimizer, round(config.warmup_ratio * per_epoch), None)
+        stop = EarlyStop(held_out, config, student, params)
+    else:
+        scheduler = linear_schedule(optimizer, round(config.warmup_ratio * total), total)
+        stop = None
     forward = dataclasses.replace(student, model=trained)
     losses: list[float] = []
     seen, step, window, checked = 0, 0, [], False
@@ -352,11 +419,16 @@ def run_training(
             bar.set_postfix(loss=f"{losses[-1]:.4f}", epoch=epoch + 1, samples_s=f"{seen / elapsed:.1f}")
             if step >= total:
                 break
+            if stop is not None and number + 1 == per_epoch_batches and stop.after_epoch(epoch + 1):
+                break
     bar.close()
+    if stop is not None:
+        stop.restore()
     model.eval()
     seconds = time.perf_counter() - start
     return {"losses": losses, "steps": step, "seconds": seconds,
-            "samples_per_s": seen / seconds if seconds > 0 else 0.0, "epochs_run": seen / max(1, len(samples))}
+            "samples_per_s": seen / seconds if seconds > 0 else 0.0, "epochs_run": seen / max(1, len(samples)),
+            "held_out_losses": stop.losses if stop else [], "best_epoch": stop.best_epoch if stop else None}
 
 
 # --- LoRA ------------------------------------------------------------------------------------------
@@ -441,8 +513,10 @@ def train_lora(
     replay: Iterable[Sample] = (),
     progress: bool = True,
     accelerator: Any = None,
+    held_out: HeldOut | None = None,
 ) -> TrainReport:
     """LoRA-tune the student on ``samples`` + replay; continues its adapter if it has one; saves to ``out_dir``.
+    ``held_out``: what ``config.early_stop`` measures.
 
     A continued adapter keeps the LoRA settings it was created with (rank, targets, trained projector);
     ``config`` then only sets the optimisation (lr, epochs, batch, seed, replay). With an ``accelerator`` of
@@ -459,7 +533,7 @@ def train_lora(
         else:
             projector = attach_lora(student, config)
         stats = (run_training(student, train_set, image_root, config, progress=progress, desc="lora",
-                              accelerator=accelerator) if train_set else _no_training())
+                              accelerator=accelerator, held_out=held_out) if train_set else _no_training())
     report = _report(student, out, "lora", samples, replayed, stats, config, continued=continued, projector=projector)
     group = ProcessGroup(accelerator)
     if group.is_main:
@@ -508,7 +582,8 @@ def train_full(
 
 def _no_training() -> dict:
     log.warning("nothing to train on: the adapter is saved unchanged")
-    return {"losses": [], "steps": 0, "seconds": 0.0, "samples_per_s": 0.0, "epochs_run": 0.0}
+    return {"losses": [], "steps": 0, "seconds": 0.0, "samples_per_s": 0.0, "epochs_run": 0.0,
+            "held_out_losses": [], "best_epoch": None}
 
 
 def _report(student: Student, out: Path, mode: str, samples: Sequence[Sample], replayed: Sequence[Sample],
@@ -523,6 +598,7 @@ def _report(student: Student, out: Path, mode: str, samples: Sequence[Sample], r
         samples_per_s=round(stats["samples_per_s"], 3),
         trainable_params=sum(p.numel() for p in params if p.requires_grad),
         total_params=sum(p.numel() for p in params), continued_adapter=continued, projector=projector,
+        held_out_losses=[round(x, 6) for x in stats["held_out_losses"]], best_epoch=stats["best_epoch"],
         config=config.model_dump(), selected_ids=[s.id for s in samples], replay_ids=[s.id for s in replayed],
     )
 

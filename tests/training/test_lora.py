@@ -183,3 +183,37 @@ def test_lora_teaches_a_new_skill_and_replay_keeps_the_old_one(colour_llava, tin
     tuned = load_student(colour_llava, adapter=tmp_path, device="cpu")
     assert accuracy(tuned, warmth) == 1.0
     assert accuracy(tuned, tiny_data.samples) == 1.0
+
+
+def test_early_stop_trains_while_the_held_out_loss_falls_and_keeps_the_best_epoch(tiny_llava, tiny_data, tmp_path):
+    from training.lora import HeldOut
+
+    train, held = tiny_data.samples[::2], tiny_data.samples[1::2]  # each image is drawn twice: one copy each
+    config = LoraTrainConfig(**{**FAST, "epochs": 12}, early_stop=True)
+    report = train_lora(load_student(tiny_llava, device="cpu"), train, tiny_data.root, config, tmp_path / "a",
+                        held_out=HeldOut(held, tiny_data.root), progress=False)
+    losses = report.held_out_losses
+    assert len(losses) == report.epochs_run + 1  # before training, then after each epoch run
+    assert 1 < report.epochs_run < 12 and losses[1] < losses[0]  # it learned, then stopped on its own
+    assert report.best_epoch == min(range(1, len(losses)), key=losses.__getitem__)
+    assert report.steps == report.epochs_run * -(-len(train) // 8)
+    # the saved adapter is the best epoch's, not the last one's
+    again = HeldOut(held, tiny_data.root).loss(load_student(tiny_llava, adapter=tmp_path / "a", device="cpu"), 8)
+    assert again == pytest.approx(losses[report.best_epoch], rel=1e-5)
+
+
+def test_early_stop_ends_after_one_epoch_that_does_not_help_the_held_out_task(colour_llava, tiny_data, tmp_path):
+    from training.lora import HeldOut
+
+    # the student answers colours; training on yes/no with a high lr only hurts the colour answers
+    config = LoraTrainConfig(**{**FAST, "epochs": 12, "lr": 2e-2}, early_stop=True)
+    report = train_lora(load_student(colour_llava, device="cpu"), tiny_data.yes_no, tiny_data.root, config,
+                        tmp_path / "a", held_out=HeldOut(tiny_data.samples[:16], tiny_data.root), progress=False)
+    assert report.epochs_run == 1 and report.best_epoch == 1
+    assert report.held_out_losses[1] > report.held_out_losses[0]
+
+
+def test_early_stop_without_held_out_samples_is_refused(tiny_llava, tiny_data, tmp_path):
+    with pytest.raises(ValueError, match="early_stop needs held-out samples"):
+        train_lora(load_student(tiny_llava, device="cpu"), tiny_data.yes_no, tiny_data.root,
+                   LoraTrainConfig(**FAST, early_stop=True), tmp_path / "a", progress=False)
