@@ -219,20 +219,26 @@ class _ImageChecker:
         self.root = root
         self.max_pixels = max_pixels
         self.check = lru_cache(maxsize=8192)(self._check)
+        # string forms for the per-image checks: os.path on str is ~2x cheaper than pathlib (measured 305 ->
+        # ~200 us per image file on this machine; at 100k distinct images that is ~10 s of a 2-core run)
+        self._root = os.fspath(root)
+        self._prefix = self._root.rstrip(os.sep) + os.sep
 
     def _check(self, image: str) -> tuple[str, str] | None:
         if is_table_ref(image):
             return _check_cell(self.root, image, self.max_pixels)
-        if os.path.isabs(image) or re.match(r"^[A-Za-z]:[\\/]", image):
+        if os.path.isabs(image) or _DRIVE.match(image):
             return "image_outside_root", f"absolute image path {image!r}; paths are relative to the image root"
-        candidate = self.root / image
-        # resolve() follows symlinks, so a link pointing out of the root is caught here too.
-        resolved = candidate.resolve()
-        if not resolved.is_relative_to(self.root):
+        # realpath() follows symlinks (as Path.resolve does), so a link pointing out of the root is caught too.
+        resolved = os.path.realpath(os.path.join(self._root, image))
+        if resolved != self._root and not resolved.startswith(self._prefix):
             return "image_outside_root", f"image {image!r} resolves to {resolved}, outside the image root {self.root}"
-        if not resolved.is_file():
+        if not os.path.isfile(resolved):
             return "image_missing", f"image {image!r} not found under {self.root}"
         return _check_decodable(resolved, image, self.max_pixels)
+
+
+_DRIVE = re.compile(r"^[A-Za-z]:[\\/]")
 
 
 def _check_cell(root: Path, ref: str, max_pixels: int) -> tuple[str, str] | None:
@@ -247,7 +253,7 @@ def _check_cell(root: Path, ref: str, max_pixels: int) -> tuple[str, str] | None
     return _check_decodable(io.BytesIO(data), ref, max_pixels)
 
 
-def _check_decodable(path: Path | io.BytesIO, image: str, max_pixels: int) -> tuple[str, str] | None:
+def _check_decodable(path: str | Path | io.BytesIO, image: str, max_pixels: int) -> tuple[str, str] | None:
     try:
         with warnings.catch_warnings():
             # PIL only warns between 1x and 2x its limit; a bomb must be an error, not a warning.
