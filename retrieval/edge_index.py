@@ -177,7 +177,7 @@ class EdgeIndex:
         for record in self._scroll(["sample_id"], flt, with_vector=True):
             ids.append(record.payload["sample_id"])
             vectors.append(_dense(record.vector))
-        return ids, np.asarray(vectors, dtype=np.float32).reshape(len(ids), -1)
+        return ids, np.asarray(vectors, dtype=np.float32).reshape(len(ids), -1 if ids else 0)  # an empty cluster: (0, 0)
 
     def payloads(self, fields: list[str]) -> Iterable[dict]:
         """Those payload fields of every point, streamed."""

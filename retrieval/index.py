@@ -213,7 +213,7 @@ class PoolIndex:
         for point in self._scroll(["sample_id"], flt, with_vectors=True):
             ids.append(point.payload["sample_id"])
             vectors.append(point.vector)
-        return ids, np.asarray(vectors, dtype=np.float32).reshape(len(ids), -1)
+        return ids, np.asarray(vectors, dtype=np.float32).reshape(len(ids), -1 if ids else 0)  # an empty cluster: (0, 0)
 
     def payloads(self, fields: list[str]) -> Iterable[dict]:
         """Those payload fields of every point, streamed."""

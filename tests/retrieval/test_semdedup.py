@@ -214,3 +214,13 @@ def test_ray_path_marks_the_same_duplicates(tmp_path, kit, minilm):
     assert single.all_ids() == distributed.all_ids()
     single.close()
     distributed.close()
+
+
+def test_a_cluster_with_no_points_is_skipped(tmp_path, kit, minilm):
+    # more clusters than distinct texts: k-means leaves some empty (a pool of few phrasings asks this)
+    pool = _dup_pool(tmp_path, kit)
+    index = PoolIndex.open(store=tmp_path / "store")
+    report = index_pool(pool, index=index, embedder=minilm, embedder_name=DEFAULT_EMBEDDER, clusters=14,
+                        progress=False, semdedup_threshold=0.95)
+    assert report.counts["accepted"] == 15 and index.manifest.duplicates >= 1
+    index.close()
