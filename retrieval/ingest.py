@@ -18,7 +18,7 @@ import os
 import re
 import warnings
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -167,26 +167,31 @@ _NOT_PARSED = object()
 
 
 def _validate(
-    line: int, raw: str, parsed: object, seen_ids: set[str], checker: _ImageChecker | None
+    line: int, raw: str | Callable[[], str], parsed: object, seen_ids: set[str], checker: _ImageChecker | None
 ) -> Accepted | Rejected:
     if parsed is _NOT_PARSED:
-        return Rejected(line, "bad_json", _json_error(raw), _clip(raw))
+        return Rejected(line, "bad_json", _json_error(_text(raw)), _clip(_text(raw)))
     try:
         canonical = to_canonical(parsed)  # any supported form (retrieval/formats.py) -> LLaVA's
         sample = Sample.model_validate(canonical)
     except FormatError as error:
-        return Rejected(line, error.reason, error.detail, _clip(raw))
+        return Rejected(line, error.reason, error.detail, _clip(_text(raw)))
     except ValidationError as error:
-        return Rejected(line, "invalid_record", _summarise(error), _clip(raw))
+        return Rejected(line, "invalid_record", _summarise(error), _clip(_text(raw)))
     if sample.id in seen_ids:
-        return Rejected(line, "duplicate_id", f"id {sample.id!r} already seen earlier in the file", _clip(raw))
+        return Rejected(line, "duplicate_id", f"id {sample.id!r} already seen earlier in the file", _clip(_text(raw)))
     for image in sample.images if checker is not None else []:
         problem = checker.check(image)
         if problem is not None:
-            return Rejected(line, problem[0], problem[1], _clip(raw))
+            return Rejected(line, problem[0], problem[1], _clip(_text(raw)))
     # Only accepted ids count as seen: a later good copy of a rejected record is not a duplicate.
     seen_ids.add(sample.id)
     return Accepted(line, sample)
+
+
+def _text(raw: str | Callable[[], str]) -> str:
+    """A record's raw text; a table row gives a callable, made only when the row is rejected."""
+    return raw() if callable(raw) else raw
 
 
 def _summarise(error: ValidationError, limit: int = 3) -> str:

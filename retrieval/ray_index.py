@@ -33,7 +33,15 @@ from retrieval.index import (
     _UpsertWriter,
     finalize,
 )
-from retrieval.ingest import Accepted, IngestTally, Rejected, _ImageChecker, _iter_json_array, _validate
+from retrieval.ingest import (
+    Accepted,
+    IngestTally,
+    Rejected,
+    _ImageChecker,
+    _iter_json_array,
+    _text,
+    _validate,
+)
 from retrieval.records import Sample
 from retrieval.tables import is_table, iter_file_rows, row_counts, table_files
 
@@ -166,7 +174,7 @@ def _validated_blocks(path: Path, root: Path, check_images: bool, unit: tuple) -
     for line, raw, parsed in _unit_records(path, root, unit):
         result = _validate(line, raw, parsed, set(), checker)  # duplicates: judged by the driver, in order
         if isinstance(result, Accepted):
-            rows.append({"line": line, "reason": "", "detail": "", "raw": raw,
+            rows.append({"line": line, "reason": "", "detail": "", "raw": _text(raw),  # the driver may find a duplicate
                          "record": json.dumps(result.sample.to_record()), "text": sample_text(result.sample)})
         else:
             rows.append({"line": line, "reason": result.reason, "detail": result.detail, "raw": result.raw,
