@@ -50,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from training.scorers import RULES, SCORERS
 
     parser.add_argument("--scorer", choices=[*SCORERS, *RULES],
-                        help="student-side score mixed with relevance (default: perturbation); "
+                        help="student-side score mixed with relevance (default: none, relevance only); "
                              + "; ".join(f"{name}: {s.help}" for name, s in SCORERS.items())
                              + "; " + "; ".join(f"{name}: {text}" for name, text in RULES.items()))
     parser.add_argument("--seed", type=int, help="seed of selection and training (default: 0)")

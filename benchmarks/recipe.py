@@ -22,6 +22,7 @@ standard deviation over the seeds.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -188,8 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     world = shapes_world(args) if args.world == "shapes" else digits_world(args)
     settings = Settings(pool_size=world.pool_count, n_val=0, n_test=0, n_generic_per_skill=0, rounds=args.rounds,
-                        epochs=3, batch_size=16, max_diagnoses=8, eval_batch_size=32, max_new_tokens=8,
-                        perturbation_draws=4, quick=False)
+                        epochs=3, batch_size=16, max_diagnoses=8, eval_batch_size=32, max_new_tokens=16,
+                        perturbation_draws=3, quick=False, scorer="perturbation")  # the committed runs' (digits: 4 at first)
     name = args.world if args.world == "digits" else f"shapes-{args.task}"
     task_dir = args.out / name
     budget = max(1, round(args.budget * world.pool_count))
@@ -197,8 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     for seed in [int(s) for s in args.seeds.split(",")]:
         for name in args.recipes.split(","):
             recipe = RECIPES[name]
-            loop = run_strategy(world, Strategy(f"loop-{name}", "failures", lora=recipe), args.budget, seed, task_dir,
-                                settings, None)
+            # the re-rank scorer is the one the committed fixed-recipe runs used (Settings.scorer): only the recipe differs
+            strategy = Strategy(f"loop-{name}", "failures", lora=recipe)
+            loop = run_strategy(world, strategy, args.budget, seed, task_dir, settings, None)
             rows.append({"arm": f"loop-{name}", "seed": seed, **loop_result(loop)})
             shot = one_shot(world, loop, recipe, seed, task_dir / f"seed{seed}" / f"oneshot-{name}", settings.batch_size)
             rows.append({"arm": f"oneshot-{name}", "seed": seed, **shot})
@@ -210,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     stem = args.results / f"recipe-{name}"
     stem.with_suffix(".json").write_text(json.dumps({"world": args.world, "task": world.task, "budget": budget,
                                                      "rounds": args.rounds, "rows": rows, "table": table,
-                                                     "command": command}, indent=2) + "\n")
+                                                     "settings": dataclasses.asdict(settings), "command": command},
+                                                    indent=2) + "\n")
     text = markdown(args.world, world.task, table, command, budget, args.rounds)
     stem.with_suffix(".md").write_text(text)
     print(text)

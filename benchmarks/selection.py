@@ -142,6 +142,9 @@ class Settings:
     max_new_tokens: int
     perturbation_draws: int
     quick: bool
+    # pinned, not the product's defaults: the committed rows were made with them (README, "Selection benchmark")
+    early_stop: bool = False  # True: each round's epochs end on the val split's answer loss (lora.early_stop)
+    scorer: str = "perturbation"  # the re-rank scorer of every row but the --scorers ones
 
 
 # --- running ---------------------------------------------------------------------------------------
@@ -231,8 +234,9 @@ def run_config(world: World, strategy: Strategy, fraction: float, seed: int, out
         selector=strategy.selector, seed=seed, max_diagnoses=settings.max_diagnoses,
         eval_batch_size=settings.eval_batch_size, max_new_tokens=settings.max_new_tokens,
         teacher=teacher or {"progress": False},
-        rerank={"perturbation_draws": settings.perturbation_draws, **strategy.rerank},
-        lora={"epochs": settings.epochs, "batch_size": settings.batch_size, "seed": seed, **strategy.lora},
+        rerank={"perturbation_draws": settings.perturbation_draws, "scorer": settings.scorer, **strategy.rerank},
+        lora={"epochs": settings.epochs, "early_stop": settings.early_stop, "batch_size": settings.batch_size,
+              "seed": seed, **strategy.lora},
         **strategy.run,
     ))
 
@@ -893,6 +897,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-full-pool", action="store_true", help="skip the full-pool row")
     parser.add_argument("--scorers", help="extra rows, one per re-rank scorer or rule (comma-separated: "
                         "perturbation, perplexity, image_grounding, el2n, answer_entropy, entropy, none)")
+    parser.add_argument("--scorer", default="perturbation",
+                        help="re-rank scorer of every row but the --scorers ones (default perturbation: the committed "
+                        "rows' scorer, not the product's default none)")
+    parser.add_argument("--early-stop", action="store_true",
+                        help="each round trains until the val split's answer loss stops falling (at most --epochs; "
+                        "the product's default recipe) instead of a fixed --epochs (the committed rows' recipe)")
     parser.add_argument("--scorer-selector", default="failures", choices=["failures", "teacher"],
                         help="selector of the --scorers rows")
     parser.add_argument("--report-only", action="store_true",
@@ -935,7 +945,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         pool_size=pick(args.pool_size, 6000, 600), n_val=40 if quick else 200, n_test=40 if quick else 500,
         n_generic_per_skill=5 if quick else 50, rounds=pick(args.rounds, 2, 1), epochs=pick(args.epochs, 3, 1),
         batch_size=args.batch_size, max_diagnoses=pick(args.max_diagnoses, 48, 6), eval_batch_size=32,
-        max_new_tokens=8 if quick else 16, perturbation_draws=pick(args.perturbation_draws, 3, 1), quick=quick)
+        max_new_tokens=8 if quick else 16, perturbation_draws=pick(args.perturbation_draws, 3, 1), quick=quick,
+        early_stop=args.early_stop, scorer=args.scorer)
 
 
 def _floats(text: str) -> list[float]:

@@ -49,10 +49,12 @@ class RerankConfig(BaseModel):
     perturbation_weight: float = Field(0.5, ge=0, description=(
         "weight of the student-side score, whichever scorer gives it (named when perturbation was the only one)"))
     use_perturbation: bool = Field(True, description="False: no student-side score at all (the ablation flag)")
-    scorer: str = Field("perturbation", description=(
+    # none by default: on the selection benchmark no scorer beat relevance only beyond the seed spread, and
+    # perturbation cost ~65 s a run (README, "What a round does")
+    scorer: str = Field("none", description=(
         "student-side score mixed with relevance: a scorer of training/scorers.py (perturbation, perplexity, "
         "image_grounding, el2n, answer_entropy), 'entropy' (per cluster, the scorer whose scores spread the "
-        "most: Adapt-∞) or 'none' (relevance only)"))
+        "most: Adapt-∞) or 'none' (relevance only, the default)"))
     entropy_bins: int = Field(10, ge=2, description="histogram bins of the entropy rule")
     perturbation_words: int = Field(2, ge=0, description="words deleted per perturbation")
     perturbation_draws: int = Field(3, ge=1, description="perturbations averaged per sample")

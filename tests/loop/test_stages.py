@@ -68,7 +68,8 @@ def test_retrieval_then_rerank_for_the_student_fills_each_share(index, student, 
     gaps = gaps_from_failures(failures, 6)
     by_gap = retrieve_candidates(gaps, index, load_embedder(), factor=4, exclude=frozenset())
     shares = {g.skill: g.budget for g in gaps}
-    scored = rerank_for_student(by_gap, shares, RerankConfig(perturbation_draws=1), lambda: student, index,
+    config = RerankConfig(scorer="perturbation", perturbation_draws=1)
+    scored = rerank_for_student(by_gap, shares, config, lambda: student, index,
                                 Path(index.manifest.image_root), seed=0)
     chosen = [c for c in scored if c.selected]
     assert len(chosen) == 6 and len({c.sample_id for c in chosen}) == 6

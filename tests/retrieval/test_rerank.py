@@ -28,6 +28,17 @@ def test_quota_does_not_underspend_when_one_cluster_is_all_there_is():
     assert sum(c.selected for c in out) == 4
 
 
+def test_relevance_alone_ranks_by_default_and_asks_the_student_nothing():
+    rows = [("a", 0.7, 0, [1.0, 0.0]), ("b", 0.9, 1, [0.0, 1.0]), ("c", 0.8, 2, [1.0, 1.0])]
+
+    def never(ids):
+        raise AssertionError(f"the default re-rank asked the student about {ids}")
+
+    out = rerank({"g": _cands("g", rows)}, {"g": 2}, RerankConfig(dedup_threshold=None), never)
+    assert RerankConfig().active_scorer == "none"
+    assert {c.sample_id for c in out if c.selected} == {"b", "c"}
+
+
 def test_near_duplicates_are_dropped_with_their_reason():
     rows = [("x", 0.9, 0, [1.0, 0.0]), ("x-dup", 0.8, 0, [1.0, 0.001]), ("y", 0.7, 1, [0.0, 1.0])]
     out = rerank({"g": _cands("g", rows)}, {"g": 2}, RerankConfig())
@@ -45,7 +56,7 @@ def test_perturbation_is_only_asked_for_the_shortlist_and_changes_the_order():
         asked.append(list(ids))
         return np.array([{"a": 0.0, "b": 0.0, "c": 5.0}[i] for i in ids])
 
-    config = RerankConfig(perturbation_weight=2.0, dedup_threshold=None)
+    config = RerankConfig(scorer="perturbation", perturbation_weight=2.0, dedup_threshold=None)
     out = rerank({"g": _cands("g", rows)}, {"g": 1}, config, perturbation)
     assert asked == [["a", "b", "c"]]
     assert [c.sample_id for c in out if c.selected] == ["c"]
