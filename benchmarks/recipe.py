@@ -196,15 +196,16 @@ def main(argv: list[str] | None = None) -> int:
     budget = max(1, round(args.budget * world.pool_count))
     rows = []
     for seed in [int(s) for s in args.seeds.split(",")]:
-        for name in args.recipes.split(","):
-            recipe = RECIPES[name]
+        for recipe_name in args.recipes.split(","):
+            recipe = RECIPES[recipe_name]
             # the re-rank scorer is the one the committed fixed-recipe runs used (Settings.scorer): only the recipe differs
-            strategy = Strategy(f"loop-{name}", "failures", lora=recipe)
+            strategy = Strategy(f"loop-{recipe_name}", "failures", lora=recipe)
             loop = run_strategy(world, strategy, args.budget, seed, task_dir, settings, None)
-            rows.append({"arm": f"loop-{name}", "seed": seed, **loop_result(loop)})
-            shot = one_shot(world, loop, recipe, seed, task_dir / f"seed{seed}" / f"oneshot-{name}", settings.batch_size)
-            rows.append({"arm": f"oneshot-{name}", "seed": seed, **shot})
-            logging.info("seed %d %s: loop %.3f, one-shot %.3f", seed, name, rows[-2]["test_accuracy"],
+            rows.append({"arm": f"loop-{recipe_name}", "seed": seed, **loop_result(loop)})
+            shot = one_shot(world, loop, recipe, seed, task_dir / f"seed{seed}" / f"oneshot-{recipe_name}",
+                            settings.batch_size)
+            rows.append({"arm": f"oneshot-{recipe_name}", "seed": seed, **shot})
+            logging.info("seed %d %s: loop %.3f, one-shot %.3f", seed, recipe_name, rows[-2]["test_accuracy"],
                          shot["test_accuracy"])
     table = summarise(rows, zero_shot(task_dir))
     command = "benchmarks/recipe.py " + " ".join(argv if argv is not None else sys.argv[1:])
