@@ -53,6 +53,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="student-side score mixed with relevance (default: none, relevance only); "
                              + "; ".join(f"{name}: {s.help}" for name, s in SCORERS.items())
                              + "; " + "; ".join(f"{name}: {text}" for name, text in RULES.items()))
+    parser.add_argument("--epochs", type=int, help="the most LoRA epochs a round trains (default 20: it stops when "
+                        "the val split's answer loss stops falling); with --fixed-epochs, exactly this many")
+    parser.add_argument("--fixed-epochs", action="store_true",
+                        help="train every round for exactly --epochs (default 3), without the held-out stop")
     parser.add_argument("--seed", type=int, help="seed of selection and training (default: 0)")
     parser.add_argument("--out", type=Path, required=True, help="run directory; an existing one is resumed")
     parser.add_argument("--config", type=Path, help="YAML/TOML/JSON config; flags override it")
@@ -70,6 +74,8 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
                     "concurrency": args.teacher_concurrency},
         "rerank": {"use_perturbation": False if args.no_perturbation else None,
                    "use_clusters": False if args.no_clusters else None, "scorer": args.scorer},
+        "lora": {"early_stop": False if args.fixed_epochs else None,
+                 "epochs": args.epochs or (3 if args.fixed_epochs else None)},
     }
 
 

@@ -24,7 +24,7 @@ from retrieval.index import DEFAULT_COLLECTION
 from retrieval.rerank import RerankConfig
 from retrieval.semdedup import DEFAULT_THRESHOLD as SEMDEDUP_THRESHOLD
 from training.evaluate import DEFAULT_BATCH_SIZE, DEFAULT_MATCHER, DEFAULT_MAX_NEW_TOKENS
-from training.lora import LoraTrainConfig
+from training.lora import RoundLoraConfig
 
 DEFAULT_STORE = Path(".tutorloop/index")
 
@@ -63,7 +63,7 @@ class RunConfig(BaseModel):
     max_new_tokens: int = Field(DEFAULT_MAX_NEW_TOKENS, gt=0)
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     rerank: RerankConfig = Field(default_factory=RerankConfig)
-    lora: LoraTrainConfig = Field(default_factory=LoraTrainConfig)
+    lora: RoundLoraConfig = Field(default_factory=RoundLoraConfig)
 
     @field_validator("selector")
     @classmethod

@@ -59,6 +59,27 @@ def test_flags_override_the_file_and_nested_sections_merge(tmp_path):
     assert config.rerank.use_perturbation is True  # a flag not given (None) leaves the default
 
 
+def test_rounds_stop_on_the_held_out_loss_unless_fixed_epochs_are_asked_for():
+    import argparse
+
+    from agents.cmd_run import add_arguments, overrides_from
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    base = ["--student", "s", "--val", "v.jsonl", "--store", "idx", "--budget", "10", "--out", "o"]
+
+    def lora(*flags: str):
+        return build_config(None, overrides_from(parser.parse_args([*base, *flags]))).lora
+
+    assert (lora().early_stop, lora().epochs) == (True, 20)
+    assert (lora("--epochs", "6").early_stop, lora("--epochs", "6").epochs) == (True, 6)
+    assert (lora("--fixed-epochs").early_stop, lora("--fixed-epochs").epochs) == (False, 3)
+    assert lora("--fixed-epochs", "--epochs", "5").epochs == 5
+    # a file's lora section keeps the loop's defaults for the keys it does not name
+    assert build_config(None, {"student": "s", "val": "v", "store": "i", "out": "o", "budget": 1,
+                               "lora": {"lr": 1e-3}}).lora.early_stop is True
+
+
 def test_budget_is_split_evenly_over_rounds():
     config = build_config(None, {"student": "s", "val": "v", "store": "i", "out": "o", "budget": 10, "rounds": 3})
     assert [config.per_round_budget(n) for n in (1, 2, 3)] == [3, 3, 4]
