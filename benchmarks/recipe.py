@@ -35,7 +35,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.selection import Settings, Strategy, World, run_strategy  # noqa: E402
+from benchmarks.selection import Settings, Strategy, World, indexed_world, run_strategy  # noqa: E402
 
 FIXED = {"epochs": 3}
 HELD_OUT = {"early_stop": True, "epochs": 20}
@@ -43,7 +43,6 @@ RECIPES = {"fixed": FIXED, "heldout": HELD_OUT}
 
 
 def shapes_world(args: argparse.Namespace) -> World:
-    from agents import api
     from demo.build import build_world
     from demo.targets import TARGETS
     from demo.world import SKILLS
@@ -52,30 +51,14 @@ def shapes_world(args: argparse.Namespace) -> World:
     world = build_world(args.out / "shapes" / "world", pool_size=6000, targets=[task], n_val=200, n_test=500,
                         n_generic_per_skill=50, student_cache=args.students, progress=False)
     sources = tuple(sorted({SKILLS[p].source for s in TARGETS[task].skills for p in SKILLS[s].taught_by}))
-    return _world(api, task, world, sources)
+    return indexed_world(task, world, Path(world.student), sources, world.root)
 
 
 def digits_world(args: argparse.Namespace) -> World:
-    from agents import api
     from demo.digits import TARGET, TARGET_SKILL, build_digits_world
 
     world = build_digits_world(args.out / "digits" / "world", student_cache=args.students, progress=False)
-    return _world(api, TARGET, world, (f"{TARGET_SKILL}-v1",))
-
-
-def _world(api, task: str, world, sources: tuple[str, ...]) -> World:
-    from retrieval.index import PoolIndex
-
-    store = api.ensure_index(api.IndexConfig(pool=world.pool, image_root=world.image_root,
-                                             store=world.root / "index", progress=False))
-    index = PoolIndex.open(store=store)
-    try:
-        count = index.count()
-    finally:
-        index.close()
-    val, test = world.targets[task]
-    return World(task, Path(world.student), val, test, world.generic, world.pool, world.image_root, store, count,
-                 sources, world.root)
+    return indexed_world(TARGET, world, Path(world.student), (f"{TARGET_SKILL}-v1",), world.root)
 
 
 def one_shot(world: World, loop_dir: Path, recipe: dict, seed: int, out: Path, batch_size: int) -> dict:
@@ -135,7 +118,7 @@ def summarise(rows: list[dict], zero: dict) -> list[dict]:
     for arm in dict.fromkeys(r["arm"] for r in rows):
         group = [r for r in rows if r["arm"] == arm]
 
-        def stat(key: str, scale: float = 100.0) -> tuple[float, float]:
+        def stat(key: str, scale: float = 100.0, group: list[dict] = group) -> tuple[float, float]:
             values = [scale * r[key] for r in group]
             return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 

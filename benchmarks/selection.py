@@ -167,11 +167,9 @@ class World:
 
 def prepare_world(task: str, args: argparse.Namespace, settings: Settings) -> World:
     """The demo world (pool, target splits, generic set), its index and the student; built once, cached."""
-    from agents import api
     from demo.build import build_world
     from demo.targets import TARGETS
     from demo.world import SKILLS
-    from retrieval.index import PoolIndex
 
     root = args.world or args.out / "world"
     quick_student = settings.quick and args.student is None
@@ -188,17 +186,24 @@ def prepare_world(task: str, args: argparse.Namespace, settings: Settings) -> Wo
         student = root / "tiny-student"
         if not (student / "config.json").exists():
             build_tiny_llava(student, vocabulary_texts() + target_texts(), seed=0)
-    store = api.ensure_index(api.IndexConfig(pool=world.pool, image_root=world.image_root, store=root / "index"))
+    # on target = the pool skills that teach the target (a composite target's parts: the pool never asks it)
+    sources = tuple(sorted({SKILLS[p].source for s in TARGETS[task].skills for p in SKILLS[s].taught_by}))
+    return indexed_world(task, world, Path(student), sources, root)
+
+
+def indexed_world(task: str, paths: Any, student: Path, sources: tuple[str, ...], root: Path) -> World:
+    """A world's files (demo.build.WorldPaths) with its pool indexed once into ``root/index``."""
+    from agents import api
+    from retrieval.index import PoolIndex
+
+    store = api.ensure_index(api.IndexConfig(pool=paths.pool, image_root=paths.image_root, store=root / "index"))
     index = PoolIndex.open(store=store)
     try:
         count = index.count()
     finally:
         index.close()
-    val, test = world.targets[task]
-    # on target = the pool skills that teach the target (a composite target's parts: the pool never asks it)
-    sources = tuple(sorted({SKILLS[p].source for s in TARGETS[task].skills for p in SKILLS[s].taught_by}))
-    return World(task, Path(student), val, test, world.generic, world.pool, world.image_root, store, count, sources,
-                 root)
+    val, test = paths.targets[task]
+    return World(task, student, val, test, paths.generic, paths.pool, paths.image_root, store, count, sources, root)
 
 
 def check_same_world(task_dir: Path, world: World, root: Path) -> None:

@@ -6,7 +6,14 @@ from __future__ import annotations
 import pytest
 
 from agents.skills import ClusterSamples, naming_request
-from agents.teacher import NONE_OF_THESE, SkillChoice, TeacherClient, TeacherConfig, diagnose_failures, run_sync
+from agents.teacher import (
+    NONE_OF_THESE,
+    SkillChoice,
+    TeacherClient,
+    TeacherConfig,
+    diagnose_failures,
+    run_sync,
+)
 from demo.oracle_teacher import LABEL, OracleTeacher, name_cluster
 from retrieval.records import Sample
 from training.records import EvalRecord

@@ -11,8 +11,8 @@ import pytest
 
 from agents.api import run
 from agents.planning import gaps_from_failures
-from agents.run_dir import SELECTED, RunDir
 from agents.retrieve import retrieve_candidates
+from agents.run_dir import SELECTED, RunDir
 from agents.stages import rerank_for_student
 from retrieval.embed import load_embedder
 from retrieval.index import PoolIndex

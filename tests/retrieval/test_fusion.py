@@ -72,7 +72,7 @@ def test_server_fusion_and_embedded_fusion_agree(tmp_path):
         assert [(i, s) for i, s, _ in results[1]] == expected
         hits = edge.hybrid_query(arms, 12, {"s2"})
         for hit in hits:
-            assert "s2" != hit.sample_id
+            assert hit.sample_id != "s2"
             if any(name.startswith("skill-map") for name in hit.arms):
                 assert hit.payload["skill"] in {"even", "fives"}
     finally:
