@@ -31,9 +31,26 @@ for task in corner-colour side-colour; do
   $py benchmarks/selection.py --target $task --world runs/bench4/world2 "${common[@]}" --seeds 0 \
       --strategies teacher-map --results runs/bench4/tmp-$task
 done
+# Stop 11: the re-rank scorers against relevance only (side-colour, 5 %); 10 % rows; SmolLM2 diagnosing
+# freely and full-pool training (side-colour, seed 0: the CPU allowed one each)
+$py benchmarks/selection.py --target side-colour --world runs/bench4/world2 "${common[@]}" --seeds 0,1,2 \
+    --strategies failures --scorers none,perplexity,image_grounding,el2n,answer_entropy,entropy \
+    --results runs/bench4/tmp-side-colour
+base=(--out runs/bench4 --student "$student" --rounds 2 --epochs 3 --max-diagnoses 8)
+common10=("${base[@]}" --budgets 0.1 --no-full-pool)
+$py benchmarks/selection.py --target corner-colour --world runs/bench4/world "${common10[@]}" --seeds 0,1,2 \
+    --strategies random,failures,oracle-map --results runs/bench4/tmp-corner-colour
+$py benchmarks/selection.py --target side-colour --world runs/bench4/world2 "${common10[@]}" --seeds 0,1,2 \
+    --strategies failures --results runs/bench4/tmp-side-colour
+$py benchmarks/selection.py --target side-colour --world runs/bench4/world2 "${base[@]}" --budgets 0.05 --seeds 0 \
+    --strategies random --results runs/bench4/tmp-side-colour
+$py benchmarks/selection.py --target side-colour --world runs/bench4/world2 "${common[@]}" --seeds 0 \
+    --strategies teacher --results runs/bench4/tmp-side-colour
 [ -e runs/bench4/world/index-map-model ] || cp -r runs/bench4/world2/index-map-model runs/bench4/world/
-for task in corner-colour side-colour; do
-  $py benchmarks/selection.py --target $task --world runs/bench4/world "${common[@]}" --seeds 0,1,2 --report-only \
-      --strategies random,failures,teacher-map,oracle-map,failures-known,oracle-map-known \
-      --note "made by benchmarks/selection_results.sh on 2 shared CPU cores; teacher-map: seed 0 only"
-done
+$py benchmarks/selection.py --target corner-colour --world runs/bench4/world "${base[@]}" --budgets 0.05,0.1 --no-full-pool --seeds 0,1,2 \
+    --report-only --strategies random,failures,teacher-map,oracle-map,failures-known,oracle-map-known \
+    --note "made by benchmarks/selection_results.sh on 2 shared CPU cores; teacher-map: seed 0 only; 10%: random, failures, oracle-map"
+$py benchmarks/selection.py --target side-colour --world runs/bench4/world "${base[@]}" --budgets 0.05,0.1 --seeds 0,1,2 \
+    --report-only --strategies random,failures,teacher,teacher-map,oracle-map,oracle-map-known \
+    --scorers none,perplexity,image_grounding,el2n,answer_entropy,entropy \
+    --note "made by benchmarks/selection_results.sh on 2 shared CPU cores; teacher and teacher-map: seed 0 only; 10%: failures only; full-pool: seed 0"
