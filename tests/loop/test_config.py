@@ -60,16 +60,15 @@ def test_flags_override_the_file_and_nested_sections_merge(tmp_path):
 
 
 def test_rounds_stop_on_the_held_out_loss_unless_fixed_epochs_are_asked_for():
-    import argparse
+    import importlib
 
-    from agents.cmd_run import add_arguments, overrides_from
+    from agents.cli import COMMANDS, build_parser
 
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    base = ["--student", "s", "--val", "v.jsonl", "--store", "idx", "--budget", "10", "--out", "o"]
+    overrides_from = importlib.import_module(COMMANDS["run"]).overrides_from  # only the CLI imports cmd_* by name
+    base = ["run", "--student", "s", "--val", "v.jsonl", "--store", "idx", "--budget", "10", "--out", "o"]
 
     def lora(*flags: str):
-        return build_config(None, overrides_from(parser.parse_args([*base, *flags]))).lora
+        return build_config(None, overrides_from(build_parser("run").parse_args([*base, *flags]))).lora
 
     assert (lora().early_stop, lora().epochs) == (True, 20)
     assert (lora("--epochs", "6").early_stop, lora("--epochs", "6").epochs) == (True, 6)
