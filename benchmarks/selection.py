@@ -232,7 +232,7 @@ def run_config(world: World, strategy: Strategy, fraction: float, seed: int, out
 
     if strategy.needs_teacher:  # say which: the map strategies' stores hold one, the others' do not
         teacher = {**(teacher or {}), "skill_map": "auto" if strategy.skill_map else "off"}
-    return RunConfig.model_validate(dict(
+    settings_of_run = dict(
         student=world.student, val=world.val, test=world.test, generic=world.generic, store=store or world.store,
         out=out, budget=budget_samples(fraction, world.pool_count), rounds=settings.rounds,
         patience=settings.rounds,  # no early stop: every strategy spends its whole budget
@@ -242,8 +242,9 @@ def run_config(world: World, strategy: Strategy, fraction: float, seed: int, out
         rerank={"perturbation_draws": settings.perturbation_draws, "scorer": settings.scorer, **strategy.rerank},
         lora={"epochs": settings.epochs, "early_stop": settings.early_stop, "batch_size": settings.batch_size,
               "seed": seed, **strategy.lora},
-        **strategy.run,
-    ))
+    )
+    # known_share pinned to the committed rows' 0 (the -known strategies set theirs in strategy.run)
+    return RunConfig.model_validate({**settings_of_run, "known_share": 0.0, **strategy.run})
 
 
 def run_complete(out: Path) -> bool:
