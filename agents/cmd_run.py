@@ -41,8 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target-accuracy", type=float, help="stop once val accuracy reaches this (0..1)")
     parser.add_argument("--known-share", type=float,
                         help="share of each round's budget replaying pool samples the untouched student already "
-                             "answers right, against forgetting (any selector; default 0; 0.3 measured in "
-                             "benchmarks/results/selection-*.md)")
+                             "knows, against forgetting (any selector; default 0.3, measured in README 'The round "
+                             "recipe'; 0 switches it off)")
     parser.add_argument("--export", choices=["llava", "sharegpt", "messages"],
                         help="form of each round's selected.jsonl (default: the pool's own form, sample by sample)")
     parser.add_argument("--no-perturbation", action="store_true", help="ablation: re-rank without the perturbation score")
