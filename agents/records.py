@@ -212,3 +212,13 @@ class RunInfo(BaseModel):
     pool_image_root: str | None = Field(None, description="where the pool's images are (from the index)")
     skill_map: dict[str, Any] | None = Field(None, description="teacher runs: whether diagnoses are grounded in "
                                              "the pool's skill map, its path and why (agents/skills.py)")
+
+    @field_validator("config")
+    @classmethod
+    def _fixed_epochs_before_held_out_stop(cls, config: dict[str, Any]) -> dict[str, Any]:
+        """A run written before rounds stopped on the held-out loss resumes with the fixed epochs it began with
+        (its config has every LoRA field but ``early_stop``; a default must not change a run half-way)."""
+        lora = config.get("lora")
+        if isinstance(lora, dict) and "epochs" in lora and "early_stop" not in lora:
+            config = {**config, "lora": {**lora, "early_stop": False}}
+        return config

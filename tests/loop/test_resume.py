@@ -128,3 +128,15 @@ def test_a_kill_right_after_any_write_of_the_select_node_resumes_to_the_referenc
     linked = [row.selected_ids for row in crashed.read(1, DIAGNOSES)]
     assert linked == [row.selected_ids for row in expected.read(1, DIAGNOSES)]
     assert set().union(*linked) == set(_selections(config.out)[0])
+
+
+def test_a_run_from_before_the_held_out_stop_resumes_with_its_fixed_epochs(tiny_world, loop_config, tmp_path):
+    from agents.config import RunConfig
+    from agents.records import RunInfo
+
+    config = loop_config(tiny_world, tmp_path / "run").model_dump(mode="json")
+    old = {**config, "lora": {k: v for k, v in config["lora"].items() if k not in ("early_stop", "min_gain")}}
+    resumed = RunConfig.model_validate(RunInfo(run_id="r", config=old).config)
+    assert resumed.lora.early_stop is False and resumed.lora.epochs == config["lora"]["epochs"]
+    # a run written now keeps what it says
+    assert RunConfig.model_validate(RunInfo(run_id="r", config=config).config).lora.early_stop is True
