@@ -196,7 +196,7 @@ def build_digits_world(out_dir: Path | str, *, pool_size: int = 6000, seed: int 
         write_split(target, "val", TARGET_SKILL, n_val, seed, val_scans, TARGET_PHRASINGS)
         write_split(target, "test", TARGET_SKILL, n_test, seed, test_scans, TARGET_PHRASINGS)
         write_split(root / "generic", "generic", GENERIC, n_generic, seed, held)
-        manifest.write_text(json.dumps(settings, indent=2) + "\n")
+        atomic_write_text(manifest, json.dumps(settings, indent=2) + "\n")  # last: a torn build rebuilds
     target = root / "targets" / TARGET
     student = build_digits_student(student_cache or root / "students", seed, progress=progress) if with_student else None
     return WorldPaths(root=root, pool=root / "pool" / "pool.jsonl", image_root=root / "pool",
