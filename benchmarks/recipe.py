@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.selection import Settings, Strategy, World, indexed_world, run_strategy  # noqa: E402
 
-FIXED = {"epochs": 3}
+FIXED = {"epochs": 3, "early_stop": False}
 HELD_OUT = {"early_stop": True, "epochs": 20}
 RECIPES = {"fixed": FIXED, "heldout": HELD_OUT}
 
