@@ -25,17 +25,15 @@ import argparse
 import dataclasses
 import json
 import os
-import shutil
 import statistics
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.selection import Settings, Strategy, World, indexed_world, run_strategy  # noqa: E402
+from benchmarks.selection import Settings, Strategy, World, indexed_world, lora_once, run_strategy  # noqa: E402
 
 FIXED = {"epochs": 3, "early_stop": False}
 HELD_OUT = {"early_stop": True, "epochs": 20}
@@ -61,32 +59,24 @@ def digits_world(args: argparse.Namespace) -> World:
     return indexed_world(TARGET, world, Path(world.student), (f"{TARGET_SKILL}-v1",), world.root)
 
 
-def one_shot(world: World, loop_dir: Path, recipe: dict, seed: int, out: Path, batch_size: int) -> dict:
+def one_shot(world: World, loop_dir: Path, recipe: dict, seed: int, out: Path, settings: Settings) -> dict:
     """LoRA once from the untouched student on every sample ``loop_dir`` selected; evaluated like the loop."""
     from agents.run_dir import SELECTED, RunDir
     from retrieval.files import write_json
     from retrieval.ingest import load_samples
-    from training.evaluate import evaluate
-    from training.lora import HeldOut, LoraTrainConfig, train_lora
-    from training.student import load_student
+    from training.lora import HeldOut, LoraTrainConfig
 
     result_path = out / "result.json"
     if result_path.exists():
         return json.loads(result_path.read_text())
     run = RunDir(loop_dir)
     samples = [row.sample for n in run.rounds_done()[1:] for row in run.read(n, SELECTED)]
-    config = LoraTrainConfig(batch_size=batch_size, seed=seed + 1, **recipe)  # the loop's round 1 seed
-    held_out = HeldOut(load_samples(world.val), world.val.parent)
-    shutil.rmtree(out / "adapter", ignore_errors=True)
-    started = time.perf_counter()
-    report = train_lora(load_student(world.student, is_trainable=True), samples, world.image_root, config,
-                        out / "adapter", progress=False, held_out=held_out if config.early_stop else None)
-    train_s = time.perf_counter() - started
-    student = load_student(world.student, adapter=out / "adapter")
+    config = LoraTrainConfig(batch_size=settings.batch_size, seed=seed + 1, **recipe)  # the loop's round 1 seed
+    held_out = HeldOut(load_samples(world.val), world.val.parent) if config.early_stop else None
+    report, metrics, train_s, _ = lora_once(world, samples, config, out, settings, held_out=held_out)
     result = {"n_train": report.n_train, "steps": report.steps, "epochs": report.epochs_run,
-              "held_out_losses": report.held_out_losses, "training_s": round(train_s, 1)}
-    for split, path in (("test", world.test), ("generic", world.generic)):
-        result[f"{split}_accuracy"] = evaluate(student, load_samples(path), path.parent, progress=False).summary["accuracy"]
+              "held_out_losses": report.held_out_losses, "training_s": round(train_s, 1),
+              "test_accuracy": metrics["test_accuracy"], "generic_accuracy": metrics["generic_accuracy"]}
     write_json(result_path, result)
     return result
 
@@ -185,8 +175,7 @@ def main(argv: list[str] | None = None) -> int:
             strategy = Strategy(f"loop-{recipe_name}", "failures", lora=recipe)
             loop = run_strategy(world, strategy, args.budget, seed, task_dir, settings, None)
             rows.append({"arm": f"loop-{recipe_name}", "seed": seed, **loop_result(loop)})
-            shot = one_shot(world, loop, recipe, seed, task_dir / f"seed{seed}" / f"oneshot-{recipe_name}",
-                            settings.batch_size)
+            shot = one_shot(world, loop, recipe, seed, task_dir / f"seed{seed}" / f"oneshot-{recipe_name}", settings)
             rows.append({"arm": f"oneshot-{recipe_name}", "seed": seed, **shot})
             logging.info("seed %d %s: loop %.3f, one-shot %.3f", seed, recipe_name, rows[-2]["test_accuracy"],
                          shot["test_accuracy"])

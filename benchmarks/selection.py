@@ -289,41 +289,49 @@ def run_full_pool(world: World, seed: int, task_dir: Path, settings: Settings) -
     """Train on every accepted pool sample with the loop's round-1 LoRA settings, then evaluate (timed)."""
     from retrieval.files import write_json
     from retrieval.ingest import Accepted, iter_samples
-    from training.evaluate import evaluate
-    from training.lora import LoraTrainConfig, train_lora
-    from training.student import load_student
+    from training.lora import LoraTrainConfig
 
     out = task_dir / f"seed{seed}" / "full-pool"
     if (out / "result.json").exists():
         return out
     samples = [item.sample for item in iter_samples(world.pool, world.image_root) if isinstance(item, Accepted)]
     config = LoraTrainConfig(epochs=settings.epochs, batch_size=settings.batch_size, seed=seed + 1)
-    shutil.rmtree(out / "adapter", ignore_errors=True)
     log.info("full pool: training on %d samples, seed %d", len(samples), seed)
-    student = load_student(world.student, is_trainable=True)
-    start = time.perf_counter()
-    report = train_lora(student, samples, world.image_root, config, out / "adapter", progress=not settings.quick)
-    train_s = time.perf_counter() - start
-    student = load_student(world.student, adapter=out / "adapter")
-    start = time.perf_counter()
-    metrics: dict[str, Any] = {}
-    for split, path in (("test", world.test), ("generic", world.generic)):
-        from retrieval.ingest import load_samples
-
-        result = evaluate(student, load_samples(path), path.parent, batch_size=settings.eval_batch_size,
-                          max_new_tokens=settings.max_new_tokens, progress=False)
-        metrics[f"{split}_accuracy"] = result.summary["accuracy"]
-        metrics[f"{split}_by_source"] = result.summary["by_source"]
+    report, metrics, train_s, eval_s = lora_once(world, samples, config, out, settings, progress=not settings.quick)
     write_json(out / "result.json", {
         **metrics, "n_train": report.n_train, "steps": report.steps,
-        "seconds": {"selection": 0.0, "training": round(train_s, 3),
-                    "evaluation": round(time.perf_counter() - start, 3)},
+        "seconds": {"selection": 0.0, "training": round(train_s, 3), "evaluation": round(eval_s, 3)},
         "selected_ids_count": len(samples),
         "by_source": dict(Counter(s.source or "?" for s in samples)),
         "noise": dict(Counter(getattr(s, "noise", None) or "clean" for s in samples)),
         "policy": FULL_POOL_POLICY,
     })
     return out
+
+
+def lora_once(world: World, samples: list, config: Any, out: Path, settings: Settings, *, held_out: Any = None,
+              progress: bool = False) -> tuple[Any, dict[str, Any], float, float]:
+    """One LoRA run from the untouched student on ``samples`` into ``out/adapter``, then the test and generic
+    splits evaluated as the loop evaluates them: (training report, accuracies by split, train s, evaluate s)."""
+    from retrieval.ingest import load_samples
+    from training.evaluate import evaluate
+    from training.lora import train_lora
+    from training.student import load_student
+
+    shutil.rmtree(out / "adapter", ignore_errors=True)
+    start = time.perf_counter()
+    report = train_lora(load_student(world.student, is_trainable=True), samples, world.image_root, config,
+                        out / "adapter", progress=progress, held_out=held_out)
+    train_s = time.perf_counter() - start
+    student = load_student(world.student, adapter=out / "adapter")
+    start = time.perf_counter()
+    metrics: dict[str, Any] = {}
+    for split, path in (("test", world.test), ("generic", world.generic)):
+        result = evaluate(student, load_samples(path), path.parent, batch_size=settings.eval_batch_size,
+                          max_new_tokens=settings.max_new_tokens, progress=False)
+        metrics[f"{split}_accuracy"] = result.summary["accuracy"]
+        metrics[f"{split}_by_source"] = result.summary["by_source"]
+    return report, metrics, train_s, time.perf_counter() - start
 
 
 # --- skill maps --------------------------------------------------------------------------------------
