@@ -20,6 +20,7 @@ cached by a key of the world version and the settings, like demo/student.py.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import random
@@ -84,12 +85,20 @@ def texts() -> list[str]:
     return out
 
 
+@functools.cache
 def scans() -> tuple[np.ndarray, np.ndarray]:
-    """(images (n, 8, 8) in 0..16, labels (n,)) from scikit-learn's bundled file."""
+    """(images (n, 8, 8) in 0..16, labels (n,)) from scikit-learn's bundled file (read once)."""
     from sklearn.datasets import load_digits
 
     data = load_digits()
     return data.images, data.target
+
+
+def scan_split() -> tuple[list[int], list[int]]:
+    """(pool scans, held-out scans): the first POOL_SHARE of the bundled order, and the rest."""
+    n = len(scans()[1])
+    cut = int(POOL_SHARE * n)
+    return list(range(cut)), list(range(cut, n))
 
 
 def png(scan: np.ndarray) -> bytes:
@@ -162,7 +171,7 @@ def write_digits_pool(folder: Path, n: int, seed: int, *, skills: tuple[str, ...
                       wrong_answer: float = 0.05, off_topic: float = 0.05, name: str = "pool") -> Path:
     """``n`` samples: skills in equal shares (minus the off-topic ones), on the pool's scans only."""
     images, labels = scans()
-    pool_scans = list(range(int(POOL_SHARE * len(labels))))
+    pool_scans, _ = scan_split()
     rng = random.Random(f"digits:{name}:{seed}")
     writer = _Writer(folder, name)
     n_off = round(off_topic * n)
@@ -188,8 +197,7 @@ def build_digits_world(out_dir: Path | str, *, pool_size: int = 6000, seed: int 
     manifest = root / "manifest.json"
     if not manifest.is_file() or json.loads(manifest.read_text()) != settings:
         shutil.rmtree(root, ignore_errors=True)
-        _, labels = scans()
-        held = list(range(int(POOL_SHARE * len(labels)), len(labels)))
+        _, held = scan_split()
         val_scans, test_scans = held[: len(held) // 3], held[len(held) // 3:]
         write_digits_pool(root / "pool", pool_size, seed)
         target = root / "targets" / TARGET
@@ -215,8 +223,7 @@ class DigitsPretrain:
 def build_digits_student(cache_dir: Path | str, seed: int = 0, settings: DigitsPretrain = DigitsPretrain(),
                          progress: bool = True) -> Path:
     """A tiny LLaVA pre-trained on reading the digit (cached); ``skills.json`` holds its accuracy per skill."""
-    import torch
-
+    from demo.student import one_torch_thread
     from retrieval.ingest import load_samples
     from training.lora import TrainConfig, train_full
     from training.student import load_student
@@ -227,10 +234,8 @@ def build_digits_student(cache_dir: Path | str, seed: int = 0, settings: DigitsP
     if (final / "skills.json").is_file():
         return final
     work = final.with_name(f".build-{final.name}")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # one thread: the same student on every run of a machine (demo/student.py)
     started = time.perf_counter()
-    try:
+    with one_torch_thread():  # the same student on every run of a machine (demo/student.py)
         trained = work / "model" / "training.json"
         if not trained.is_file():  # a build that died after training (in the evaluation) keeps its model
             shutil.rmtree(work, ignore_errors=True)
@@ -243,8 +248,6 @@ def build_digits_student(cache_dir: Path | str, seed: int = 0, settings: DigitsP
                        progress=progress)
         report = json.loads(trained.read_text())
         accuracy = measure_digits_skills(work / "model", work / "eval", seed)
-    finally:
-        torch.set_num_threads(threads)
     info = {"version": DIGITS_VERSION, "seed": seed, "settings": settings.__dict__, "accuracy": accuracy,
             "train": {k: report[k] for k in ("steps", "first_loss", "last_loss", "seconds")},
             "seconds_this_call": round(time.perf_counter() - started, 1)}
@@ -261,8 +264,7 @@ def measure_digits_skills(model_dir: Path, work: Path, seed: int, n: int = 100) 
     from training.evaluate import evaluate
     from training.student import load_student
 
-    _, labels = scans()
-    held = list(range(int(POOL_SHARE * len(labels)), len(labels)))
+    _, held = scan_split()
     student = load_student(model_dir, device="cpu")
     accuracy = {}
     for name, skill, phrasings in [*((s, s, None) for s in PHRASINGS), (TARGET, TARGET_SKILL, TARGET_PHRASINGS)]:

@@ -76,7 +76,7 @@ def build_student(
         shutil.rmtree(work)  # left by a crashed build
     work.mkdir(parents=True)
     model_dir = work / "model"
-    with _one_torch_thread():
+    with one_torch_thread():
         report = _pretrain(model_dir, work, seed, settings, progress)
         report["accuracy"] = measure_skills(model_dir, work / "eval", seed, settings.n_eval_per_skill, progress)
     report["seconds"]["total"] = round(sum(report["seconds"].values()), 1)
@@ -89,7 +89,7 @@ def build_student(
 
 
 @contextlib.contextmanager
-def _one_torch_thread() -> Iterator[None]:
+def one_torch_thread() -> Iterator[None]:
     """The cache key promises one student per seed and settings, but sums reduced in another order on two
     threads trained another one (measured, same key: colour 0.75 and last loss 0.28 on one thread; 0.24
     and 0.44 on two). One thread makes the build reproducible on a machine of the same kind."""
