@@ -126,6 +126,18 @@ def scorer_strategies(names: str | None, selector: str) -> list[Strategy]:
     return [Strategy(f"{selector}-scorer-{name}", selector, rerank={"scorer": name}) for name in wanted]
 
 
+def share_strategies(shares: str | None, selector: str) -> list[Strategy]:
+    """``--known-shares 0.15,0.5``: one row per known-replay share (the trade-off curve of replay share vs
+    target vs forgetting), named ``<selector>-known-<share>``."""
+    try:
+        wanted = [float(x) for x in (shares or "").split(",") if x.strip()]
+    except ValueError as exc:
+        raise SystemExit(f"--known-shares: {exc}") from None
+    if any(not 0 <= x < 1 for x in wanted):
+        raise SystemExit(f"--known-shares: each share must be in [0, 1), got {wanted}")
+    return [Strategy(f"{selector}-known-{x:g}", selector, run={"known_share": x}) for x in wanted]
+
+
 @dataclass
 class Settings:
     """What every run of one benchmark shares (stored in the JSON)."""
@@ -918,7 +930,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="each round trains until the val split's answer loss stops falling (at most --epochs; "
                         "the product's default recipe) instead of a fixed --epochs (the committed rows' recipe)")
     parser.add_argument("--scorer-selector", default="failures", choices=["failures", "teacher"],
-                        help="selector of the --scorers rows")
+                        help="selector of the --scorers and --known-shares rows")
+    parser.add_argument("--known-shares", help="extra rows, one per known-replay share of round 1 "
+                        "(comma-separated, e.g. 0.15,0.5,0.7: the replay-vs-forgetting trade-off curve)")
     parser.add_argument("--report-only", action="store_true",
                         help="run nothing: report the complete runs among those asked for, note the rest")
     parser.add_argument("--out", type=Path, default=Path("runs/selection"), help="run directories (reused)")
@@ -978,7 +992,8 @@ def benchmark_task(task: str, args: argparse.Namespace, settings: Settings, comm
     unknown = set(wanted) - {s.name for s in STRATEGIES}
     if unknown:
         raise SystemExit(f"--strategies: unknown {sorted(unknown)}; known: {[s.name for s in STRATEGIES]}")
-    strategies = [s for s in STRATEGIES if s.name in wanted] + scorer_strategies(args.scorers, args.scorer_selector)
+    strategies = ([s for s in STRATEGIES if s.name in wanted] + scorer_strategies(args.scorers, args.scorer_selector)
+                  + share_strategies(args.known_shares, args.scorer_selector))
     skipped: list[str] = []
     if settings.rounds == 1 and any(s.name == "teacher-no-replay" for s in strategies):
         # the loop replays earlier rounds' selections: with one round there is nothing to replay

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,10 +79,11 @@ def write_pool(
     questions_per_image: int = 3,
     name: str = "pool",
     progress: bool = True,
+    weights: Mapping[str, float] | None = None,
 ) -> Path:
     """Write ``out_dir/<name>.jsonl`` (+ ``images/``): ``n`` samples over ``skills`` (default: every pool skill).
 
-    Skills get equal shares of the clean samples. Skills that draw the same kind of scene share images
+    Skills get equal shares of the clean samples, or shares proportional to ``weights`` (1 where unnamed). Skills that draw the same kind of scene share images
     (up to ``questions_per_image`` questions per PNG), which keeps 100k-sample pools quick to write.
     """
     out_dir = Path(out_dir)
@@ -96,7 +97,7 @@ def write_pool(
         raise ValueError(f"n={n} leaves {n_clean} clean samples for {len(names)} skills")
     images = _Images(out_dir / "images", f"{name}-")
     bar = tqdm(total=n, desc=f"writing {name}", unit="sample", disable=not progress)
-    drafts = _clean_drafts(names, n_clean, rng, images, questions_per_image, bar)
+    drafts = _clean_drafts(_shares(names, n_clean, weights or {}), rng, images, questions_per_image, bar)
     drafts += _near_duplicates(drafts[:n_clean], n_dup, rng, images, bar)
     drafts += _off_topic(n_off, rng, images, len(drafts), bar)
     _corrupt_answers(drafts[:n_clean], round(n * noise.wrong_answer), rng)
@@ -152,8 +153,24 @@ def _fitting_scene(skill: Skill, rng: random.Random, templates: tuple[str, ...] 
     raise RuntimeError(f"skill {skill.name}: its scene rule never yields a scene it can ask about")
 
 
-def _clean_drafts(names, n_clean, rng, images, questions_per_image, bar) -> list[_Draft]:
-    remaining = {s: n_clean // len(names) + (i < n_clean % len(names)) for i, s in enumerate(names)}
+def _shares(names: list[str], n_clean: int, weights: Mapping[str, float]) -> dict[str, int]:
+    """Clean samples per skill: proportional to the weights, summing to ``n_clean`` (largest remainders)."""
+    unknown = sorted(set(weights) - set(names))
+    if unknown:
+        raise ValueError(f"weights name skills that are not written: {unknown}")
+    w = [float(weights.get(s, 1.0)) for s in names]
+    if min(w) <= 0:
+        raise ValueError(f"skill weights must be positive: {dict(zip(names, w, strict=True))}")
+    exact = [n_clean * x / sum(w) for x in w]
+    shares = [int(e) for e in exact]
+    by_remainder = sorted(range(len(names)), key=lambda i: (shares[i] - exact[i], i))
+    for i in by_remainder[: n_clean - sum(shares)]:
+        shares[i] += 1
+    return dict(zip(names, shares, strict=True))
+
+
+def _clean_drafts(remaining: dict[str, int], rng, images, questions_per_image, bar) -> list[_Draft]:
+    names, n_clean = list(remaining), sum(remaining.values())
     drafts: list[_Draft] = []
     while len(drafts) < n_clean:
         open_skills = [s for s in names if remaining[s] > 0]

@@ -50,11 +50,21 @@ class PretrainSettings(BaseModel):
     # 8 px patches (64 image tokens). 16 px ones cost half as much per step but learned position and
     # colour far slower (measured above): the cheaper step bought a student that never converged.
     patch_size: int = Field(8, gt=0)
+    # Fields added after the first cached students: at the value that reproduces the behaviour before them
+    # they stay out of the cache key (``student_key``), so an existing student keeps its key.
+    position_init: str = Field("random", pattern="^(random|sincos)$",
+                               description="the vision tower's patch-position table at init")
+    skill_weights: dict[str, float] = Field(default_factory=dict,
+                                            description="relative share of each generic skill (1 if unnamed)")
+
+
+_KEYLESS_DEFAULTS = {"position_init": "random", "skill_weights": {}}
 
 
 def student_key(seed: int, settings: PretrainSettings) -> str:
-    blob = json.dumps({"world": WORLD_VERSION, "seed": seed, "settings": settings.model_dump(mode="json")},
-                      sort_keys=True)
+    fields = {k: v for k, v in settings.model_dump(mode="json").items()
+              if k not in _KEYLESS_DEFAULTS or v != _KEYLESS_DEFAULTS[k]}
+    blob = json.dumps({"world": WORLD_VERSION, "seed": seed, "settings": fields}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -111,9 +121,10 @@ def _pretrain(model_dir: Path, work: Path, seed: int, settings: PretrainSettings
 
     started = time.perf_counter()
     texts = vocabulary_texts(tuple(target_texts()))
-    init = build_tiny_llava(work / "init", texts, seed=seed, patch_size=settings.patch_size)
+    init = build_tiny_llava(work / "init", texts, seed=seed, patch_size=settings.patch_size,
+                            position_init=settings.position_init)
     data = write_pool(work / "pretrain", settings.n_train, seed + 1000, skills=settings.skills, noise=CLEAN,
-                      name="pretrain", progress=progress)
+                      name="pretrain", progress=progress, weights=settings.skill_weights)
     samples = load_samples(data)
     prepared = time.perf_counter()
     student = load_student(init, device="cpu")

@@ -85,6 +85,22 @@ def _llama_config(tokenizer: PreTrainedTokenizerFast, hidden: int, layers: int, 
     )
 
 
+def sincos_2d(grid: int, dim: int) -> torch.Tensor:
+    """MAE's fixed 2D position code for a ``grid`` x ``grid`` patch raster (row-major): the first half of
+    each vector encodes the column, the second half the row, each as sines and cosines of geometric
+    frequencies. Shape ``(grid * grid, dim)``; ``dim`` must be divisible by 4."""
+    if dim % 4:
+        raise ValueError(f"dim {dim} is not divisible by 4")
+    freqs = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
+    rows, cols = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
+
+    def code(pos: torch.Tensor) -> torch.Tensor:
+        angles = pos.reshape(-1, 1).double() * freqs
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+    return torch.cat([code(cols), code(rows)], dim=1).float()
+
+
 def _save(model: torch.nn.Module, processor, out_dir: Path | str) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -108,8 +124,14 @@ def build_tiny_llava(
     hidden: int = 256,
     layers: int = 4,
     heads: int = 4,
+    position_init: str = "random",
 ) -> Path:
-    """A ~3.2M-parameter LLaVA (SigLIP vision + Llama) with a tokenizer trained on ``texts``."""
+    """A ~3.2M-parameter LLaVA (SigLIP vision + Llama) with a tokenizer trained on ``texts``.
+
+    ``position_init="sincos"`` starts the vision tower's (trainable) patch-position table at the 2D
+    sine-cosine code of MAE / ViT instead of SigLIP's random normal one, so a patch's column and row are
+    smooth features from the first step.
+    """
     tokenizer = train_tokenizer(texts, [PAD, UNK, BOS, EOS, IMAGE])
     vision = SiglipVisionConfig(
         hidden_size=vision_hidden, intermediate_size=4 * vision_hidden, num_hidden_layers=vision_layers,
@@ -126,6 +148,12 @@ def build_tiny_llava(
     )
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(config).eval()
+    if position_init == "sincos":
+        table = model.model.vision_tower.embeddings.position_embedding.weight
+        with torch.no_grad():
+            table.copy_(sincos_2d(image_size // patch_size, vision_hidden))
+    elif position_init != "random":
+        raise ValueError(f"position_init must be 'random' or 'sincos', not {position_init!r}")
     image_processor = SiglipImageProcessorPil(
         size={"height": image_size, "width": image_size}, image_mean=[0.5] * 3, image_std=[0.5] * 3,
     )

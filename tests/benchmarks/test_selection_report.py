@@ -148,3 +148,14 @@ def test_round_by_round_table(selection, tmp_path):
     assert "| teacher | 1 | 2 | — | 50.0 | 88.0 | 4.0 | 1.0 | 2.0 | 0.0 | 0.0 | 5.0 | 3.0 |" in lines
     assert sum(line.startswith("| random |") for line in lines) == 3  # rounds 0, 1, 2
     assert selection.round_lines(rows[:2]) == []  # no teacher run at that budget: no table
+
+
+def test_known_share_rows_are_named_by_their_share_and_checked(selection):
+    rows = selection.share_strategies("0, 0.15,0.5", "failures")
+    assert [(s.name, s.run) for s in rows] == [("failures-known-0", {"known_share": 0.0}),
+                                               ("failures-known-0.15", {"known_share": 0.15}),
+                                               ("failures-known-0.5", {"known_share": 0.5})]
+    assert selection.share_strategies(None, "failures") == []
+    for bad in ("1.0", "-0.1", "half"):
+        with pytest.raises(SystemExit, match="--known-shares"):
+            selection.share_strategies(bad, "failures")

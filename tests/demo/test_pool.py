@@ -6,6 +6,7 @@ import hashlib
 from collections import Counter
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from demo.pool import CLEAN, OFF_TOPIC_SOURCE, NoiseConfig, write_clean, write_pool
@@ -100,3 +101,24 @@ def test_clean_set_has_n_per_skill(tmp_path, oracle, read_jsonl):
     records = read_jsonl(path)
     assert Counter(r["source"] for r in records) == {"shape-v1": 20, "side-v1": 20}
     assert all(r["conversations"][-1]["value"] == oracle(r) for r in records)
+
+
+def test_skill_weights_set_the_clean_shares(tmp_path, read_jsonl):
+    path = write_pool(tmp_path, 400, seed=0, skills=["colour", "side", "count"], noise=CLEAN, progress=False,
+                      weights={"side": 2.0})
+    shares = Counter(r["source"] for r in read_jsonl(path))
+    assert shares == {"colour-v1": 100, "side-v1": 200, "count-v1": 100}
+
+
+def test_equal_weights_write_the_same_pool_as_none(tmp_path):
+    a = write_pool(tmp_path / "a", 301, seed=5, skills=["colour", "side", "count"], progress=False)
+    b = write_pool(tmp_path / "b", 301, seed=5, skills=["colour", "side", "count"], progress=False,
+                   weights={"colour": 1.0, "side": 1.0})
+    assert _digest(a.parent) == _digest(b.parent)
+
+
+def test_weights_for_skills_not_written_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="not written"):
+        write_pool(tmp_path, 50, seed=0, skills=["colour"], progress=False, weights={"side": 2.0})
+    with pytest.raises(ValueError, match="positive"):
+        write_pool(tmp_path, 50, seed=0, skills=["colour", "side"], progress=False, weights={"side": 0.0})

@@ -17,6 +17,15 @@ def test_key_depends_on_seed_and_settings():
     assert student_key(0, TINY) == student_key(0, PretrainSettings(**TINY.model_dump()))
     assert student_key(0, TINY) != student_key(1, TINY)
     assert student_key(0, TINY) != student_key(0, TINY.model_copy(update={"lr": 1e-4}))
+    assert student_key(0, TINY) != student_key(0, TINY.model_copy(update={"position_init": "sincos"}))
+    assert student_key(0, TINY) != student_key(0, TINY.model_copy(update={"skill_weights": {"side": 2.0}}))
+
+
+def test_fields_added_later_keep_an_old_students_key():
+    # The committed benchmark rows stand on this key (3 epochs, random position init, equal shares): a
+    # field added since must not rename that cached student.
+    old = PretrainSettings(position_init="random", skill_weights={})
+    assert student_key(0, old) == "eef750345035"
 
 
 def test_tiny_build_is_cached_and_reports_every_skill(tmp_path):

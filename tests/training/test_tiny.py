@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from training.student import PromptItem, build_inputs, load_student
-from training.tiny import build_tiny_idefics3, build_tiny_llava
+from training.tiny import build_tiny_idefics3, build_tiny_llava, sincos_2d
 
 
 def test_reload_is_bit_identical(tiny_student_dir, tiny_data):
@@ -52,3 +53,19 @@ def test_idefics3_uses_sixteen_image_tokens(tmp_path, tiny_data):
     batch = build_inputs(student, [PromptItem([], "What colour is the shape?")])
     image_id = student.tokenizer.convert_tokens_to_ids("<image>")
     assert int((batch["input_ids"] == image_id).sum()) == 16
+
+
+def test_sincos_position_init_codes_column_and_row(tmp_path, tiny_data):
+    table = sincos_2d(4, 16)
+    assert table.shape == (16, 16)
+    for row in range(4):  # the first half depends on the column only, the second on the row only
+        for col in range(4):
+            assert torch.equal(table[row * 4 + col, :8], table[col, :8])
+            assert torch.equal(table[row * 4 + col, 8:], table[row * 4, 8:])
+    assert not torch.equal(table[0], table[1])
+    path = build_tiny_llava(tmp_path / "m", tiny_data.texts, hidden=32, layers=1, heads=2, vision_hidden=32,
+                            vision_layers=1, image_size=16, patch_size=4, position_init="sincos")
+    model = AutoModelForImageTextToText.from_pretrained(path)
+    assert torch.equal(model.model.vision_tower.embeddings.position_embedding.weight, sincos_2d(4, 32))
+    with pytest.raises(ValueError, match="position_init"):
+        build_tiny_llava(tmp_path / "x", tiny_data.texts, position_init="learned")
