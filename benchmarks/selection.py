@@ -833,6 +833,50 @@ def plot(task: str, table: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def share_curve(table: list[dict], selector: str = "failures") -> dict[float, list[tuple[float, dict]]]:
+    """The known-replay share rows of ``selector`` per budget, sorted by share: its plain row is share 0,
+    ``<selector>-known-<share>`` the others (``--known-shares``). Budgets with fewer than two points drop."""
+    curves: dict[float, list[tuple[float, dict]]] = {}
+    for e in table:
+        name = e["strategy"]
+        if not e["test_accuracy"]:
+            continue
+        if name == selector:
+            share = 0.0
+        elif name.startswith(f"{selector}-known-"):
+            share = float(name.removeprefix(f"{selector}-known-"))
+        else:
+            continue
+        curves.setdefault(e["budget_fraction"], []).append((share, e))
+    return {b: sorted(points, key=lambda p: p[0]) for b, points in curves.items() if len(points) > 1}
+
+
+def plot_share_curve(task: str, curves: dict[float, list[tuple[float, dict]]], default_share: float,
+                     path: Path) -> None:
+    """Replay share against target accuracy and against forgetting, the product's default share marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9.5, 4.2))
+    for (metric, label), ax in zip((("test_accuracy", "target test accuracy (%)"),
+                                    ("forgetting", "forgetting (points)")), axes, strict=True):
+        for budget, points in sorted(curves.items()):
+            ax.errorbar([share for share, _ in points], [100 * e[metric]["mean"] for _, e in points],
+                        yerr=[100 * e[metric]["spread"] for _, e in points], marker="o", capsize=3,
+                        label=f"budget {100 * budget:g}%")
+        ax.axvline(default_share, color="grey", linestyle="--", label=f"default ({default_share:g})")
+        ax.set_xlabel("known-replay share of round 1")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"replay share trade-off — {task}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def write_results(task: str, rows: list[dict], settings: dict, notes: list[str], results: Path,
                   command: str) -> dict[str, Path]:
     results.mkdir(parents=True, exist_ok=True)
@@ -848,6 +892,12 @@ def write_results(task: str, rows: list[dict], settings: dict, notes: list[str],
     }, indent=2) + "\n")
     paths["md"].write_text(markdown(task, table, checks, settings, notes, command, rows))
     plot(task, table, paths["png"])
+    curves = share_curve(table)
+    if curves:
+        from agents.config import RunConfig
+
+        paths["curve"] = results / f"selection-{task}-known-share.png"
+        plot_share_curve(task, curves, RunConfig.model_fields["known_share"].default, paths["curve"])
     return paths
 
 
