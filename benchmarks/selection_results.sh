@@ -3,7 +3,8 @@
 #
 #   benchmarks/selection_results.sh
 #
-# The demo student is built once (demo/student.py defaults, ~20 min on one core) into runs/students; the
+# Two demo students are built once (~16 min each on one core) into runs/students: the first converged one
+# (demo.student.FIRST_CONVERGED) for the rows before stop 12 and the default one for the curve; the
 # world (pool 6000, both targets) and its index once into runs/bench4/world, copied to world2 so the two
 # targets run at once (one qdrant-edge store per process). Completed runs are reused: an interrupted call
 # can be re-run.
@@ -11,7 +12,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 py=.venv/bin/python
 export HF_HUB_OFFLINE=1
-student=$($py -c "from demo.student import build_student; print(build_student('runs/students'))" | tail -1)
+# The rows before stop 12 stand on the first converged student (demo.student.FIRST_CONVERGED); the curve
+# at the end on the default one.
+student=$($py -c "from demo.student import FIRST_CONVERGED, build_student
+print(build_student('runs/students', settings=FIRST_CONVERGED))" | tail -1)
+default_student=$($py -c "from demo.student import build_student; print(build_student('runs/students'))" | tail -1)
 $py -c "
 from agents import api
 from demo.build import build_world
@@ -54,7 +59,7 @@ $py benchmarks/selection.py --target side-colour --world runs/bench4/world "${ba
     --report-only --strategies random,failures,teacher,teacher-map,oracle-map,oracle-map-known \
     --scorers none,perplexity,image_grounding,el2n,answer_entropy,entropy \
     --note "made by benchmarks/selection_results.sh on 2 shared CPU cores; teacher and teacher-map: seed 0 only; 10%: failures only; full-pool: seed 0"
-# Stop 12: the replay trade-off curve with the product's defaults together (held-out stop, scorer none),
+# Stop 12: on the default student, the replay trade-off curve with the product's defaults together (held-out stop, scorer none),
 # side-colour 5 %, known share 0 (the failures row) / 0.15 / 0.3 (the default) / 0.5; a fresh world and index
 # in runs/bench6 (copied to world2 for the second process).
 $py -c "
@@ -65,7 +70,7 @@ for task in ('corner-colour', 'side-colour'):
                     n_generic_per_skill=50, with_student=False, progress=False)
 api.ensure_index(api.IndexConfig(pool=w.pool, image_root=w.image_root, store='runs/bench6/world/index'))"
 [ -d runs/bench6/world2 ] || cp -r runs/bench6/world runs/bench6/world2
-curve=(--target side-colour --out runs/bench6 --student "$student" --rounds 2 --epochs 20 --early-stop --scorer none
+curve=(--target side-colour --out runs/bench6 --student "$default_student" --rounds 2 --epochs 20 --early-stop --scorer none
        --max-diagnoses 8 --budgets 0.05 --no-full-pool --strategies failures --known-shares 0.15,0.3,0.5)
 $py benchmarks/selection.py "${curve[@]}" --world runs/bench6/world --seeds 0,1 --results runs/bench6/tmp &
 sleep 600  # the second process starts once the first has written the task's zero-shot round
