@@ -60,7 +60,7 @@ $py benchmarks/selection.py --target side-colour --world runs/bench4/world "${ba
     --scorers none,perplexity,image_grounding,el2n,answer_entropy,entropy \
     --note "made by benchmarks/selection_results.sh on 2 shared CPU cores; teacher and teacher-map: seed 0 only; 10%: failures only; full-pool: seed 0"
 # Stop 12: on the default student, the replay trade-off curve with the product's defaults together (held-out stop, scorer none),
-# side-colour 5 %, known share 0 (the failures row) / 0.15 / 0.3 (the default) / 0.5; a fresh world and index
+# side-colour 5 %, known share 0 (the failures row) / 0.15 / 0.3 (the default) / 0.5 / 0.7; a fresh world and index
 # in runs/bench6 (copied to world2 for the second process).
 $py -c "
 from agents import api
@@ -71,7 +71,7 @@ for task in ('corner-colour', 'side-colour'):
 api.ensure_index(api.IndexConfig(pool=w.pool, image_root=w.image_root, store='runs/bench6/world/index'))"
 [ -d runs/bench6/world2 ] || cp -r runs/bench6/world runs/bench6/world2
 curve=(--target side-colour --out runs/bench6 --student "$default_student" --rounds 2 --epochs 20 --early-stop --scorer none
-       --max-diagnoses 8 --budgets 0.05 --no-full-pool --strategies failures --known-shares 0.15,0.3,0.5)
+       --max-diagnoses 8 --budgets 0.05 --no-full-pool --strategies failures --known-shares 0.15,0.3,0.5,0.7)
 $py benchmarks/selection.py "${curve[@]}" --world runs/bench6/world --seeds 0,1 --results runs/bench6/tmp &
 sleep 600  # the second process starts once the first has written the task's zero-shot round
 $py benchmarks/selection.py "${curve[@]}" --world runs/bench6/world2 --seeds 2 --results runs/bench6/tmp
