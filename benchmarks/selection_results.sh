@@ -4,8 +4,8 @@
 #   benchmarks/selection_results.sh
 #
 # Demo students are built once (~16 min each on one core) into runs/students: the first converged one
-# (demo.student.FIRST_CONVERGED) for the rows before stop 12, the equal-share one of stop 12 for the replay
-# curve, the default for the last block; the world (pool 6000, both targets) and its index once into runs/bench4/world, copied to world2 so the two
+# (demo.student.FIRST_CONVERGED) for the rows before stop 12, the default for the replay curve, the one with
+# twice the side share for the last block; the world (pool 6000, both targets) and its index once into runs/bench4/world, copied to world2 so the two
 # targets run at once (one qdrant-edge store per process). Completed runs are reused: an interrupted call
 # can be re-run.
 set -euo pipefail
@@ -14,9 +14,9 @@ py=.venv/bin/python
 export HF_HUB_OFFLINE=1
 student=$($py -c "from demo.student import FIRST_CONVERGED, build_student
 print(build_student('runs/students', settings=FIRST_CONVERGED))" | tail -1)
-equal_share_student=$($py -c "from demo.student import PretrainSettings, build_student
-print(build_student('runs/students', settings=PretrainSettings(skill_weights={})))" | tail -1)
 default_student=$($py -c "from demo.student import build_student; print(build_student('runs/students'))" | tail -1)
+side_share_student=$($py -c "from demo.student import PretrainSettings, build_student
+print(build_student('runs/students', settings=PretrainSettings(skill_weights={'side': 2.0})))" | tail -1)
 $py -c "
 from agents import api
 from demo.build import build_world
@@ -59,7 +59,7 @@ $py benchmarks/selection.py --target side-colour --world runs/bench4/world "${ba
     --report-only --strategies random,failures,teacher,teacher-map,oracle-map,oracle-map-known \
     --scorers none,perplexity,image_grounding,el2n,answer_entropy,entropy \
     --note "made by benchmarks/selection_results.sh on 2 shared CPU cores; teacher and teacher-map: seed 0 only; 10%: failures only; full-pool: seed 0"
-# Stop 12: on the equal-share student (sine-cosine, lr 5e-4), the replay trade-off curve with the product's defaults together (held-out stop, scorer none),
+# Stop 12: on the default student (sine-cosine, lr 5e-4), the replay trade-off curve with the product's defaults together (held-out stop, scorer none),
 # side-colour 5 %, known share 0 (the failures row) / 0.15 / 0.3 (the default) / 0.5 / 0.7; a fresh world and index
 # in runs/bench6 (copied to world2 for the second process).
 $py -c "
@@ -70,7 +70,7 @@ for task in ('corner-colour', 'side-colour'):
                     n_generic_per_skill=50, with_student=False, progress=False)
 api.ensure_index(api.IndexConfig(pool=w.pool, image_root=w.image_root, store='runs/bench6/world/index'))"
 [ -d runs/bench6/world2 ] || cp -r runs/bench6/world runs/bench6/world2
-curve=(--target side-colour --out runs/bench6 --student "$equal_share_student" --rounds 2 --epochs 20 --early-stop --scorer none
+curve=(--target side-colour --out runs/bench6 --student "$default_student" --rounds 2 --epochs 20 --early-stop --scorer none
        --max-diagnoses 8 --budgets 0.05 --no-full-pool --strategies failures --known-shares 0.15,0.3,0.5,0.7)
 $py benchmarks/selection.py "${curve[@]}" --world runs/bench6/world --seeds 0,1 --results runs/bench6/tmp &
 sleep 600  # the second process starts once the first has written the task's zero-shot round
@@ -78,8 +78,9 @@ $py benchmarks/selection.py "${curve[@]}" --world runs/bench6/world2 --seeds 2 -
 wait
 $py benchmarks/selection.py "${curve[@]}" --world runs/bench6/world --seeds 0,1,2 --report-only \
     --results benchmarks/results/curve --note "made by benchmarks/selection_results.sh on 2 shared CPU cores"
-# The defaults together on the default student itself (its failures row and known share 0.3), 3 seeds
-$py benchmarks/selection.py --target side-colour --out runs/bench7 --student "$default_student" --rounds 2 --epochs 20 \
+# The student with twice the side share (it clears the skill bars on both kernel paths): the defaults
+# together on it (its failures row and known share 0.3), 3 seeds
+$py benchmarks/selection.py --target side-colour --out runs/bench7 --student "$side_share_student" --rounds 2 --epochs 20 \
     --early-stop --scorer none --max-diagnoses 8 --budgets 0.05 --no-full-pool --strategies failures --known-shares 0.3 \
-    --world runs/bench6/world2 --seeds 0,1,2 --results benchmarks/results/defaults \
-    --note "the product's defaults together on the default student (held-out stop, scorer none, known share 0.3)"
+    --world runs/bench6/world2 --seeds 0,1,2 --results benchmarks/results/side-share-student \
+    --note "the product's defaults together on the student with twice the side share (held-out stop, scorer none, known share 0.3)"
