@@ -17,14 +17,18 @@ print(build_student('runs/students', settings=FIRST_CONVERGED))" | tail -1)
 default_student=$($py -c "from demo.student import build_student; print(build_student('runs/students'))" | tail -1)
 side_share_student=$($py -c "from demo.student import PretrainSettings, build_student
 print(build_student('runs/students', settings=PretrainSettings(skill_weights={'side': 2.0})))" | tail -1)
-$py -c "
+# The world (pool 6000, both targets) and its index in $1/world, copied to $1/world2 (one store per process)
+world_pair() {
+  $py -c "
 from agents import api
 from demo.build import build_world
 for task in ('corner-colour', 'side-colour'):
-    w = build_world('runs/bench4/world', pool_size=6000, targets=[task], n_val=200, n_test=500,
+    w = build_world('$1/world', pool_size=6000, targets=[task], n_val=200, n_test=500,
                     n_generic_per_skill=50, with_student=False, progress=False)
-api.ensure_index(api.IndexConfig(pool=w.pool, image_root=w.image_root, store='runs/bench4/world/index'))"
-[ -d runs/bench4/world2 ] || cp -r runs/bench4/world runs/bench4/world2
+api.ensure_index(api.IndexConfig(pool=w.pool, image_root=w.image_root, store='$1/world/index'))"
+  [ -d "$1/world2" ] || cp -r "$1/world" "$1/world2"
+}
+world_pair runs/bench4
 common=(--out runs/bench4 --student "$student" --rounds 2 --epochs 3 --max-diagnoses 8 --budgets 0.05 --no-full-pool)
 $py benchmarks/selection.py --target corner-colour --world runs/bench4/world "${common[@]}" --seeds 0,1,2 \
     --strategies random,failures,oracle-map,failures-known,oracle-map-known --results runs/bench4/tmp-corner-colour &
@@ -62,14 +66,7 @@ $py benchmarks/selection.py --target side-colour --world runs/bench4/world "${ba
 # Stop 12: on the default student (sine-cosine, lr 5e-4), the replay trade-off curve with the product's defaults together (held-out stop, scorer none),
 # side-colour 5 %, known share 0 (the failures row) / 0.15 / 0.3 (the default) / 0.5 / 0.7; a fresh world and index
 # in runs/bench6 (copied to world2 for the second process).
-$py -c "
-from agents import api
-from demo.build import build_world
-for task in ('corner-colour', 'side-colour'):
-    w = build_world('runs/bench6/world', pool_size=6000, targets=[task], n_val=200, n_test=500,
-                    n_generic_per_skill=50, with_student=False, progress=False)
-api.ensure_index(api.IndexConfig(pool=w.pool, image_root=w.image_root, store='runs/bench6/world/index'))"
-[ -d runs/bench6/world2 ] || cp -r runs/bench6/world runs/bench6/world2
+world_pair runs/bench6
 curve=(--target side-colour --out runs/bench6 --student "$default_student" --rounds 2 --epochs 20 --early-stop --scorer none
        --max-diagnoses 8 --budgets 0.05 --no-full-pool --strategies failures --known-shares 0.15,0.3,0.5,0.7)
 $py benchmarks/selection.py "${curve[@]}" --world runs/bench6/world --seeds 0,1 --results runs/bench6/tmp &
