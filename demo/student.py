@@ -41,7 +41,7 @@ class PretrainSettings(BaseModel):
     # Two epochs at 16 px patches left the student under-trained (colour 0.75, side 0.54), and an
     # under-trained student is not the same on another CPU (issue 14: colour 0.41 there); three more epochs
     # at 16 px still left colour 0.47 and side 0.37. With 8 px patches (64 image tokens: each quadrant is
-    # 4x4 patches, not 2x2) it converges; the per-epoch skill curve is in the README.
+    # 4x4 patches, not 2x2) it converges (its per-epoch skill curve: the README of stop 11, in git history).
     epochs: int = Field(3, gt=0)
     # lr 1e-3 learnt left/right late and fragilely: skills flipped between half-epochs, and the same key
     # built side 0.92 on AVX-512 and 0.88 on AVX2 (with sine-cosine positions: 0.56 / 0.97). Half the lr
