@@ -833,25 +833,22 @@ def plot(task: str, table: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def share_curve(table: list[dict], selector: str = "failures") -> dict[float, list[tuple[float, dict]]]:
-    """The known-replay share rows of ``selector`` per budget, sorted by share: its plain row is share 0,
-    ``<selector>-known-<share>`` the others (``--known-shares``). Budgets with fewer than two points drop."""
-    curves: dict[float, list[tuple[float, dict]]] = {}
+def share_curve(table: list[dict]) -> dict[tuple[str, float], list[tuple[float, dict]]]:
+    """The known-replay share rows (``--known-shares``: ``<selector>-known-<share>``, whichever
+    ``--scorer-selector`` made them) per selector and budget, with the selector's plain row as share 0
+    (the benchmark pins it to 0), sorted by share. Curves of fewer than two points drop."""
+    shares: dict[tuple[str, float], list[tuple[float, dict]]] = {}
     for e in table:
-        name = e["strategy"]
-        if not e["test_accuracy"]:
-            continue
-        if name == selector:
-            share = 0.0
-        elif name.startswith(f"{selector}-known-"):
-            share = float(name.removeprefix(f"{selector}-known-"))
-        else:
-            continue
-        curves.setdefault(e["budget_fraction"], []).append((share, e))
-    return {b: sorted(points, key=lambda p: p[0]) for b, points in curves.items() if len(points) > 1}
+        selector, _, share = e["strategy"].rpartition("-known-")
+        if selector and e["test_accuracy"]:
+            with contextlib.suppress(ValueError):
+                shares.setdefault((selector, e["budget_fraction"]), []).append((float(share), e))
+    plain = {(e["strategy"], e["budget_fraction"]): e for e in table if e["test_accuracy"]}
+    return {key: sorted(points + ([(0.0, plain[key])] if key in plain else []), key=lambda p: p[0])
+            for key, points in shares.items() if len(points) + (key in plain) > 1}
 
 
-def plot_share_curve(task: str, curves: dict[float, list[tuple[float, dict]]], default_share: float,
+def plot_share_curve(task: str, curves: dict[tuple[str, float], list[tuple[float, dict]]], default_share: float,
                      path: Path) -> None:
     """Replay share against target accuracy and against forgetting, the product's default share marked."""
     import matplotlib
@@ -862,10 +859,10 @@ def plot_share_curve(task: str, curves: dict[float, list[tuple[float, dict]]], d
     fig, axes = plt.subplots(1, 2, figsize=(9.5, 4.2))
     for (metric, label), ax in zip((("test_accuracy", "target test accuracy (%)"),
                                     ("forgetting", "forgetting (points)")), axes, strict=True):
-        for budget, points in sorted(curves.items()):
+        for (selector, budget), points in sorted(curves.items()):
             ax.errorbar([share for share, _ in points], [100 * e[metric]["mean"] for _, e in points],
                         yerr=[100 * e[metric]["spread"] for _, e in points], marker="o", capsize=3,
-                        label=f"budget {100 * budget:g}%")
+                        label=f"{selector}, budget {100 * budget:g}%")
         ax.axvline(default_share, color="grey", linestyle="--", label=f"default ({default_share:g})")
         ax.set_xlabel("known-replay share of round 1")
         ax.set_ylabel(label)

@@ -164,11 +164,15 @@ def test_known_share_rows_are_named_by_their_share_and_checked(selection):
 def test_share_curve_orders_the_known_share_rows_and_plots_them(selection, tmp_path):
     rows = [row("failures", 0.05, 0, 0.40, 0.80), row("failures-known-0.5", 0.05, 0, 0.35, 0.89),
             row("failures-known-0.15", 0.05, 0, 0.41, 0.84), row("random", 0.05, 0, 0.30, 0.85),
-            row("failures", 0.1, 0, 0.45, 0.75)]  # one point at 10 %: no curve there
+            row("failures", 0.1, 0, 0.45, 0.75),  # one point at 10 %: no curve there
+            row("teacher", 0.05, 0, 0.42, 0.81), row("teacher-known-0.5", 0.05, 0, 0.40, 0.88),
+            row("failures-known", 0.05, 0, 0.39, 0.86)]  # the 0.3 row of STRATEGIES: not a --known-shares one
     curves = selection.share_curve(selection.aggregate(rows))
-    assert list(curves) == [0.05]
-    assert [(share, e["strategy"]) for share, e in curves[0.05]] == [
+    assert sorted(curves) == [("failures", 0.05), ("teacher", 0.05)]
+    assert [(share, e["strategy"]) for share, e in curves[("failures", 0.05)]] == [
         (0.0, "failures"), (0.15, "failures-known-0.15"), (0.5, "failures-known-0.5")]
+    assert [(share, e["strategy"]) for share, e in curves[("teacher", 0.05)]] == [
+        (0.0, "teacher"), (0.5, "teacher-known-0.5")]
     path = tmp_path / "curve.png"
     selection.plot_share_curve("side-colour", curves, 0.3, path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
