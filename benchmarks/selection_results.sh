@@ -12,11 +12,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 py=.venv/bin/python
 export HF_HUB_OFFLINE=1
-student=$($py -c "from demo.student import FIRST_CONVERGED, build_student
-print(build_student('runs/students', settings=FIRST_CONVERGED))" | tail -1)
-default_student=$($py -c "from demo.student import build_student; print(build_student('runs/students'))" | tail -1)
-side_share_student=$($py -c "from demo.student import PretrainSettings, build_student
-print(build_student('runs/students', settings=PretrainSettings(skill_weights={'side': 2.0})))" | tail -1)
+# The cached student folder for a demo.student settings expression ($1), built when missing
+student_for() {
+  $py -c "from demo.student import FIRST_CONVERGED, PretrainSettings, build_student
+print(build_student('runs/students', settings=$1))" | tail -1
+}
+student=$(student_for FIRST_CONVERGED)
+default_student=$(student_for "PretrainSettings()")
+side_share_student=$(student_for "PretrainSettings(skill_weights={'side': 2.0})")
 # The world (pool 6000, both targets) and its index in $1/world, copied to $1/world2 (one store per process)
 world_pair() {
   $py -c "
@@ -70,7 +73,8 @@ world_pair runs/bench6
 curve=(--target side-colour --out runs/bench6 --student "$default_student" --rounds 2 --epochs 20 --early-stop --scorer none
        --max-diagnoses 8 --budgets 0.05 --no-full-pool --strategies failures --known-shares 0.15,0.3,0.5,0.7)
 $py benchmarks/selection.py "${curve[@]}" --world runs/bench6/world --seeds 0,1 --results runs/bench6/tmp &
-sleep 600  # the second process starts once the first has written the task's zero-shot round
+# the second process starts once the first has saved the task's zero-shot round (it appears whole)
+until [ -f runs/bench6/side-colour/zero-shot/round_00/metrics.json ]; do sleep 10; done
 $py benchmarks/selection.py "${curve[@]}" --world runs/bench6/world2 --seeds 2 --results runs/bench6/tmp
 wait
 $py benchmarks/selection.py "${curve[@]}" --world runs/bench6/world --seeds 0,1,2 --report-only \

@@ -44,8 +44,9 @@ class PretrainSettings(BaseModel):
     # 4x4 patches, not 2x2) it converges (its per-epoch skill curve: the README of stop 11, in git history).
     epochs: int = Field(3, gt=0)
     # lr 1e-3 learnt left/right late and fragilely: skills flipped between half-epochs, and the same key
-    # built side 0.92 on AVX-512 and 0.88 on AVX2 (with sine-cosine positions: 0.56 / 0.97). Half the lr
-    # with sine-cosine positions converged (README "The demo's student": the builds per kernel path).
+    # built side 0.92 on AVX-512 and 0.88 on AVX2 (with sine-cosine positions and a side-heavier mix: 0.56
+    # and 0.97). Half the lr with sine-cosine positions converged (README "The demo's student": the builds
+    # per kernel path).
     lr: float = Field(5e-4, gt=0)
     batch_size: int = Field(16, gt=0)
     warmup_ratio: float = Field(0.05, ge=0, le=1)
