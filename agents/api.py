@@ -21,7 +21,8 @@ from agents.config import IndexConfig, RunConfig, merge
 from agents.records import RunInfo, RunSummary
 from agents.run_dir import RunDir
 
-__all__ = ["IndexConfig", "RunConfig", "ensure_index", "evaluate", "export", "index", "resume", "run"]
+__all__ = ["IndexConfig", "RunConfig", "ensure_index", "ensure_skill_map", "evaluate", "export", "index", "resume",
+           "run"]
 
 INDEX_COMPLETE = ".complete"  # marks a store that `ensure_index` built to the end
 
@@ -67,6 +68,24 @@ def ensure_index(config: IndexConfig) -> Path:
         print(f"indexed {counts['accepted']} of {counts['read']} pool samples ({report.k} clusters)", file=sys.stderr)
         (config.store / INDEX_COMPLETE).write_text("ok\n")
     return config.store
+
+
+def ensure_skill_map(store: Path, *, teacher: Any = None, names_from: str | None = None) -> Path:
+    """The skill map beside the embedded index ``store`` (agents/skills.py), named by ``teacher`` (a
+    TeacherConfig) or by the pool's tag ``names_from``; built once, again only when the index's point
+    count no longer matches it. Returns the map's path."""
+    from agents.skills import build_skill_map, is_applied, load_skill_map, map_path
+    from retrieval.index import PoolIndex
+
+    path = map_path(store, "pool")
+    index = PoolIndex.open(store=store)
+    try:
+        if not (path.is_file() and is_applied(path) and load_skill_map(path).points == index.count()):
+            skill_map = build_skill_map(index, teacher, path, names_from=names_from)
+            print(f"skill map: {len(skill_map.skills)} skills from {skill_map.k} clusters -> {path}", file=sys.stderr)
+    finally:
+        index.close()
+    return path
 
 
 def run(config: RunConfig, *, run_id: str | None = None, pool_index: Any = None, embedder: Any = None) -> RunSummary:

@@ -2,7 +2,8 @@
 
 Builds (or reuses) the procedural demo world, its tiny pre-trained student and the pool index, then
 runs the loop on one target task with the CPU teacher (llama.cpp + SmolLM2-135M) when the
-``teacher-cpu`` extra is installed, else with ``--selector failures``. Ends with a before/after table
+``teacher-cpu`` extra is installed, else with ``--selector failures``. The teacher's diagnoses are
+grounded in a skill map of the pool named by its samples' own source tags (``--skill-map off``: free). Ends with a before/after table
 per skill, and writes the HTML review report (``RUNDIR/report.html``) and prints its path.
 """
 
@@ -30,6 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--known-share", type=float, default=0.3,
                         help="share of each round replaying pool samples the student already answers right, "
                              "against forgetting (default: 0.3; 0 for the plain loop)")
+    parser.add_argument("--skill-map", choices=["tags", "off"], default="tags",
+                        help="teacher runs: ground the diagnoses in a skill map named by the pool's own source "
+                             "tags (tags, the default: SmolLM2's own names for the clusters are not usable), "
+                             "or let the teacher name skills freely (off)")
     parser.add_argument("--seed", type=int, default=0, help="seed of world, student and selection (default: 0)")
 
 
@@ -53,11 +58,17 @@ def run(args: argparse.Namespace) -> int:
                       "using --selector failures.[/yellow]")
         selector = "failures"
     out = args.out / f"run-{target}-{selector}"
+    grounded = SELECTORS[selector].needs_teacher and args.skill_map == "tags"
+    if grounded:  # no teacher call: each fine cluster takes its points' most common source tag
+        api.ensure_skill_map(store, names_from="source")
     teacher_server = serve_cpu_teacher() if SELECTORS[selector].needs_teacher else contextlib.nullcontext(None)
     with teacher_server as teacher_url:
         # SmolLM2 reads no images and speaks llama.cpp's json_object dialect; one request at a time is all
         # llama-cpp-python's server runs, so a few in flight only hide the HTTP round trips.
-        teacher = {"send_images": False, "dialect": "json_object", "concurrency": 2, "max_tokens": 192}
+        # Grounded, it chooses among the 3 map skills nearest the failure: among 24 it chose the same
+        # off-target skill for every failure (README "The teacher and the skill map").
+        teacher = {"send_images": False, "dialect": "json_object", "concurrency": 2, "max_tokens": 192,
+                   "skill_map": "auto" if grounded else "off", "map_skills_shown": 3}
         if teacher_url:
             teacher["base_url"] = teacher_url
         config = api.RunConfig(student=world.student, val=val, test=test, generic=world.generic, store=store,

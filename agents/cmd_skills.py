@@ -4,7 +4,8 @@ A sub-command of its own rather than a step of `index`: indexing needs no teache
 pool changes, while the map is one teacher call per cluster, worth building once against a strong
 teacher (vLLM) and then reviewing or editing by hand. Re-running keeps an existing map that matches the
 index (applying a hand edit to the payload); ``--rebuild`` clusters and names again, where replies the
-teacher gave before come from its cache, so a killed build resumes where it stopped.
+teacher gave before come from its cache, so a killed build resumes where it stopped. A pool that tags
+its samples (the dataset or task each came from) can be named by that tag instead (``--names-from``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     where.add_argument("--store", type=Path, help=f"folder of the embedded index (default: {DEFAULT_STORE})")
     where.add_argument("--qdrant-url", help="a Qdrant server instead of --store (API key from $QDRANT_API_KEY)")
     parser.add_argument("--collection", default="pool", help="collection of the pool (default: pool)")
-    parser.add_argument("--teacher", required=True, help="OpenAI-compatible base URL of the teacher")
+    namer = parser.add_mutually_exclusive_group(required=True)
+    namer.add_argument("--teacher", help="OpenAI-compatible base URL of the teacher that names the clusters")
+    namer.add_argument("--names-from", metavar="FIELD",
+                       help="name each cluster by the pool's own tag FIELD instead (e.g. source: the dataset or "
+                            "task a sample came from), the most common among its points; no teacher call")
     parser.add_argument("--teacher-model", default="teacher", help="model name the endpoint serves (default: teacher)")
     parser.add_argument("--teacher-dialect", default="auto", choices=["auto", "json_schema", "json_object"],
                         help="structured-output dialect: json_schema (vLLM/OpenAI), json_object (llama.cpp), auto")
@@ -79,11 +84,11 @@ def run(args: argparse.Namespace) -> int:
                 return 0
             print(f"{path} was built for {skill_map.points} points, the index has {index.count()}: rebuilding",
                   file=sys.stderr)
-        teacher = TeacherConfig(base_url=args.teacher, model=args.teacher_model, dialect=args.teacher_dialect,
-                                send_images=not args.text_only, concurrency=args.concurrency,
-                                progress=sys.stderr.isatty())
+        teacher = None if args.names_from else TeacherConfig(
+            base_url=args.teacher, model=args.teacher_model, dialect=args.teacher_dialect,
+            send_images=not args.text_only, concurrency=args.concurrency, progress=sys.stderr.isatty())
         skill_map = build_skill_map(index, teacher, path, k=args.clusters, seed=args.seed, near=args.near,
-                                    spread=args.spread, collection=args.collection)
+                                    spread=args.spread, collection=args.collection, names_from=args.names_from)
     except SkillMapError as error:
         print(f"tutorloop skills: {error}", file=sys.stderr)
         return 2

@@ -17,6 +17,10 @@ Building (``tutorloop skills``, `build_skill_map`):
    editable by a person), and each point's payload gets its ``skill`` (set by filter on
    ``skill_cluster``; payload index on both fields).
 
+A pool that tags its samples (``source``, a dataset or task key) can be named by that tag instead
+(``names_from``, ``tutorloop skills --names-from source``): each cluster takes its points' most common tag,
+no teacher call. The clusters, merging, payload and grounding are the same.
+
 A hand edit is respected: the digest of the map last applied to the payload is kept beside it
 (``skills.applied``); a map whose text differs (renamed skills, clusters moved between skills, skills
 given the same name to merge them) is validated and applied again before it is used.
@@ -308,6 +312,33 @@ async def _name_all(clusters: list[ClusterSamples], image_root: Path, config: Te
         return replies, client.http_requests, dict(client.tokens)
 
 
+def annotation_names(index: Any, members: dict[int, list[str]], field: str) -> tuple[dict[int, ClusterName], dict[int, str]]:
+    """Each cluster named by the most common value of the samples' own ``field`` (``source``, or an extra
+    key of the record such as a dataset or task tag) among its points — no teacher call. Many instruction
+    pools carry such a tag (the dataset a sample came from); the error-driven data-selection work
+    retrieved by it. A cluster none of whose points has the field stays unnamed."""
+    named: dict[int, ClusterName] = {}
+    unnamed: dict[int, str] = {}
+    for cluster, ids in sorted(members.items()):
+        tagged = [(str(v), s.question) for s in index.fetch(ids) if (v := _annotation(s, field)) not in (None, "")]
+        if not tagged:
+            unnamed[cluster] = f"no point of the cluster has {field!r}"
+            continue
+        values = Counter(v for v, _ in tagged)
+        value, count = max(values.items(), key=lambda kv: (kv[1], kv[0]))
+        example = next(strip_image_tag(q) for v, q in tagged if v == value)
+        description = f"samples the pool tags {field}={value!r}, e.g. {example!r}"[:300]
+        try:
+            named[cluster] = ClusterName(name=value, category="other", description=description)
+        except ValidationError as error:
+            unnamed[cluster] = f"{field} {value!r} is not a skill name: {error.errors()[0]['msg']}"
+    return named, unnamed
+
+
+def _annotation(sample: Sample, field: str) -> Any:
+    return getattr(sample, field, None) if field in Sample.model_fields else (sample.model_extra or {}).get(field)
+
+
 def merge_named(named: dict[int, ClusterName], sizes: dict[int, int], examples: dict[int, list[str]]) -> list[MapSkill]:
     """Clusters named alike (planning.skill_key) become one skill; its name is the
     most used spelling (ties: the largest cluster's), its description the largest cluster's."""
@@ -328,29 +359,39 @@ def merge_named(named: dict[int, ClusterName], sizes: dict[int, int], examples: 
     return sorted(skills, key=lambda s: (-s.size, s.name))
 
 
-def build_skill_map(index: Any, teacher: TeacherConfig, path: Path, *, k: int | None = None, seed: int = 0,
-                    near: int = 4, spread: int = 2, collection: str = "pool") -> SkillMap:
-    """Cluster, name, merge, write ``path`` and set every point's ``skill`` (see the module docstring)."""
+def build_skill_map(index: Any, teacher: TeacherConfig | None, path: Path, *, k: int | None = None, seed: int = 0,
+                    near: int = 4, spread: int = 2, collection: str = "pool", names_from: str | None = None) -> SkillMap:
+    """Cluster, name, merge, write ``path`` and set every point's ``skill`` (see the module docstring).
+
+    ``names_from``: name each cluster by the pool's own annotation of that name (e.g. ``source``) instead
+    of asking ``teacher`` (`annotation_names`)."""
+    if teacher is None and names_from is None:
+        raise ValueError("build_skill_map needs a teacher or names_from")
     start = time.perf_counter()
     manifest = index.manifest
     image_root = Path(manifest.image_root)
     k, points, members, shown_ids = assign_fine_clusters(index, k, seed=seed, near=near, spread=spread)
     clusters = [ClusterSamples(c, len(members[c]), index.fetch(ids)) for c, ids in shown_ids.items()]
     cluster_s = time.perf_counter() - start
-    config = teacher if teacher.cache_dir else teacher.model_copy(update={"cache_dir": cache_path(path)})
     t = time.perf_counter()
-    replies, requests, tokens = run_sync(_name_all(clusters, image_root, config))
-    named = {c.cluster: r.value for c, r in zip(clusters, replies, strict=True) if r.value is not None}
-    unnamed = {c.cluster: (r.error or "no reply")[:300] for c, r in zip(clusters, replies, strict=True)
-               if r.value is None}
+    if names_from:
+        named, unnamed = annotation_names(index, members, names_from)
+        requests, cached, tokens, named_by = 0, 0, {}, {"names_from": names_from}
+    else:
+        config = teacher if teacher.cache_dir else teacher.model_copy(update={"cache_dir": cache_path(path)})
+        replies, requests, tokens = run_sync(_name_all(clusters, image_root, config))
+        named = {c.cluster: r.value for c, r in zip(clusters, replies, strict=True) if r.value is not None}
+        unnamed = {c.cluster: (r.error or "no reply")[:300] for c, r in zip(clusters, replies, strict=True)
+                   if r.value is None}
+        cached = sum(r.cached for r in replies)
+        named_by = {"model": teacher.model, "base_url": teacher.base_url, "send_images": teacher.send_images}
     examples = {c.cluster: [s.question for s in c.shown[:3]] for c in clusters}
     skills = merge_named(named, {c.cluster: c.size for c in clusters}, examples)
-    cost = MapCost(clusters=len(clusters), requests=requests, cached=sum(r.cached for r in replies),
+    cost = MapCost(clusters=len(clusters), requests=requests, cached=cached,
                    rejected=len(unnamed), tokens=tokens, seconds=round(time.perf_counter() - t, 3),
                    cluster_seconds=round(cluster_s, 3))
     skill_map = SkillMap(collection=collection, points=points, k=k, seed=seed, skills=skills, unnamed=unnamed,
-                         teacher={"model": teacher.model, "base_url": teacher.base_url,
-                                  "send_images": teacher.send_images}, cost=cost)
+                         teacher=named_by, cost=cost)
     write_skill_map(skill_map, path)
     apply_skill_map(index, skill_map, path)
     log.info("skill map: %d clusters -> %d skills (%d unnamed), %d requests (%d cached) in %.1f s: %s",

@@ -9,7 +9,8 @@ from the student (training/scorers.py) — and are only ever asked for the short
 out — the Shannon entropy of their histogram over ``entropy_bins`` equal bins of the min-max normalised
 scores; ties go to the earlier scorer in the registry's order), or ``"none"`` (relevance only).
 
-Each gap gets ``share`` samples. Per gap, in order:
+Each gap gets ``share`` samples (a gap with fewer candidates passes the rest on: `pass_on_unfilled`).
+Per gap, in order:
 1. near-duplicates are removed (cosine above a threshold to a better-ranked candidate);
 2. relevance and the chosen score are min-max normalised within the gap (the score per scorer, since
    the entropy rule may rank different clusters by different scorers) and mixed by their weights;
@@ -122,6 +123,7 @@ def rerank(
     kept = {gap: _drop_near_duplicates(cands, config.dedup_threshold, dedup_vectors)
             for gap, cands in candidates_by_gap.items()}
     chosen = _student_scores(kept, config, _as_student_scores(scores))
+    shares = pass_on_unfilled(shares, {gap: len(survivors) for gap, (survivors, _) in kept.items()})
     scored: list[ScoredCandidate] = []
     for gap, (survivors, duplicates) in kept.items():
         scored += _pick(gap, survivors, shares.get(gap, 0), chosen, config)
@@ -211,6 +213,19 @@ def histogram_entropy(values: np.ndarray, bins: int) -> float:
     counts, _ = np.histogram((values - finite.min()) / span, bins=bins, range=(0.0, 1.0))
     p = counts[counts > 0] / counts.sum()
     return float(-(p * np.log(p)).sum())
+
+
+def pass_on_unfilled(shares: dict[str, int], available: dict[str, int]) -> dict[str, int]:
+    """Shares where a gap with fewer candidates than its share keeps what it has and the rest goes to the
+    gaps with candidates to spare, the largest share first: the round spends its budget. (A sample two
+    gaps retrieve is a candidate of the one it is most relevant to, so a gap can come up short.)"""
+    out = {gap: min(share, available.get(gap, 0)) for gap, share in shares.items()}
+    unfilled = sum(shares.values()) - sum(out.values())
+    for gap in sorted(out, key=lambda g: (-shares[g], g)):
+        extra = min(unfilled, available.get(gap, 0) - out[gap])
+        out[gap] += extra
+        unfilled -= extra
+    return out
 
 
 def _pick(

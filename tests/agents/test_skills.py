@@ -97,6 +97,28 @@ def test_build_names_every_cluster_labels_every_point_and_writes_a_readable_map(
         index.close()
 
 
+def test_a_map_named_by_the_pools_own_tag_needs_no_teacher(store):
+    index = PoolIndex.open(store=store)
+    try:
+        path = map_path(store, "pool")
+        skill_map = build_skill_map(index, None, path, seed=0, names_from="source")
+        assert skill_map.cost.requests == 0 and skill_map.teacher == {"names_from": "source"}
+        names = {s.name for s in skill_map.skills}
+        assert {"side-colour-v1", "count-v1"} <= names  # the pool's sources, kebab-cased
+        assert sorted(c for s in skill_map.skills for c in s.clusters) == list(range(32))
+        side = next(s for s in skill_map.skills if s.name == "side-colour-v1")
+        assert "source='side_colour-v1'" in side.description and "e.g." in side.description
+        assert index.count_with("skill") == 300
+        assert load_skill_map(path).model_dump() == skill_map.model_dump()
+        # a tag no point carries: every cluster unnamed, with the reason
+        untagged = build_skill_map(index, None, path, names_from="dataset")
+        assert untagged.skills == [] and set(untagged.unnamed.values()) == {"no point of the cluster has 'dataset'"}
+    finally:
+        index.close()
+    with pytest.raises(ValueError, match="a teacher or names_from"):
+        build_skill_map(None, None, path)
+
+
 def test_a_rebuild_is_served_by_the_cache_and_a_broken_build_resumes(store):
     index = PoolIndex.open(store=store)
     try:

@@ -176,3 +176,20 @@ def test_share_curve_orders_the_known_share_rows_and_plots_them(selection, tmp_p
     path = tmp_path / "curve.png"
     selection.plot_share_curve("side-colour", curves, 0.3, path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_map_targets_check_the_named_grounded_row(selection):
+    rows = [row("failures", 0.05, s, acc, 0.9) for s, acc in enumerate((0.40, 0.42, 0.41))]
+    rows += [row("random", 0.05, s, acc, 0.9) for s, acc in enumerate((0.30, 0.31, 0.29))]
+    rows += [row("teacher-map", 0.05, s, acc, 0.9) for s, acc in enumerate((0.30, 0.32, 0.31))]
+    rows += [row("teacher-map-top3", 0.05, s, acc, 0.9) for s, acc in enumerate((0.47, 0.48, 0.46))]
+    rows += [row("oracle-map", 0.05, s, acc, 0.9) for s, acc in enumerate((0.45, 0.46, 0.44))]
+    table = selection.aggregate(rows)
+    top3 = {c["target"]: c for c in selection.check_map_targets(table, "corner-colour", name="teacher-map-top3")}
+    assert top3["corner-colour 5%: teacher-map-top3 ≥ failures + 3 points, beyond spread"]["met"] == "yes"  # +6
+    assert top3["corner-colour 5%: teacher-map-top3 ≥ random + 5 points, beyond spread"]["met"] == "yes"  # +17
+    bound = top3["corner-colour 5%: oracle-map (oracle (upper bound)) ≥ teacher-map-top3"]
+    assert bound["met"] == "**no**" and "the map, not the teacher" in bound["measured"]
+    plain = {c["target"]: c for c in selection.check_map_targets(table, "side-colour")}
+    assert plain["side-colour 5%: teacher-map no worse than failures"]["met"] == "**no**"  # -10 points
+    assert selection.check_map_targets(table, "side-colour", name="teacher-map-top9")[0]["met"] == "n/a"

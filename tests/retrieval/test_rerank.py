@@ -120,3 +120,16 @@ def test_a_named_scorer_ranks_everyone_and_none_is_relevance_only():
     assert all(c.scores == {} and "relevance only" in c.reason for c in plain)
     with pytest.raises(ValueError, match="unknown scorer 'missing'"):
         rerank({"g": _cands("g", rows)}, {"g": 1}, config.model_copy(update={"scorer": "missing"}), scorers)
+
+
+def test_a_gap_short_of_candidates_passes_its_share_on():
+    from retrieval.rerank import pass_on_unfilled
+
+    assert pass_on_unfilled({"a": 5, "b": 10, "c": 5}, {"a": 2, "b": 30, "c": 6}) == {"a": 2, "b": 13, "c": 5}
+    assert pass_on_unfilled({"a": 5, "b": 10}, {"a": 2, "b": 11}) == {"a": 2, "b": 11}  # all there is
+    assert pass_on_unfilled({"a": 3}, {}) == {"a": 0}
+    short = _cands("short", [("s0", 0.9, 0, [1.0, 0.0, 0.0])])
+    long = _cands("long", [(f"l{i}", 0.8 - i * 0.01, i, [0.0, 1.0, float(i)]) for i in range(8)])
+    out = rerank({"short": short, "long": long}, {"short": 3, "long": 3}, RerankConfig(dedup_threshold=None))
+    assert sum(c.selected for c in out) == 6
+    assert sum(c.selected for c in out if c.gap == "long") == 5
