@@ -265,3 +265,16 @@ def test_hybrid_retrieval_records_the_arms_and_they_reach_the_selection_reason(s
         assert all("RRF of" in s.reason for s in chosen)
     finally:
         index.close()
+
+
+def test_the_skills_command_names_by_tag_and_keeps_a_map_that_matches(store, capsys):
+    from agents.cli import main
+
+    assert main(["skills", "--store", str(store), "--names-from", "source"]) == 0
+    first = capsys.readouterr()
+    assert "side-colour-v1" in first.out and "0 requests" in first.out
+    assert load_skill_map(map_path(store, "pool")).teacher == {"names_from": "source"}
+    assert main(["skills", "--store", str(store), "--names-from", "source"]) == 0
+    assert "kept" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a namer is required: --teacher or --names-from
+        main(["skills", "--store", str(store)])
