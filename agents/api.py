@@ -72,8 +72,8 @@ def ensure_index(config: IndexConfig) -> Path:
 
 def ensure_skill_map(store: Path, *, teacher: Any = None, names_from: str | None = None) -> Path:
     """The skill map beside the embedded index ``store`` (agents/skills.py), named by ``teacher`` (a
-    TeacherConfig) or by the pool's tag ``names_from``; built once, again only when the index's point
-    count no longer matches it. Returns the map's path."""
+    TeacherConfig) or by the pool's tag ``names_from`` when there is none; a map that is there is kept
+    (whoever named it) unless the index's point count no longer matches it. Returns the map's path."""
     from agents.skills import build_skill_map, is_applied, load_skill_map, map_path
     from retrieval.index import PoolIndex
 

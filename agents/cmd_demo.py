@@ -3,8 +3,10 @@
 Builds (or reuses) the procedural demo world, its tiny pre-trained student and the pool index, then
 runs the loop on one target task with the CPU teacher (llama.cpp + SmolLM2-135M) when the
 ``teacher-cpu`` extra is installed, else with ``--selector failures``. The teacher's diagnoses are
-grounded in a skill map of the pool named by its samples' own source tags (``--skill-map off``: free). Ends with a before/after table
-per skill, and writes the HTML review report (``RUNDIR/report.html``) and prints its path.
+grounded in a skill map of the pool named by its samples' own source tags (``--skill-map off``: free;
+a map already beside the index, say one built with ``tutorloop skills --teacher``, is kept). Ends with a
+before/after table per skill, and writes the HTML review report (``RUNDIR/report.html``) and prints its
+path.
 """
 
 from __future__ import annotations
