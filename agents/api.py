@@ -74,13 +74,14 @@ def ensure_skill_map(store: Path, *, teacher: Any = None, names_from: str | None
     """The skill map beside the embedded index ``store`` (agents/skills.py), named by ``teacher`` (a
     TeacherConfig) or by the pool's tag ``names_from`` when there is none; a map that is there is kept
     (whoever named it) unless the index's point count no longer matches it. Returns the map's path."""
-    from agents.skills import build_skill_map, is_applied, load_skill_map, map_path
+    from agents.skills import build_skill_map, load_skill_map, map_path
     from retrieval.index import PoolIndex
 
     path = map_path(store, "pool")
     index = PoolIndex.open(store=store)
     try:
-        if not (path.is_file() and is_applied(path) and load_skill_map(path).points == index.count()):
+        # a hand edit not yet applied is kept too: the run applies it (agents.skills.open_map)
+        if not (path.is_file() and load_skill_map(path).points == index.count()):
             skill_map = build_skill_map(index, teacher, path, names_from=names_from)
             print(f"skill map: {len(skill_map.skills)} skills from {skill_map.k} clusters -> {path}", file=sys.stderr)
     finally:
