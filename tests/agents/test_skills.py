@@ -278,3 +278,14 @@ def test_the_skills_command_names_by_tag_and_keeps_a_map_that_matches(store, cap
     assert "kept" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # a namer is required: --teacher or --names-from
         main(["skills", "--store", str(store)])
+
+
+def test_ensure_skill_map_builds_once_and_keeps_a_hand_edit(store):
+    from agents.api import ensure_skill_map
+
+    path = ensure_skill_map(store, names_from="source")
+    data = json.loads(path.read_text())
+    data["skills"][0]["name"] = "renamed-by-hand"
+    path.write_text(json.dumps(data))
+    assert ensure_skill_map(store, names_from="source") == path
+    assert "renamed-by-hand" in path.read_text()  # kept, not rebuilt; the run applies it
