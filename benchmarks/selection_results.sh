@@ -3,23 +3,25 @@
 #
 #   benchmarks/selection_results.sh
 #
-# Demo students are built once (~16 min each on one core) into runs/students: the first converged one
-# (demo.student.FIRST_CONVERGED) for the rows before stop 12, the default for the replay curve, the one with
-# twice the side share for the last block; the world (pool 6000, both targets) and its index once into runs/bench4/world, copied to world2 so the two
-# targets run at once (one qdrant-edge store per process). Completed runs are reused: an interrupted call
-# can be re-run.
+# Demo students are built once (~16-21 min each on one core) into runs/students: the first converged one
+# (demo.student.FIRST_CONVERGED) for the rows before stop 12 and stop 13's grounding rows, stop 12's
+# default (THREE_EPOCHS) for the replay curve, the one with twice the side share, and today's default (4
+# epochs) for the last block; the world (pool 6000, both targets) and its index once into runs/bench4/world,
+# copied to world2 so the two targets run at once (one qdrant-edge store per process). Completed runs are
+# reused: an interrupted call can be re-run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=.venv/bin/python
 export HF_HUB_OFFLINE=1
 # The cached student folder for a demo.student settings expression ($1), built when missing
 student_for() {
-  $py -c "from demo.student import FIRST_CONVERGED, PretrainSettings, build_student
+  $py -c "from demo.student import FIRST_CONVERGED, THREE_EPOCHS, PretrainSettings, build_student
 print(build_student('runs/students', settings=$1))" | tail -1
 }
 student=$(student_for FIRST_CONVERGED)
+three_epoch_student=$(student_for THREE_EPOCHS)
+side_share_student=$(student_for "PretrainSettings(epochs=3, skill_weights={'side': 2.0})")
 default_student=$(student_for "PretrainSettings()")
-side_share_student=$(student_for "PretrainSettings(skill_weights={'side': 2.0})")
 # The world (pool 6000, both targets) and its index in $1/world, copied to $1/world2 (one store per process)
 world_pair() {
   $py -c "
@@ -66,11 +68,11 @@ $py benchmarks/selection.py --target side-colour --world runs/bench4/world "${ba
     --report-only --strategies random,failures,teacher,teacher-map,oracle-map,oracle-map-known \
     --scorers none,perplexity,image_grounding,el2n,answer_entropy,entropy \
     --note "made by benchmarks/selection_results.sh on 2 shared CPU cores; teacher and teacher-map: seed 0 only; 10%: failures only; full-pool: seed 0"
-# Stop 12: on the default student (sine-cosine, lr 5e-4), the replay trade-off curve with the product's defaults together (held-out stop, scorer none),
+# Stop 12: on that stop's default student (sine-cosine, lr 5e-4, 3 epochs: THREE_EPOCHS), the replay trade-off curve with the product's defaults together (held-out stop, scorer none),
 # side-colour 5 %, known share 0 (the failures row) / 0.15 / 0.3 (the default) / 0.5 / 0.7; a fresh world and index
 # in runs/bench6 (copied to world2 for the second process).
 world_pair runs/bench6
-curve=(--target side-colour --out runs/bench6 --student "$default_student" --rounds 2 --epochs 20 --early-stop --scorer none
+curve=(--target side-colour --out runs/bench6 --student "$three_epoch_student" --rounds 2 --epochs 20 --early-stop --scorer none
        --max-diagnoses 8 --budgets 0.05 --no-full-pool --strategies failures --known-shares 0.15,0.3,0.5,0.7)
 $py benchmarks/selection.py "${curve[@]}" --world runs/bench6/world --seeds 0,1 --results runs/bench6/tmp &
 # the second process starts once the first has saved the task's zero-shot round (it appears whole)
@@ -85,3 +87,33 @@ $py benchmarks/selection.py --target side-colour --out runs/bench7 --student "$s
     --early-stop --scorer none --max-diagnoses 8 --budgets 0.05 --no-full-pool --strategies failures --known-shares 0.3 \
     --world runs/bench6/world2 --seeds 0,1,2 --results benchmarks/results/side-share-student \
     --note "the product's defaults together on the student with twice the side share (held-out stop, scorer none, known share 0.3)"
+# Stop 13, the teacher grounded in a skill map (issue 13), on the first converged student in runs/bench4:
+# 2 % rows of random / failures / the oracle (the 5 % ones are the first block's), SmolLM2 choosing among
+# the 3 nearest skills of its own map (seed 0) and of a map named by the pool's source tags (3 seeds, 2 and
+# 5 %), then one report per target with both budgets in benchmarks/results/grounding
+two=(--out runs/bench4 --student "$student" --rounds 2 --epochs 3 --max-diagnoses 8 --budgets 0.02 --no-full-pool)
+for task in side-colour corner-colour; do
+  $py benchmarks/selection.py --target $task --world runs/bench4/world "${two[@]}" --seeds 0,1,2 \
+      --strategies random,failures,oracle-map --results runs/bench4/tmp-$task
+  $py benchmarks/selection.py --target $task --world runs/bench4/world2 "${common[@]}" --seeds 0 \
+      --strategies teacher-map-top3 --results runs/bench4/tmp-$task
+  for budget in 0.05 0.02; do
+    $py benchmarks/selection.py --target $task --world runs/bench4/world2 "${base[@]}" --budgets $budget --no-full-pool \
+        --seeds 0,1,2 --strategies teacher-tagmap-top3 --results runs/bench4/tmp-$task
+  done
+done
+for kind in model tag-source; do
+  [ -e runs/bench4/world/index-map-$kind ] || cp -r runs/bench4/world2/index-map-$kind runs/bench4/world/
+done
+for task in side-colour corner-colour; do
+  $py benchmarks/selection.py --target $task --world runs/bench4/world "${base[@]}" --budgets 0.02,0.05 --no-full-pool \
+      --seeds 0,1,2 --report-only --strategies random,failures,teacher-map-top3,teacher-tagmap-top3,oracle-map \
+      --results benchmarks/results/grounding \
+      --note "made by benchmarks/selection_results.sh on 2 shared CPU cores; teacher-map-top3: seed 0 at 5 % only"
+done
+# Stop 13, today's default student (4 epochs): the product's defaults together (held-out stop, scorer none,
+# known share 0.3) against known share 0, side-colour 5 %, 3 seeds
+$py benchmarks/selection.py --target side-colour --out runs/bench8 --student "$default_student" --rounds 2 --epochs 20 \
+    --early-stop --scorer none --max-diagnoses 8 --budgets 0.05 --no-full-pool --strategies failures --known-shares 0.3 \
+    --world runs/bench6/world2 --seeds 0,1,2 --results benchmarks/results/default-student \
+    --note "the product's defaults together on the 4-epoch student (held-out stop, scorer none, known share 0.3)"
