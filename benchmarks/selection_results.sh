@@ -102,18 +102,25 @@ for task in side-colour corner-colour; do
         --seeds 0,1,2 --strategies teacher-tagmap-top3 --results runs/bench4/tmp-$task
   done
 done
+# SmolLM2 diagnosing freely at 5 %, 3 seeds (the first block ran seed 0 on side-colour only)
+for task in side-colour corner-colour; do
+  $py benchmarks/selection.py --target $task --world runs/bench4/world2 "${common[@]}" --seeds 0,1,2 \
+      --strategies teacher --results runs/bench4/tmp-$task
+done
 for kind in model tag-source; do
   [ -e runs/bench4/world/index-map-$kind ] || cp -r runs/bench4/world2/index-map-$kind runs/bench4/world/
 done
 for task in side-colour corner-colour; do
   $py benchmarks/selection.py --target $task --world runs/bench4/world "${base[@]}" --budgets 0.02,0.05 --no-full-pool \
-      --seeds 0,1,2 --report-only --strategies random,failures,teacher-map-top3,teacher-tagmap-top3,oracle-map \
+      --seeds 0,1,2 --report-only --strategies random,failures,teacher,teacher-map-top3,teacher-tagmap-top3,oracle-map \
       --results benchmarks/results/grounding \
       --note "made by benchmarks/selection_results.sh on 2 shared CPU cores; teacher-map-top3: seed 0 at 5 % only"
 done
 # Stop 13, today's default student (4 epochs): the product's defaults together (held-out stop, scorer none,
-# known share 0.3) against known share 0, side-colour 5 %, 3 seeds
-$py benchmarks/selection.py --target side-colour --out runs/bench8 --student "$default_student" --rounds 2 --epochs 20 \
-    --early-stop --scorer none --max-diagnoses 8 --budgets 0.05 --no-full-pool --strategies failures --known-shares 0.3 \
-    --world runs/bench6/world2 --seeds 0,1,2 --results benchmarks/results/default-student \
-    --note "the product's defaults together on the 4-epoch student (held-out stop, scorer none, known share 0.3)"
+# known share 0.3) against known share 0: side-colour at 5 and 10 %, corner-colour at 5 %, 3 seeds
+defaults=(--out runs/bench8 --student "$default_student" --rounds 2 --epochs 20 --early-stop --scorer none --max-diagnoses 8
+          --no-full-pool --strategies failures --known-shares 0.3 --world runs/bench6/world2 --seeds 0,1,2
+          --results benchmarks/results/default-student
+          --note "the product's defaults together on the 4-epoch student (held-out stop, scorer none, known share 0.3)")
+$py benchmarks/selection.py --target side-colour --budgets 0.05,0.1 "${defaults[@]}"
+$py benchmarks/selection.py --target corner-colour --budgets 0.05 "${defaults[@]}"
