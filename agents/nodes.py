@@ -18,13 +18,14 @@ from typing import TypedDict
 from agents.planning import GapPlan
 from agents.records import RoundMetrics, RunSummary, SelectedSample
 from agents.retention import KnownDraw, draw_known, replay_share
+from agents.retrieve import random_selection
 from agents.run_dir import CANDIDATES, DIAGNOSES, EVALS, METRICS, PLAN, SCORED, SELECTED
 from agents.runtime import Runtime
 from agents.selectors import RoundContext, get_selector
 from agents.stages import evaluate_splits, train_round
 from retrieval.ingest import load_samples
 from retrieval.rerank import ScoredCandidate
-from training.lora import HeldOut
+from training.lora import Anchors, HeldOut
 from training.student import untouched
 
 log = logging.getLogger(__name__)
@@ -181,7 +182,21 @@ def train(state: LoopState, loop: Runtime) -> dict:
     root = config.image_root_of(config.val)
     held_out = HeldOut(load_samples(config.val, root), root) if config.lora.early_stop else None
     with _clock(loop, number)("train"):
+        anchors = _anchors(loop, number) if config.lora.anchor_weight > 0 else None
         train_round(student, selected, replay, loop.pool_image_root,
                     config.lora.model_copy(update={"seed": config.lora.seed + number}), run.adapter(number),
-                    held_out=held_out)
+                    held_out=held_out, anchors=anchors)
     return {}
+
+
+def _anchors(loop: Runtime, number: int) -> Anchors:
+    """The round's anchors: a uniform draw of the pool samples not trained on, outside the clusters the round's
+    gaps selected from. Uniform, so the student's behaviour is kept in proportion to what the pool asks, known
+    skills and half-known ones alike; not where the round teaches, whose untouched answers it sets out to change
+    (anchored there, the side-colour rounds learnt 10 points less)."""
+    index, run = loop.pool_index(), loop.run_dir
+    taught = {row.why.cluster for row in run.read(number, SELECTED) if row.why.gap != "known"} - {None}
+    near = {i for cluster in sorted(taught) for i in index.cluster_vectors(cluster)[0]}
+    ids = random_selection(index.all_ids(), loop.config.lora.anchor_samples, seed=loop.config.seed,
+                           round_number=number, exclude=frozenset(run.selected_ids(number)) | near)
+    return Anchors(index.fetch(ids), loop.pool_image_root)

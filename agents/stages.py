@@ -19,7 +19,7 @@ from retrieval.ingest import load_samples
 from retrieval.records import Sample
 from retrieval.rerank import Candidate, RerankConfig, ScoredCandidate, StudentScores, rerank
 from training.evaluate import EvalResult, evaluate
-from training.lora import HeldOut, LoraTrainConfig, TrainReport, train_lora
+from training.lora import Anchors, HeldOut, LoraTrainConfig, TrainReport, train_lora
 from training.scorers import SCORERS, ScoreCache, ScoreSettings, ScoringSession
 from training.student import Student
 
@@ -56,11 +56,13 @@ def rerank_for_student(candidates: dict[str, list[Candidate]], shares: dict[str,
 
 
 def train_round(student: Student, selected: Sequence[Sample], replay: Sequence[Sample], image_root: Path | None,
-                config: LoraTrainConfig, adapter: Path, *, held_out: HeldOut | None = None) -> TrainReport:
+                config: LoraTrainConfig, adapter: Path, *, held_out: HeldOut | None = None,
+                anchors: Anchors | None = None) -> TrainReport:
     """LoRA-train on the round's samples (+ replay of earlier rounds); the adapter appears whole or not at all."""
     staging = adapter.with_name(adapter.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
-    report = train_lora(student, selected, image_root, config, staging, replay=replay, held_out=held_out)
+    report = train_lora(student, selected, image_root, config, staging, replay=replay, held_out=held_out,
+                        anchors=anchors)
     shutil.rmtree(adapter, ignore_errors=True)
     staging.rename(adapter)
     return report

@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
+from itertools import repeat
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -42,9 +43,11 @@ from training.student import (
     IGNORE_INDEX,
     Student,
     answer_nll,
+    answer_span_logits,
     build_inputs,
     items_from_samples,
     quiet_peft,
+    untouched,
 )
 
 log = logging.getLogger(__name__)
@@ -98,6 +101,11 @@ class LoraTrainConfig(TrainConfig):
                                "linear layer of the language model, resolved from the model (training/anatomy.py)")
     train_projector: bool = Field(True, description="train the vision-to-text projector fully (modules_to_save)")
     replay_ratio: float = Field(0.5, ge=0, description="replayed earlier samples per selected sample (at most)")
+    anchor_weight: float = Field(0.0, ge=0, description=(
+        "weight of the anchor term: the KL divergence from the untouched student's next-token distribution to the "
+        "trained one's over the answers of anchor samples (pool samples not trained on), added to every step's "
+        "loss (Learning without Forgetting). 0: off. Needs anchors (the loop draws them) and a LoRA student"))
+    anchor_batch_size: int = Field(8, gt=0, description="anchor samples per step")
 
 
 class RoundLoraConfig(LoraTrainConfig):
@@ -110,6 +118,8 @@ class RoundLoraConfig(LoraTrainConfig):
 
     epochs: int = Field(20, gt=0, description="the most epochs a round trains (it stops on the held-out loss)")
     early_stop: bool = Field(True, description=TrainConfig.model_fields["early_stop"].description)
+    anchor_samples: int = Field(512, gt=0, description=(
+        "anchors the loop draws per round (uniformly from the pool samples not trained on) when anchor_weight > 0"))
 
 
 class TrainReport(BaseModel):
@@ -131,6 +141,8 @@ class TrainReport(BaseModel):
     projector: str | None = None
     held_out_losses: list[float] = Field(default_factory=list, description="before training, then after each epoch")
     best_epoch: int | None = Field(None, description="the epoch whose weights were kept (early_stop)")
+    anchor_kl: list[float] = Field(default_factory=list, description="the anchor term per step, before its weight")
+    anchor_ids: list[str] = Field(default_factory=list)
     config: dict
     selected_ids: list[str]
     replay_ids: list[str]
@@ -352,9 +364,41 @@ class EarlyStop:
                 param.copy_(value)
 
 
+@dataclasses.dataclass(frozen=True)
+class Anchors:
+    """Samples on whose answers training keeps the untouched student's next-token distribution
+    (``LoraTrainConfig.anchor_weight``); never trained on with their labels. The reference answer only places
+    the positions: the target there is the untouched model's whole distribution, so a sample the student gets
+    wrong anchors what it believes now, not the reference. Known replay (agents/retention.py) trains on what the
+    student is judged to know; anchoring keeps what it does on a broad draw, whatever it knows of it."""
+
+    samples: Sequence[Sample]
+    image_root: Path | None
+
+    def rows(self, batch_size: int, seed: int) -> Iterator[list[int]]:
+        """Endless batches of indices, a fresh seeded permutation per pass."""
+        generator = torch.Generator().manual_seed(seed)
+        while True:
+            order = torch.randperm(len(self.samples), generator=generator).tolist()
+            for start in range(0, len(order), batch_size):
+                yield order[start : start + batch_size]
+
+
+def anchor_kl(student: Student, batch: Any) -> torch.Tensor:
+    """KL(untouched || trained) per answer token, averaged over the batch's answer tokens. The untouched student
+    is the same model with its adapter switched off (one model in memory, one extra forward without grad)."""
+    with torch.no_grad(), untouched(student):
+        before, targets = answer_span_logits(student, batch)
+    after, _ = answer_span_logits(student, batch)
+    answer = targets != IGNORE_INDEX
+    return torch.nn.functional.kl_div(torch.log_softmax(after[answer], -1), torch.log_softmax(before[answer], -1),
+                                      log_target=True, reduction="batchmean")
+
+
 def run_training(
     student: Student, samples: Sequence[Sample], image_root: Path | None, config: TrainConfig, *,
     progress: bool = True, desc: str = "train", accelerator: Any = None, held_out: HeldOut | None = None,
+    anchors: Anchors | None = None,
 ) -> dict:
     """The one training loop: AdamW over the trainable parameters, linear warm-up and decay, loss on answers
     (the LM head runs on the answer span only), the next batch prepared in a worker thread, forward passes
@@ -369,7 +413,11 @@ def run_training(
     every epoch (each process measures it alone: fine under DDP, not under FSDP's sharded weights); training
     ends at the first epoch that does not lower it by ``min_gain`` and the best epoch's weights are restored.
 
-    Returns ``{"losses", "steps", "seconds", "samples_per_s", "epochs_run", "held_out_losses", "best_epoch"}``.
+    With ``anchors`` and ``config.anchor_weight`` > 0 (a LoRA student, one process) every step adds the weighted
+    KL from the untouched student to the trained one on a batch of anchors (``Anchors``, ``anchor_kl``).
+
+    Returns ``{"losses", "steps", "seconds", "samples_per_s", "epochs_run", "held_out_losses", "best_epoch",
+    "anchor_kl"}``; ``losses`` is the answer loss alone.
     """
     model = student.model
     if not any(p.requires_grad for p in model.parameters()):
@@ -377,6 +425,10 @@ def run_training(
     if config.early_stop and (held_out is None or not held_out.samples):
         raise ValueError("early_stop needs held-out samples (the loop passes its val split)")
     group = ProcessGroup(accelerator)
+    anchor_weight = getattr(config, "anchor_weight", 0.0)
+    anchoring = anchor_weight > 0 and anchors is not None and bool(anchors.samples)
+    if anchoring and (not student.is_peft or group.size > 1):
+        raise ValueError("anchors need a LoRA student in one process (the untouched model is its adapter switched off)")
     plans, per_epoch_batches = plan_batches(student, samples, image_root, config)
     per_epoch = math.ceil(per_epoch_batches / config.grad_accum)
     total = min(per_epoch * config.epochs, config.max_steps or 1 << 62)
@@ -396,14 +448,20 @@ def run_training(
     bar = tqdm(total=total, desc=desc, unit="step", disable=not progress or not group.is_main)
     start = time.perf_counter()
 
-    def make(plan: tuple[int, int, list[int]]):
+    def make(job: tuple[tuple[int, int, list[int]], list[int] | None]):
+        plan, anchor_rows = job
         rows, weight = group.share(plan[2])
         items = items_from_samples([samples[i] for i in rows], image_root, with_answer=True)
-        return build_inputs(student, items), weight
+        anchor_batch = None if anchor_rows is None else build_inputs(student, items_from_samples(
+            [anchors.samples[i] for i in anchor_rows], anchors.image_root, with_answer=True))
+        return build_inputs(student, items), weight, anchor_batch
 
+    anchor_rows = anchors.rows(getattr(config, "anchor_batch_size", 8), config.seed) if anchoring else repeat(None)
+    kls: list[float] = []
     model.train()
     with checkpointing(model, config.gradient_checkpointing):
-        for (epoch, number, index), (batch, weight) in prefetched(make, plans):
+        jobs = zip(plans, anchor_rows, strict=False)  # the anchor rows never end: the plans decide
+        for ((epoch, number, index), _), (batch, weight, anchor_batch) in prefetched(make, jobs):
             if not checked:
                 check_training_memory(student, batch, config, compute_dtype, group.size)
                 checked = True
@@ -414,6 +472,11 @@ def run_training(
                 count = (batch["labels"] != IGNORE_INDEX).sum().float() * weight
                 everywhere = group.sum(count)  # answer tokens of the global batch (this count, in one process)
                 loss = share_loss(mean, count, everywhere, group.size)  # x 1.0 exactly in one process
+                if anchor_batch is not None:
+                    with autocast(student.device, compute_dtype):
+                        kl = anchor_kl(forward, anchor_batch)
+                    loss = loss + anchor_weight * kl
+                    kls.append(kl.item())
                 (loss / config.grad_accum).backward()
             window.append(mean.item() if group.size == 1 else (group.sum(mean.detach() * count) / everywhere).item())
             seen += len(index)
@@ -440,7 +503,8 @@ def run_training(
     seconds = time.perf_counter() - start
     return {"losses": losses, "steps": step, "seconds": seconds,
             "samples_per_s": seen / seconds if seconds > 0 else 0.0, "epochs_run": seen / max(1, len(samples)),
-            "held_out_losses": stop.losses if stop else [], "best_epoch": stop.best_epoch if stop else None}
+            "held_out_losses": stop.losses if stop else [], "best_epoch": stop.best_epoch if stop else None,
+            "anchor_kl": kls}
 
 
 # --- LoRA ------------------------------------------------------------------------------------------
@@ -526,9 +590,10 @@ def train_lora(
     progress: bool = True,
     accelerator: Any = None,
     held_out: HeldOut | None = None,
+    anchors: Anchors | None = None,
 ) -> TrainReport:
     """LoRA-tune the student on ``samples`` + replay; continues its adapter if it has one; saves to ``out_dir``.
-    ``held_out``: what ``config.early_stop`` measures.
+    ``held_out``: what ``config.early_stop`` measures; ``anchors``: what ``config.anchor_weight`` keeps.
 
     A continued adapter keeps the LoRA settings it was created with (rank, targets, trained projector);
     ``config`` then only sets the optimisation (lr, epochs, batch, seed, replay). With an ``accelerator`` of
@@ -545,8 +610,11 @@ def train_lora(
         else:
             projector = attach_lora(student, config)
         stats = (run_training(student, train_set, image_root, config, progress=progress, desc="lora",
-                              accelerator=accelerator, held_out=held_out) if train_set else _no_training())
-    report = _report(student, out, "lora", samples, replayed, stats, config, continued=continued, projector=projector)
+                              accelerator=accelerator, held_out=held_out, anchors=anchors)
+                 if train_set else _no_training())
+    anchor_ids = [a.id for a in anchors.samples] if anchors and stats["anchor_kl"] else []
+    report = _report(student, out, "lora", samples, replayed, stats, config, continued=continued, projector=projector,
+                     anchor_ids=anchor_ids)
     group = ProcessGroup(accelerator)
     if group.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -595,11 +663,12 @@ def train_full(
 def _no_training() -> dict:
     log.warning("nothing to train on: the adapter is saved unchanged")
     return {"losses": [], "steps": 0, "seconds": 0.0, "samples_per_s": 0.0, "epochs_run": 0.0,
-            "held_out_losses": [], "best_epoch": None}
+            "held_out_losses": [], "best_epoch": None, "anchor_kl": []}
 
 
 def _report(student: Student, out: Path, mode: str, samples: Sequence[Sample], replayed: Sequence[Sample],
-            stats: dict, config: TrainConfig, *, continued: bool = False, projector: str | None = None) -> TrainReport:
+            stats: dict, config: TrainConfig, *, continued: bool = False, projector: str | None = None,
+            anchor_ids: Sequence[str] = ()) -> TrainReport:
     params = list(student.model.parameters())
     losses = stats["losses"]
     return TrainReport(
@@ -611,7 +680,8 @@ def _report(student: Student, out: Path, mode: str, samples: Sequence[Sample], r
         trainable_params=sum(p.numel() for p in params if p.requires_grad),
         total_params=sum(p.numel() for p in params), continued_adapter=continued, projector=projector,
         held_out_losses=[round(x, 6) for x in stats["held_out_losses"]], best_epoch=stats["best_epoch"],
-        config=config.model_dump(), selected_ids=[s.id for s in samples], replay_ids=[s.id for s in replayed],
+        anchor_kl=[round(x, 6) for x in stats["anchor_kl"]], anchor_ids=list(anchor_ids), config=config.model_dump(),
+        selected_ids=[s.id for s in samples], replay_ids=[s.id for s in replayed],
     )
 
 

@@ -138,3 +138,23 @@ def test_a_messages_form_pool_runs_and_its_selection_comes_back_in_that_form(tin
         rows = [json.loads(line) for line in RunDir(config.out).path(1, SELECTED).read_text().splitlines()]
         assert len(rows) == 6 and all(key in row and row["selection"]["reason"] for row in rows)
         assert len(RunDir(config.out).read(1, SELECTED)) == 6  # and it reads back for training
+
+
+def test_anchors_are_drawn_outside_what_the_round_trains_and_where_it_teaches(tiny_world, loop_config, tmp_path):
+    from retrieval.index import PoolIndex
+
+    config = loop_config(tiny_world, tmp_path / "run", selector="failures", known_share=0.5, rounds=1, budget=6,
+                         lora={"epochs": 1, "batch_size": 8, "anchor_weight": 1.0, "anchor_samples": 40})
+    run(config, run_id="test-anchors")
+    rows = RunDir(config.out).read(1, SELECTED)
+    report = json.loads((RunDir(config.out).adapter(1) / "training.json").read_text())
+    anchors = set(report["anchor_ids"])
+    assert len(anchors) == 40 and len(report["anchor_kl"]) == report["steps"] > 0
+    assert not anchors & {r.sample.id for r in rows}, "an anchor is never trained on"
+    taught = {r.why.cluster for r in rows if r.why.gap != "known"}
+    index = PoolIndex.open(store=tiny_world.store)
+    try:
+        near = {i for cluster in taught for i in index.cluster_vectors(cluster)[0]}
+    finally:
+        index.close()
+    assert taught and not anchors & near, "no anchor in a cluster the round's gaps selected from"

@@ -217,3 +217,40 @@ def test_early_stop_without_held_out_samples_is_refused(tiny_llava, tiny_data, t
     with pytest.raises(ValueError, match="early_stop needs held-out samples"):
         train_lora(load_student(tiny_llava, device="cpu"), tiny_data.yes_no, tiny_data.root,
                    LoraTrainConfig(**FAST, early_stop=True), tmp_path / "a", progress=False)
+
+
+def _colour_loss(student_dir, adapter, tiny_data):
+    from training.lora import HeldOut
+
+    return HeldOut(tiny_data.samples, tiny_data.root).loss(load_student(student_dir, adapter=adapter, device="cpu"), 16)
+
+
+def test_anchors_keep_what_the_untouched_student_answers(colour_llava, tiny_data, tmp_path):
+    """Training on yes/no wrecks the colour answers (measured: colour loss 0.46 -> 2.73); the same training
+    anchored on the colour questions (their untouched answer distributions, not their labels) keeps them
+    (-> 0.66) and still learns yes/no (3.04 -> 2.20, against 1.54 unanchored)."""
+    from training.lora import Anchors
+
+    config = LoraTrainConfig(**{**FAST, "epochs": 8})
+    anchors = Anchors(tiny_data.samples, tiny_data.root)
+    plain = train_lora(load_student(colour_llava, device="cpu"), tiny_data.yes_no, tiny_data.root, config,
+                       tmp_path / "plain", anchors=anchors, progress=False)  # weight 0: anchors unused
+    anchored = train_lora(load_student(colour_llava, device="cpu"), tiny_data.yes_no, tiny_data.root,
+                          config.model_copy(update={"anchor_weight": 5.0}), tmp_path / "anchored", anchors=anchors,
+                          progress=False)
+    assert plain.anchor_kl == [] and plain.anchor_ids == []
+    assert len(anchored.anchor_kl) == anchored.steps and anchored.anchor_ids == [s.id for s in tiny_data.samples]
+    assert anchored.last_loss < 0.8 * anchored.first_loss  # it still learns the round's task
+    before = _colour_loss(colour_llava, None, tiny_data)
+    forgot_plain = _colour_loss(colour_llava, tmp_path / "plain", tiny_data) - before
+    forgot_anchored = _colour_loss(colour_llava, tmp_path / "anchored", tiny_data) - before
+    assert forgot_plain > 1.0 and forgot_anchored < 0.25 * forgot_plain
+
+
+def test_anchors_need_a_lora_student_in_one_process(tiny_llava, tiny_data, tmp_path):
+    from training.lora import Anchors, run_training
+
+    student = load_student(tiny_llava, device="cpu")  # a plain model: there is no untouched copy to ask
+    with pytest.raises(ValueError, match="anchors need a LoRA student"):
+        run_training(student, tiny_data.yes_no, tiny_data.root, LoraTrainConfig(**FAST, anchor_weight=1.0),
+                     anchors=Anchors(tiny_data.samples, tiny_data.root), progress=False)
