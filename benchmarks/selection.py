@@ -153,6 +153,19 @@ def share_strategies(shares: str | None, selector: str) -> list[Strategy]:
     return [Strategy(f"{selector}-known-{x:g}", selector, run={"known_share": x}) for x in wanted]
 
 
+def anchor_strategies(weights: str | None, selector: str) -> list[Strategy]:
+    """``--anchor-weights 1,3``: one row per anchor weight (training/lora.py ``Anchors``) on top of the known
+    share of the ``-known`` rows, named ``<selector>-known-anchor<w>`` (the ``-known`` row is weight 0)."""
+    try:
+        wanted = [float(x) for x in (weights or "").split(",") if x.strip()]
+    except ValueError as exc:
+        raise SystemExit(f"--anchor-weights: {exc}") from None
+    if any(x <= 0 for x in wanted):
+        raise SystemExit(f"--anchor-weights: each weight must be > 0, got {wanted}")
+    return [Strategy(f"{selector}-known-anchor{x:g}", selector, run={"known_share": KNOWN_SHARE},
+                     lora={"anchor_weight": x}) for x in wanted]
+
+
 @dataclass
 class Settings:
     """What every run of one benchmark shares (stored in the JSON)."""
@@ -846,24 +859,49 @@ def plot(task: str, table: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def share_curve(table: list[dict]) -> dict[tuple[str, float], list[tuple[float, dict]]]:
-    """The known-replay share rows (``--known-shares``: ``<selector>-known-<share>``, whichever
-    ``--scorer-selector`` made them) per selector and budget, with the selector's plain row as share 0
-    (the benchmark pins it to 0), sorted by share. Curves of fewer than two points drop."""
-    shares: dict[tuple[str, float], list[tuple[float, dict]]] = {}
+@dataclass(frozen=True)
+class Knob:
+    """A setting varied over rows named ``<base><marker><value>`` (a trade-off curve); the base row is value 0."""
+
+    marker: str
+    label: str  # the x axis
+    file: str  # selection-<task>-<file>.png
+    setting: str  # the run config's field (dotted into a section) whose default the plot marks
+
+    def default(self) -> float:
+        from agents.config import RunConfig
+
+        section, _, name = self.setting.rpartition(".")
+        model = RunConfig.model_fields[section].annotation if section else RunConfig
+        return model.model_fields[name].default
+
+
+KNOBS = (
+    # --known-shares: <selector>-known-<share>; the selector's plain row pins the share to 0
+    Knob("-known-", "known-replay share of round 1", "known-share", "known_share"),
+    # --anchor-weights: <selector>-known-anchor<w>; the -known row (share KNOWN_SHARE) is weight 0
+    Knob("-anchor", "anchor weight (KL to the untouched student)", "anchor", "lora.anchor_weight"),
+)
+
+
+def knob_curve(table: list[dict], marker: str) -> dict[tuple[str, float], list[tuple[float, dict]]]:
+    """The rows ``<base><marker><value>`` per base row and budget, with the base row itself as value 0, sorted
+    by value (``-known-``: the ``--known-shares`` rows of whichever ``--scorer-selector`` made them, the
+    selector's plain row pinned to share 0). Curves of fewer than two points drop."""
+    points_of: dict[tuple[str, float], list[tuple[float, dict]]] = {}
     for e in table:
-        selector, _, share = e["strategy"].rpartition("-known-")
-        if selector and e["test_accuracy"]:
+        base, _, value = e["strategy"].rpartition(marker)
+        if base and e["test_accuracy"]:
             with contextlib.suppress(ValueError):
-                shares.setdefault((selector, e["budget_fraction"]), []).append((float(share), e))
+                points_of.setdefault((base, e["budget_fraction"]), []).append((float(value), e))
     plain = {(e["strategy"], e["budget_fraction"]): e for e in table if e["test_accuracy"]}
     return {key: sorted(points + ([(0.0, plain[key])] if key in plain else []), key=lambda p: p[0])
-            for key, points in shares.items() if len(points) + (key in plain) > 1}
+            for key, points in points_of.items() if len(points) + (key in plain) > 1}
 
 
-def plot_share_curve(task: str, curves: dict[tuple[str, float], list[tuple[float, dict]]], default_share: float,
-                     path: Path) -> None:
-    """Replay share against target accuracy and against forgetting, the product's default share marked."""
+def plot_knob_curve(task: str, curves: dict[tuple[str, float], list[tuple[float, dict]]], knob: Knob,
+                    default: float, path: Path) -> None:
+    """The knob against target accuracy and against forgetting, the product's default marked."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -873,15 +911,15 @@ def plot_share_curve(task: str, curves: dict[tuple[str, float], list[tuple[float
     for (metric, label), ax in zip((("test_accuracy", "target test accuracy (%)"),
                                     ("forgetting", "forgetting (points)")), axes, strict=True):
         for (selector, budget), points in sorted(curves.items()):
-            ax.errorbar([share for share, _ in points], [100 * e[metric]["mean"] for _, e in points],
+            ax.errorbar([value for value, _ in points], [100 * e[metric]["mean"] for _, e in points],
                         yerr=[100 * e[metric]["spread"] for _, e in points], marker="o", capsize=3,
                         label=f"{selector}, budget {100 * budget:g}%")
-        ax.axvline(default_share, color="grey", linestyle="--", label=f"default ({default_share:g})")
-        ax.set_xlabel("known-replay share of round 1")
+        ax.axvline(default, color="grey", linestyle="--", label=f"default ({default:g})")
+        ax.set_xlabel(knob.label)
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"replay share trade-off — {task}")
+    fig.suptitle(f"{knob.label}: trade-off — {task}")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -903,12 +941,11 @@ def write_results(task: str, rows: list[dict], settings: dict, notes: list[str],
     }, indent=2) + "\n")
     paths["md"].write_text(markdown(task, table, checks, settings, notes, command, rows))
     plot(task, table, paths["png"])
-    curves = share_curve(table)
-    if curves:
-        from agents.config import RunConfig
-
-        paths["curve"] = results / f"selection-{task}-known-share.png"
-        plot_share_curve(task, curves, RunConfig.model_fields["known_share"].default, paths["curve"])
+    for knob in KNOBS:
+        curves = knob_curve(table, knob.marker)
+        if curves:
+            paths[knob.file] = results / f"selection-{task}-{knob.file}.png"
+            plot_knob_curve(task, curves, knob, knob.default(), paths[knob.file])
     return paths
 
 
@@ -994,6 +1031,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="selector of the --scorers and --known-shares rows")
     parser.add_argument("--known-shares", help="extra rows, one per known-replay share of round 1 "
                         "(comma-separated, e.g. 0.15,0.5,0.7: the replay-vs-forgetting trade-off curve)")
+    parser.add_argument("--anchor-weights", help="extra rows, one per anchor weight on top of the -known rows' share "
+                        "(comma-separated, e.g. 1,3: the anchoring-vs-forgetting trade-off curve)")
     parser.add_argument("--report-only", action="store_true",
                         help="run nothing: report the complete runs among those asked for, note the rest")
     parser.add_argument("--out", type=Path, default=Path("runs/selection"), help="run directories (reused)")
@@ -1054,7 +1093,8 @@ def benchmark_task(task: str, args: argparse.Namespace, settings: Settings, comm
     if unknown:
         raise SystemExit(f"--strategies: unknown {sorted(unknown)}; known: {[s.name for s in STRATEGIES]}")
     strategies = ([s for s in STRATEGIES if s.name in wanted] + scorer_strategies(args.scorers, args.scorer_selector)
-                  + share_strategies(args.known_shares, args.scorer_selector))
+                  + share_strategies(args.known_shares, args.scorer_selector)
+                  + anchor_strategies(args.anchor_weights, args.scorer_selector))
     skipped: list[str] = []
     if settings.rounds == 1 and any(s.name == "teacher-no-replay" for s in strategies):
         # the loop replays earlier rounds' selections: with one round there is nothing to replay

@@ -167,15 +167,31 @@ def test_share_curve_orders_the_known_share_rows_and_plots_them(selection, tmp_p
             row("failures", 0.1, 0, 0.45, 0.75),  # one point at 10 %: no curve there
             row("teacher", 0.05, 0, 0.42, 0.81), row("teacher-known-0.5", 0.05, 0, 0.40, 0.88),
             row("failures-known", 0.05, 0, 0.39, 0.86)]  # the 0.3 row of STRATEGIES: not a --known-shares one
-    curves = selection.share_curve(selection.aggregate(rows))
+    curves = selection.knob_curve(selection.aggregate(rows), "-known-")
     assert sorted(curves) == [("failures", 0.05), ("teacher", 0.05)]
     assert [(share, e["strategy"]) for share, e in curves[("failures", 0.05)]] == [
         (0.0, "failures"), (0.15, "failures-known-0.15"), (0.5, "failures-known-0.5")]
     assert [(share, e["strategy"]) for share, e in curves[("teacher", 0.05)]] == [
         (0.0, "teacher"), (0.5, "teacher-known-0.5")]
     path = tmp_path / "curve.png"
-    selection.plot_share_curve("side-colour", curves, 0.3, path)
+    selection.plot_knob_curve("side-colour", curves, selection.KNOBS[0], 0.3, path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_anchor_rows_sit_on_the_known_row_and_make_their_own_curve(selection):
+    strategies = selection.anchor_strategies("1, 3", "failures")
+    assert [(s.name, s.run, s.lora) for s in strategies] == [
+        ("failures-known-anchor1", {"known_share": selection.KNOWN_SHARE}, {"anchor_weight": 1.0}),
+        ("failures-known-anchor3", {"known_share": selection.KNOWN_SHARE}, {"anchor_weight": 3.0})]
+    for bad in ("0", "-1", "strong"):
+        with pytest.raises(SystemExit, match="--anchor-weights"):
+            selection.anchor_strategies(bad, "failures")
+    rows = [row("failures-known", 0.05, 0, 0.49, 0.92), row("failures-known-anchor3", 0.05, 0, 0.46, 0.94),
+            row("failures-known-anchor1", 0.05, 0, 0.46, 0.94), row("failures-known-0.5", 0.05, 0, 0.47, 0.93)]
+    table = selection.aggregate(rows)
+    assert [(w, e["strategy"]) for w, e in selection.knob_curve(table, "-anchor")[("failures-known", 0.05)]] == [
+        (0.0, "failures-known"), (1.0, "failures-known-anchor1"), (3.0, "failures-known-anchor3")]
+    assert list(selection.knob_curve(table, "-known-")) == [], "an anchor row is no point of the share curve"
 
 
 def test_map_targets_check_the_named_grounded_row(selection):
