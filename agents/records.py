@@ -204,6 +204,10 @@ class RunSummary(BaseModel):
                    stop_reason=stop_reason, selector=selector, budget=budget)
 
 
+# LoRA fields whose default changed what a round does, with the value of every run before the field existed
+LORA_BEFORE_IT_EXISTED = {"early_stop": False, "anchor_weight": 0.0}
+
+
 class RunInfo(BaseModel):
     """``run.json``: the run id (the checkpointer's thread) and the validated config it runs with."""
 
@@ -215,10 +219,12 @@ class RunInfo(BaseModel):
 
     @field_validator("config")
     @classmethod
-    def _fixed_epochs_before_held_out_stop(cls, config: dict[str, Any]) -> dict[str, Any]:
-        """A run written before rounds stopped on the held-out loss resumes with the fixed epochs it began with
-        (its config has every LoRA field but ``early_stop``; a default must not change a run half-way)."""
+    def _round_recipe_it_began_with(cls, config: dict[str, Any]) -> dict[str, Any]:
+        """A run written before a LoRA default changed what a round does resumes with the recipe it began with:
+        its config has every LoRA field of its time, so a missing one takes the value from before it existed
+        (fixed epochs before the held-out stop, no anchors before anchoring; a default must not change a run
+        half-way)."""
         lora = config.get("lora")
-        if isinstance(lora, dict) and "epochs" in lora and "early_stop" not in lora:
-            config = {**config, "lora": {**lora, "early_stop": False}}
+        if isinstance(lora, dict) and "epochs" in lora:
+            config = {**config, "lora": {**LORA_BEFORE_IT_EXISTED, **lora}}
         return config

@@ -282,7 +282,7 @@ def run_config(world: World, strategy: Strategy, fraction: float, seed: int, out
         teacher=teacher or {"progress": False},
         rerank={"perturbation_draws": settings.perturbation_draws, "scorer": settings.scorer, **strategy.rerank},
         lora={"epochs": settings.epochs, "early_stop": settings.early_stop, "batch_size": settings.batch_size,
-              "seed": seed, **strategy.lora},
+              "seed": seed, "anchor_weight": 0.0, **strategy.lora},  # anchors pinned off: the -anchor rows set theirs
     )
     # known_share pinned to the committed rows' 0 (the -known strategies set theirs in strategy.run)
     return RunConfig.model_validate({**settings_of_run, "known_share": 0.0, **strategy.run})

@@ -118,6 +118,10 @@ class RoundLoraConfig(LoraTrainConfig):
 
     epochs: int = Field(20, gt=0, description="the most epochs a round trains (it stops on the held-out loss)")
     early_stop: bool = Field(True, description=TrainConfig.model_fields["early_stop"].description)
+    # Anchoring cut the forgetting of 5 % side-colour rounds from -5.1 to -1.8 points (5 seeds) and of
+    # corner-colour from -7.2 to -1.9 (3 seeds), for 3 points of target accuracy (README "Anchors"): keeping what
+    # the student knows comes first; 0 gives the recipe before.
+    anchor_weight: float = Field(1.0, ge=0, description=LoraTrainConfig.model_fields["anchor_weight"].description)
     anchor_samples: int = Field(512, gt=0, description=(
         "anchors the loop draws per round (uniformly from the pool samples not trained on) when anchor_weight > 0"))
 

@@ -143,3 +143,13 @@ def test_a_run_from_before_the_held_out_stop_resumes_with_its_fixed_epochs(tiny_
     assert resumed.lora.early_stop is False and resumed.lora.epochs == config["lora"]["epochs"]
     # a run written now keeps what it says
     assert RunConfig.model_validate(RunInfo(run_id="r", config=config).config).lora.early_stop is True
+
+
+def test_a_run_from_before_anchoring_resumes_without_anchors(tiny_world, loop_config, tmp_path):
+    from agents.config import RunConfig
+    from agents.records import RunInfo
+
+    config = loop_config(tiny_world, tmp_path / "run").model_dump(mode="json")
+    old = {**config, "lora": {k: v for k, v in config["lora"].items() if not k.startswith("anchor")}}
+    assert RunConfig.model_validate(RunInfo(run_id="r", config=old).config).lora.anchor_weight == 0.0
+    assert RunConfig.model_validate(RunInfo(run_id="r", config=config).config).lora.anchor_weight == 1.0
