@@ -128,17 +128,16 @@ $py benchmarks/selection.py --target corner-colour --budgets 0.05 "${defaults[@]
 # anchor weight varied (0 = the failures-known row, pinned off; 0.3, 1, 3), side-colour at 5 % (5 seeds) and 10 %
 # (weights 0 and 1, 3 seeds), corner-colour at 5 % (weights 0 and 1, 3 seeds); built on an Intel Xeon (AVX-512),
 # whose student differs from the AMD machine's (count 0.86 against 0.76), so these rows are compared only among
-# themselves and with their own zero-shot.
-world_pair runs/bench9
+# themselves and with their own zero-shot. Same world and index as stop 12's (runs/bench6).
 anchors=(--out runs/bench9 --student "$default_student" --rounds 2 --epochs 20 --early-stop --scorer none --max-diagnoses 8
          --no-full-pool --strategies failures-known --results benchmarks/results/anchors)
 $py benchmarks/selection.py --target side-colour --budgets 0.05 --seeds 0,1,2,3,4 --anchor-weights 0.3,1,3 \
-    --world runs/bench9/world2 "${anchors[@]}" &
+    --world runs/bench6/world2 "${anchors[@]}" &
 $py benchmarks/selection.py --target corner-colour --budgets 0.05 --seeds 0,1,2 --anchor-weights 1 \
-    --world runs/bench9/world "${anchors[@]}"
+    --world runs/bench6/world "${anchors[@]}"
 wait
 $py benchmarks/selection.py --target side-colour --budgets 0.1 --seeds 0,1,2 --anchor-weights 1 \
-    --world runs/bench9/world2 "${anchors[@]}"
+    --world runs/bench6/world2 "${anchors[@]}"
 $py benchmarks/selection.py --target side-colour --budgets 0.05,0.1 --seeds 0,1,2,3,4 --anchor-weights 0.3,1,3 \
-    --world runs/bench9/world2 --report-only "${anchors[@]}" \
+    --world runs/bench6/world2 --report-only "${anchors[@]}" \
     --note "stop 14 (Intel Xeon, AVX-512): the product's defaults (held-out stop, scorer none, known share 0.3) with the anchor weight varied; the -known row is weight 0; 10 %: seeds 0-2, weights 0 and 1"
