@@ -43,6 +43,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="share of each round's budget replaying pool samples the untouched student already "
                              "knows, against forgetting (any selector; default 0.3, measured in README 'The round "
                              "recipe'; 0 switches it off)")
+    parser.add_argument("--anchor-weight", type=float,
+                        help="weight of the KL from the untouched student to the trained one on a pool draw outside "
+                             "what the round teaches, against forgetting (default 1; 0 switches it off: about 3 "
+                             "target points more, 1-5 generic points less, README 'Anchors')")
     parser.add_argument("--export", choices=["llava", "sharegpt", "messages"],
                         help="form of each round's selected.jsonl (default: the pool's own form, sample by sample)")
     parser.add_argument("--no-perturbation", action="store_true", help="ablation: re-rank without the perturbation score")
@@ -75,7 +79,7 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
         "rerank": {"use_perturbation": False if args.no_perturbation else None,
                    "use_clusters": False if args.no_clusters else None, "scorer": args.scorer},
         "lora": {"early_stop": False if args.fixed_epochs else None,
-                 "epochs": args.epochs or (3 if args.fixed_epochs else None)},
+                 "epochs": args.epochs or (3 if args.fixed_epochs else None), "anchor_weight": args.anchor_weight},
     }
 
 
