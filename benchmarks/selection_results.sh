@@ -136,6 +136,11 @@ $py benchmarks/selection.py --target side-colour --budgets 0.05 --seeds 0,1,2,3,
 $py benchmarks/selection.py --target corner-colour --budgets 0.05 --seeds 0,1,2 --anchor-weights 1 \
     --world runs/bench6/world "${anchors[@]}"
 wait
+$py -c "from demo.build import build_world
+build_world('runs/bench6/world', pool_size=6000, targets=['size-colour'], n_val=200, n_test=500,
+            n_generic_per_skill=50, with_student=False, progress=False)"
+$py benchmarks/selection.py --target size-colour --budgets 0.05 --seeds 0,1,2 --anchor-weights 1 \
+    --world runs/bench6/world "${anchors[@]}"
 $py benchmarks/selection.py --target side-colour --budgets 0.1 --seeds 0,1,2 --anchor-weights 1 \
     --world runs/bench6/world2 "${anchors[@]}"
 $py benchmarks/selection.py --target side-colour --budgets 0.05,0.1 --seeds 0,1,2,3,4 --anchor-weights 0.3,1,3 \
