@@ -110,14 +110,37 @@ def serve_cpu_teacher(
             _stop(process)
 
 
+def _answers(base_url: str, timeout_s: float) -> bool:
+    """One token of a chat completion: the model's first compute (``/models`` answers without any)."""
+    body = json.dumps({"model": MODEL_ALIAS, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1})
+    request = urllib.request.Request(f"{base_url}/chat/completions", data=body.encode(),
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
 def _wait_ready(process: subprocess.Popen, base_url: str, output: Path, timeout_s: float) -> None:
+    """Ready = listed its model and answered a first completion. The second matters: llama.cpp built for a CPU
+    with AMX crashed on its first matrix product (ggml-org/llama.cpp#20824) after ``/models`` had answered, and
+    every diagnosis then failed with a connection error (the Makefile builds it without AMX for that reason)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"the CPU teacher server exited with code {process.returncode} before it was "
                                f"ready; its last output:\n{_tail(output)}")
         if _ready(base_url):
-            return
+            if _answers(base_url, max(1.0, deadline - time.monotonic())):
+                return
+            time.sleep(0.5)  # a crash needs a moment to show as an exit code
+            if process.poll() is not None:
+                raise RuntimeError(
+                    f"the CPU teacher server crashed on its first completion (exit code {process.returncode}); "
+                    "a llama.cpp built with AMX does on some CPUs: reinstall it with CMAKE_ARGS=\"-DGGML_NATIVE=OFF "
+                    "-DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON\" pip install --no-cache-dir --force-reinstall "
+                    f"llama-cpp-python (as the Makefile does); its last output:\n{_tail(output)}")
         time.sleep(0.2)
     _stop(process)
     raise RuntimeError(f"the CPU teacher server was not ready at {base_url} within {timeout_s:.0f} s; "

@@ -42,6 +42,15 @@ def test_a_server_that_dies_is_reported_with_its_output(tmp_path):
     assert "last output" in str(caught.value) and time.monotonic() - start < 60
 
 
+@pytest.mark.integration
+@needs_cpu_teacher
+def test_the_server_is_ready_only_once_it_has_answered_a_completion():
+    """The build on this CPU computes: a llama.cpp with AMX listed its model and then crashed on the first
+    matrix product on an Intel Xeon, which every diagnosis of the demo met as a connection error."""
+    with serve_cpu_teacher() as base_url:
+        assert cpu_teacher._answers(base_url, 60)
+
+
 @pytest.mark.slow  # 3 s on an idle machine, 30 s on a loaded one: the ~600-token prompt prefill on CPU
 @pytest.mark.integration
 @needs_cpu_teacher
