@@ -145,7 +145,7 @@ class TrainReport(BaseModel):
     projector: str | None = None
     held_out_losses: list[float] = Field(default_factory=list, description="before training, then after each epoch")
     best_epoch: int | None = Field(None, description="the epoch whose weights were kept (early_stop)")
-    anchor_kl: list[float] = Field(default_factory=list, description="the anchor term per step, before its weight")
+    anchor_kl: list[float] = Field(default_factory=list, description="the anchor term per batch, before its weight")
     anchor_ids: list[str] = Field(default_factory=list)
     config: dict
     selected_ids: list[str]
