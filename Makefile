@@ -28,10 +28,12 @@ $(VENV)/.teacher-cpu: $(STAMP)
 demo: $(VENV)/.teacher-cpu
 	$(VENV)/bin/tutorloop demo --out runs/demo
 
-test: $(STAMP)
+# The tests take the CPU teacher too (its server's pure-Python dependencies; llama.cpp is built above), so the
+# default run starts the real llama.cpp server once and sees it answer on this CPU.
+test: $(VENV)/.teacher-cpu
 	bash scripts/test.sh
 
-test-all: $(STAMP)
+test-all: $(VENV)/.teacher-cpu
 	bash scripts/test.sh --all
 
 lint: $(STAMP)
