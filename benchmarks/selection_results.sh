@@ -146,3 +146,14 @@ $py benchmarks/selection.py --target side-colour --budgets 0.1 --seeds 0,1,2 --a
 $py benchmarks/selection.py --target side-colour --budgets 0.05,0.1 --seeds 0,1,2,3,4 --anchor-weights 0.3,1,3 \
     --world runs/bench6/world2 --report-only "${anchors[@]}" \
     --note "stop 14 (Intel Xeon, AVX-512): the product's defaults (held-out stop, scorer none, known share 0.3) with the anchor weight varied; the -known row is weight 0; 10 %: seeds 0-2, weights 0 and 1"
+# Stop 14, issue 13's 2 % side-colour rows again on the Intel machine with today's default student (the grounding
+# recipe: 2 rounds x 3 fixed epochs, scorer perturbation, no known replay, no anchors), 3 seeds
+two14=(--target side-colour --out runs/bench10 --student "$default_student" --rounds 2 --epochs 3 --max-diagnoses 8
+       --budgets 0.02 --no-full-pool --seeds 0,1,2)
+$py benchmarks/selection.py "${two14[@]}" --strategies random,failures,oracle-map --world runs/bench6/world2 \
+    --results runs/bench10/tmp
+$py benchmarks/selection.py "${two14[@]}" --strategies teacher-tagmap-top3 --world runs/bench6/world --results runs/bench10/tmp
+[ -e runs/bench6/world/index-map-oracle ] || cp -r runs/bench6/world2/index-map-oracle runs/bench6/world/
+$py benchmarks/selection.py "${two14[@]}" --strategies random,failures,teacher-tagmap-top3,oracle-map --world runs/bench6/world \
+    --report-only --results benchmarks/results/grounding-stop14 \
+    --note "stop 14, Intel Xeon, today's default student: issue 13's 2 % side-colour rows again (the grounding recipe: 2 rounds x 3 fixed epochs, scorer perturbation, no known replay, no anchors)"
