@@ -460,7 +460,8 @@ def run_training(
             [anchors.samples[i] for i in anchor_rows], anchors.image_root, with_answer=True))
         return build_inputs(student, items), weight, anchor_batch
 
-    anchor_rows = anchors.rows(getattr(config, "anchor_batch_size", 8), config.seed) if anchoring else repeat(None)
+    # anchoring implies a LoraTrainConfig (only it has anchor_weight), so its batch size is there
+    anchor_rows = anchors.rows(config.anchor_batch_size, config.seed) if anchoring else repeat(None)
     kls: list[float] = []
     model.train()
     with checkpointing(model, config.gradient_checkpointing):
