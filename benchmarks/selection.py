@@ -50,6 +50,7 @@ import statistics
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -141,27 +142,28 @@ def scorer_strategies(names: str | None, selector: str) -> list[Strategy]:
     return [Strategy(f"{selector}-scorer-{name}", selector, rerank={"scorer": name}) for name in wanted]
 
 
+def flag_values(text: str | None, flag: str, valid: Callable[[float], bool], rule: str) -> list[float]:
+    """The comma-separated numbers of ``flag``; a bad one or one outside ``valid`` stops the benchmark."""
+    try:
+        wanted = [float(x) for x in (text or "").split(",") if x.strip()]
+    except ValueError as exc:
+        raise SystemExit(f"{flag}: {exc}") from None
+    if not all(valid(x) for x in wanted):
+        raise SystemExit(f"{flag}: {rule}, got {wanted}")
+    return wanted
+
+
 def share_strategies(shares: str | None, selector: str) -> list[Strategy]:
     """``--known-shares 0.15,0.5``: one row per known-replay share (the trade-off curve of replay share vs
     target vs forgetting), named ``<selector>-known-<share>``."""
-    try:
-        wanted = [float(x) for x in (shares or "").split(",") if x.strip()]
-    except ValueError as exc:
-        raise SystemExit(f"--known-shares: {exc}") from None
-    if any(not 0 <= x < 1 for x in wanted):
-        raise SystemExit(f"--known-shares: each share must be in [0, 1), got {wanted}")
+    wanted = flag_values(shares, "--known-shares", lambda x: 0 <= x < 1, "each share must be in [0, 1)")
     return [Strategy(f"{selector}-known-{x:g}", selector, run={"known_share": x}) for x in wanted]
 
 
 def anchor_strategies(weights: str | None, selector: str) -> list[Strategy]:
     """``--anchor-weights 1,3``: one row per anchor weight (training/lora.py ``Anchors``) on top of the known
     share of the ``-known`` rows, named ``<selector>-known-anchor<w>`` (the ``-known`` row is weight 0)."""
-    try:
-        wanted = [float(x) for x in (weights or "").split(",") if x.strip()]
-    except ValueError as exc:
-        raise SystemExit(f"--anchor-weights: {exc}") from None
-    if any(x <= 0 for x in wanted):
-        raise SystemExit(f"--anchor-weights: each weight must be > 0, got {wanted}")
+    wanted = flag_values(weights, "--anchor-weights", lambda x: x > 0, "each weight must be > 0")
     return [Strategy(f"{selector}-known-anchor{x:g}", selector, run={"known_share": KNOWN_SHARE},
                      lora={"anchor_weight": x}) for x in wanted]
 
