@@ -902,8 +902,9 @@ def knob_curve(table: list[dict], marker: str) -> dict[tuple[str, float], list[t
 
 
 def plot_knob_curve(task: str, curves: dict[tuple[str, float], list[tuple[float, dict]]], knob: Knob,
-                    default: float, path: Path) -> None:
+                    path: Path) -> None:
     """The knob against target accuracy and against forgetting, the product's default marked."""
+    default = knob.default()
     import matplotlib
 
     matplotlib.use("Agg")
@@ -947,7 +948,7 @@ def write_results(task: str, rows: list[dict], settings: dict, notes: list[str],
         curves = knob_curve(table, knob.marker)
         if curves:
             paths[knob.file] = results / f"selection-{task}-{knob.file}.png"
-            plot_knob_curve(task, curves, knob, knob.default(), paths[knob.file])
+            plot_knob_curve(task, curves, knob, paths[knob.file])
     return paths
 
 

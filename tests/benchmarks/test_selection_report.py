@@ -174,7 +174,7 @@ def test_share_curve_orders_the_known_share_rows_and_plots_them(selection, tmp_p
     assert [(share, e["strategy"]) for share, e in curves[("teacher", 0.05)]] == [
         (0.0, "teacher"), (0.5, "teacher-known-0.5")]
     path = tmp_path / "curve.png"
-    selection.plot_knob_curve("side-colour", curves, selection.KNOBS[0], 0.3, path)
+    selection.plot_knob_curve("side-colour", curves, selection.KNOBS[0], path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
