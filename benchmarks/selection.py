@@ -449,7 +449,8 @@ def world_skill_of_name(name: str) -> str | None:
 def diagnosis_right(out: Path, map_skills: dict[str, str | None] | None) -> tuple[float | None, int]:
     """Share of a run's diagnosed failures whose (heaviest) diagnosed skill is one the failure needs
     (its world skill's ``taught_by``), and how many were diagnosed."""
-    from demo.world import SKILLS, skill_of_question
+    from demo.targets import skill_of_question
+    from demo.world import SKILLS
     from retrieval.records import strip_image_tag
 
     run, right, n = RunDir(out), 0, 0

@@ -5,7 +5,8 @@ It is a real HTTP server on 127.0.0.1 (stdlib ``ThreadingHTTPServer``, ``GET /v1
 model: it reads the world's ground truth, never the image or the student's answer.
 
 - Naming a skill-map cluster (schema ``SkillName``): the majority world skill of the shown samples'
-  questions (`demo.world.skill_of_question`), as a kebab-case name, with a description and category.
+  questions (`demo.targets.skill_of_question`: the pool's phrasings and the targets' own), as a
+  kebab-case name, with a description and category.
 - A grounded diagnosis (schema ``GroundedDiagnosis``): the failed question's world skill and the pool
   skills that teach it (``Skill.taught_by``: its ``parts``, or itself), each chosen from the request's
   enum when the map has it (equal weights), else "none-of-these" with the skill's name as free text.
@@ -24,7 +25,8 @@ import time
 from collections import Counter
 
 from demo.openai_http import ChatHandler, ChatServer, serve, shut
-from demo.world import SKILLS, render_all, skill_of_question
+from demo.targets import skill_of_question
+from demo.world import SKILLS, render_all
 
 LABEL = "oracle (upper bound)"
 NONE_OF_THESE = "none-of-these"  # agents/teacher.py's enum way out (demo does not import agents)

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from demo.pool import write_clean
-from demo.world import SKILLS
+from demo.world import PHRASINGS, SKILLS, Phrasings, template_pattern
+from demo.world import skill_of_question as skill_of_pool_question
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,10 @@ class Target:
     skills: tuple[str, ...]
     description: str
     templates: dict[str, tuple[str, ...]] = field(default_factory=dict)  # skill → phrasings; default: the pool's
+    # Whether the student's tokenizer is trained on these phrasings too. Only the first reworded target's
+    # are: its words were all known, but token ids follow word frequency, so adding a later target's
+    # phrasings would change the tokenizer — and so the student — that one cache key names.
+    in_tokenizer_corpus: bool = False
 
     def phrasings(self, skill: str) -> tuple[str, ...]:
         return self.templates.get(skill, SKILLS[skill].templates)
@@ -49,12 +54,40 @@ TARGET_LIST: tuple[Target, ...] = (
             "in the {vpos} half, which colour do you see?",
             "what is the colour of the {vpos} one?",
         )},
+        in_tokenizer_corpus=True,
     ),
     Target(
         "corner-colour",
         ("corner_colour",),
         "a shape in each quadrant: the colour of the one on a side and in a half — a skill the pool never "
         "asks, whose parts (colour by side, colour by half) it does",
+    ),
+    # The two "-choice" targets ask for a colour as a choice among the colours. Those words lead a text
+    # search to the side skill ("is the shape left or right?"), which the student already has, not to the
+    # colour-by-place samples it needs (measured: the 50 nearest pool samples of every phrasing below are
+    # 100 % side-v1): the failed questions as queries find the wrong data; a diagnosis must name the skill.
+    Target(
+        "side-colour-choice",
+        ("side_colour",),
+        "side-colour asked as a choice among the colours, in words that lead a text search to the side skill",
+        templates={"side_colour": (
+            "is the {side} one red or blue or green or yellow or purple?",
+            "which one is on the {side}, red or blue or green or yellow or purple?",
+            "is the one on the {side} red or blue or green or yellow or purple?",
+            "the one on the {side} is red or blue or green or yellow or purple?",
+        )},
+    ),
+    Target(
+        "corner-colour-choice",
+        ("corner_colour",),
+        "corner-colour asked as a choice among the colours, in words that lead a text search to the side "
+        "skill, not to the parts (colour by side, colour by half) it needs",
+        templates={"corner_colour": (
+            "is the one on the {side} at the {vpos} red or blue or green or yellow or purple?",
+            "which one is at the {vpos} on the {side}, red or blue or green or yellow or purple?",
+            "is the one at the {vpos} on the {side} red or blue or green or yellow or purple?",
+            "the one on the {side} at the {vpos} is red or blue or green or yellow or purple?",
+        )},
     ),
 )
 TARGETS: dict[str, Target] = {t.name: t for t in TARGET_LIST}
@@ -78,5 +111,15 @@ def write_target(
 
 
 def target_texts() -> list[str]:
-    """Every target phrasing (for the student's tokenizer)."""
-    return [t for target in TARGET_LIST for phrasings in target.templates.values() for t in phrasings]
+    """The target phrasings the student's tokenizer is trained on (``Target.in_tokenizer_corpus``)."""
+    return [t for target in TARGET_LIST if target.in_tokenizer_corpus
+            for phrasings in target.templates.values() for t in phrasings]
+
+
+TARGET_PHRASINGS: Phrasings = PHRASINGS + [
+    (skill, template_pattern(t)) for target in TARGET_LIST for skill, ts in target.templates.items() for t in ts]
+
+
+def skill_of_question(question: str) -> str | None:
+    """``demo.world.skill_of_question`` that also reads every target's own phrasings back."""
+    return skill_of_pool_question(question, TARGET_PHRASINGS)

@@ -509,7 +509,8 @@ def vocabulary_texts(extra_templates: tuple[str, ...] = ()) -> list[str]:
     return texts
 
 
-def _template_pattern(template: str) -> re.Pattern[str]:
+def template_pattern(template: str) -> re.Pattern[str]:
+    """A regex matching every text ``template`` can produce (its slots over their values), whole."""
     values = slot_values()
     parts = []
     for literal, name, _, _ in Formatter().parse(template):
@@ -519,14 +520,15 @@ def _template_pattern(template: str) -> re.Pattern[str]:
     return re.compile("".join(parts) + "$")
 
 
-_PATTERNS = [(s.name, _template_pattern(t)) for s in SKILL_LIST for t in s.templates]
+Phrasings = list[tuple[str, re.Pattern[str]]]  # (skill, pattern of one of its phrasings)
+PHRASINGS: Phrasings = [(s.name, template_pattern(t)) for s in SKILL_LIST for t in s.templates]
 
 
-def skill_of_question(question: str) -> str | None:
+def skill_of_question(question: str, phrasings: Phrasings = PHRASINGS) -> str | None:
     """The world skill whose phrasing ``question`` is (the world's ground truth, read back from the words);
     ``None`` for a question no skill asks, or one several skills ask alike (e.g. size and colour_size share
-    "is the red shape big or small?")."""
-    found = {name for name, pattern in _PATTERNS if pattern.match(question.strip())}
+    "is the red shape big or small?"). demo.targets passes the targets' own phrasings too."""
+    found = {name for name, pattern in phrasings if pattern.match(question.strip())}
     return found.pop() if len(found) == 1 else None
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from demo.targets import TARGETS, write_target
+from demo.targets import TARGETS, skill_of_question, target_texts, write_target
 from demo.world import GENERIC_SKILLS, SKILLS, render_all, words
+from demo.world import skill_of_question as skill_of_pool_question
 
 
 def test_targets_are_outside_the_generic_skills():
@@ -47,3 +48,22 @@ def test_reworded_target_uses_new_phrasings_of_known_words():
         for skill in target.skills:
             generic_answers = {a for g in GENERIC_SKILLS for a in SKILLS[g].answers}
             assert set(SKILLS[skill].answers) <= generic_answers
+
+
+def test_every_target_question_is_read_back_as_its_skill(tmp_path, read_jsonl):
+    """The oracle teacher and the benchmark's "diagnosed skill right" read a failure's skill from its words:
+    a target's own phrasings must be read back too (the pool's readback does not know them)."""
+    for name, target in TARGETS.items():
+        val, _ = write_target(name, tmp_path, seed=0, n_val=40, n_test=1)
+        for record in read_jsonl(val):
+            question = record["conversations"][0]["value"].replace("<image>", "").strip()
+            assert skill_of_question(question) == record["source"].removesuffix("-v1"), (name, question)
+    choice = TARGETS["side-colour-choice"].phrasings("side_colour")[0].format(side="left")
+    assert skill_of_pool_question(choice) is None and skill_of_question(choice) == "side_colour"
+
+
+def test_later_targets_leave_the_tokenizer_corpus_alone():
+    """Token ids follow word frequency, so a new target's phrasings in the corpus would change the student one
+    cache key names; only the first reworded target's phrasings were ever in it."""
+    assert target_texts() == list(TARGETS["vertical-colour-reworded"].templates["vertical_colour"])
+    assert {"side-colour-choice", "corner-colour-choice"} <= set(TARGETS)
