@@ -157,3 +157,20 @@ $py benchmarks/selection.py "${two14[@]}" --strategies teacher-tagmap-top3 --wor
 $py benchmarks/selection.py "${two14[@]}" --strategies random,failures,teacher-tagmap-top3,oracle-map --world runs/bench6/world \
     --report-only --results benchmarks/results/grounding-stop14 \
     --note "stop 14, Intel Xeon, today's default student: issue 13's 2 % side-colour rows again (the grounding recipe: 2 rounds x 3 fixed epochs, scorer perturbation, no known replay, no anchors)"
+# Stop 15, issue 13's measure on the "-choice" targets (demo/targets.py: side-colour and corner-colour asked as a
+# choice among the colours, words that lead a text search to the side skill): today's default student, the
+# product's round recipe (held-out stop, scorer none) with known replay and anchors pinned off (selection
+# alone), 2 and 5 %, seeds 0-2; SmolLM2 on the pool's tag map (top 3) in a second process on the other store.
+choice=(--out runs/bench11 --student "$default_student" --rounds 2 --epochs 20 --early-stop --scorer none --max-diagnoses 8
+        --no-full-pool --budgets 0.02,0.05 --seeds 0,1,2)
+for task in side-colour-choice corner-colour-choice; do
+  $py benchmarks/selection.py --target $task "${choice[@]}" --strategies random,failures,oracle-map \
+      --world runs/bench6/world2 --results runs/bench11/tmp-$task &
+  until [ -f runs/bench11/$task/zero-shot/round_00/metrics.json ]; do sleep 10; done
+  $py benchmarks/selection.py --target $task "${choice[@]}" --strategies teacher-tagmap-top3 \
+      --world runs/bench6/world --results runs/bench11/tmp-$task
+  wait
+  $py benchmarks/selection.py --target $task "${choice[@]}" --strategies random,failures,teacher-tagmap-top3,oracle-map \
+      --world runs/bench6/world --report-only --results benchmarks/results/choice \
+      --note "stop 15 (Intel Xeon): today's default student, held-out stop, scorer none, known replay and anchors off"
+done

@@ -63,9 +63,10 @@ TARGET_LIST: tuple[Target, ...] = (
         "asks, whose parts (colour by side, colour by half) it does",
     ),
     # The two "-choice" targets ask for a colour as a choice among the colours. Those words lead a text
-    # search to the side skill ("is the shape left or right?"), which the student already has, not to the
-    # colour-by-place samples it needs (measured: the 50 nearest pool samples of every phrasing below are
-    # 100 % side-v1): the failed questions as queries find the wrong data; a diagnosis must name the skill.
+    # search to the side skill ("is the red one on the right or the left?"), which the student already has,
+    # not to the colour-by-place samples it needs: the nearest ~1 % of a pool (the 50 nearest of 6,000, the
+    # 20 of 2,000) is all side-v1 for every phrasing below (tests/demo/test_targets.py). So the failed
+    # questions as queries find the wrong data until a budget reaches past that neighbourhood.
     Target(
         "side-colour-choice",
         ("side_colour",),

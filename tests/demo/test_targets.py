@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
+import numpy as np
+
 from demo.targets import TARGETS, skill_of_question, target_texts, write_target
 from demo.world import GENERIC_SKILLS, SKILLS, render_all, words
 from demo.world import skill_of_question as skill_of_pool_question
@@ -67,3 +71,23 @@ def test_later_targets_leave_the_tokenizer_corpus_alone():
     cache key names; only the first reworded target's phrasings were ever in it."""
     assert target_texts() == list(TARGETS["vertical-colour-reworded"].templates["vertical_colour"])
     assert {"side-colour-choice", "corner-colour-choice"} <= set(TARGETS)
+
+
+def test_choice_wording_leads_a_text_search_to_the_side_skill(small_pool, read_jsonl):
+    """What the "-choice" targets are for: the failed questions as queries (the `failures` selector) find the
+    side skill the student already has, not the colour-by-place samples it needs; only a diagnosis that
+    names the skill leads there. Pinned with the shipped MiniLM over a real pool (cosine, the 10 nearest of 2,000)."""
+    from retrieval.embed import embed_texts, load_embedder
+
+    records = read_jsonl(small_pool)
+    questions = [r["conversations"][0]["value"].replace("<image>", "").strip() for r in records]
+    embedder = load_embedder()
+    pool = embed_texts(embedder, questions)
+    for name in ("side-colour-choice", "corner-colour-choice"):
+        target = TARGETS[name]
+        asked = [q for template in target.phrasings(target.skills[0]) for q in render_all(template)]
+        nearest = np.argsort(-(embed_texts(embedder, asked) @ pool.T), axis=1)[:, :10]
+        sources = Counter(records[i]["source"] for i in nearest.ravel())
+        assert sources["side-v1"] / nearest.size >= 0.9, (name, sources.most_common(3))
+        needed = {f"{s}-v1" for s in SKILLS[target.skills[0]].taught_by}
+        assert sum(sources[s] for s in needed) / nearest.size <= 0.05, (name, sources.most_common(3))
