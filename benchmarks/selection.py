@@ -19,7 +19,10 @@ training. Rows:
 - teacher ablations: ``teacher-no-perturbation``, ``teacher-no-clusters``, ``teacher-no-replay``;
 - ``failures-known``, ``teacher-known``, ``oracle-map-known``: the same with known-skill replay (``known_share`` =
   KNOWN_SHARE in round 1, then following the measured forgetting: agents/retention.py);
-- ``full-pool``: one LoRA run over every accepted pool sample (policy in ``FULL_POOL_POLICY``).
+- ``full-pool``: one LoRA run over every accepted pool sample (policy in ``FULL_POOL_POLICY``);
+- ``target-data`` (``--target-data``): the student's ceiling at a budget — one LoRA run on that many fresh
+  samples of the target's own skill and wording, which no pool holds (``TARGET_DATA_POLICY``). A selection
+  near it has found what the student can use; a target far above it is beyond the student, not the selection.
 
 Besides accuracy, each teacher row reports how often the diagnosed skill is right: the share of its
 diagnosed failures whose (heaviest) skill is one the failure needs — the world knows: the question's world
@@ -72,6 +75,11 @@ FULL_POOL_POLICY = (
     "full-pool: one LoRA run over every accepted pool sample (noise included, as a user without selection "
     "would train), with the loop's per-round LoRA settings (same epochs, batch size, lr, rank, seed as the "
     "loop's round 1); no replay (nothing earlier to replay); evaluated once after training."
+)
+TARGET_DATA_POLICY = (
+    "target-data (ceiling): one LoRA run on budget-many fresh samples of the target's own skill and wording "
+    "(not in the pool), with the loop's round recipe (epochs, held-out stop, batch size; round 1's seed); "
+    "evaluated once. Not a selection: what the student reaches when every sample is the target itself."
 )
 FINAL_POLICY = "strategy rows report the evaluation after the loop's last round (the adapter a user gets)."
 
@@ -127,7 +135,7 @@ STRATEGIES: tuple[Strategy, ...] = (
     Strategy("teacher-known", "teacher", run={"known_share": KNOWN_SHARE}),
     Strategy("oracle-map-known", "teacher", teacher="oracle", skill_map=True, run={"known_share": KNOWN_SHARE}),
 )
-ROW_ORDER = ("zero-shot", *(s.name for s in STRATEGIES), "full-pool")
+ROW_ORDER = ("zero-shot", *(s.name for s in STRATEGIES), "target-data", "full-pool")
 
 
 def scorer_strategies(names: str | None, selector: str) -> list[Strategy]:
@@ -330,7 +338,6 @@ def run_strategy(world: World, strategy: Strategy, fraction: float, seed: int, t
 
 def run_full_pool(world: World, seed: int, task_dir: Path, settings: Settings) -> Path:
     """Train on every accepted pool sample with the loop's round-1 LoRA settings, then evaluate (timed)."""
-    from retrieval.files import write_json
     from retrieval.ingest import Accepted, iter_samples
     from training.lora import LoraTrainConfig
 
@@ -341,19 +348,55 @@ def run_full_pool(world: World, seed: int, task_dir: Path, settings: Settings) -
     config = LoraTrainConfig(epochs=settings.epochs, batch_size=settings.batch_size, seed=seed + 1)
     log.info("full pool: training on %d samples, seed %d", len(samples), seed)
     report, metrics, train_s, eval_s = lora_once(world, samples, config, out, settings, progress=not settings.quick)
+    write_once_result(out, samples, report, metrics, train_s, eval_s, FULL_POOL_POLICY)
+    return out
+
+
+def run_target_data(world: World, fraction: float, seed: int, task_dir: Path, settings: Settings) -> Path:
+    """Train once on ``fraction`` x pool-size fresh samples of the target's own skill and wording (demo world
+    only), with the loop's round recipe, then evaluate: the student's ceiling at that budget."""
+    from demo.pool import write_clean
+    from demo.targets import TARGETS
+    from retrieval.ingest import load_samples
+    from training.lora import HeldOut, LoraTrainConfig
+
+    out = task_dir / f"seed{seed}" / f"target-data-b{fraction:g}"
+    if (out / "result.json").exists():
+        return out
+    target = TARGETS[world.task]
+    n = max(1, round(fraction * world.pool_count) // len(target.skills))
+    # a seed range of its own: the world's splits use world seed + 2, the pool the world seed
+    data = write_clean(out / "data" / "train.jsonl", target.skills, n, 7000 + seed,
+                       templates={s: target.phrasings(s) for s in target.skills}, id_prefix="target-data")
+    samples = load_samples(data)
+    config = LoraTrainConfig(epochs=settings.epochs, early_stop=settings.early_stop, batch_size=settings.batch_size,
+                             seed=seed + 1)
+    held_out = HeldOut(load_samples(world.val), world.val.parent) if settings.early_stop else None
+    log.info("target data: training on %d samples of %s, seed %d", len(samples), world.task, seed)
+    report, metrics, train_s, eval_s = lora_once(world, samples, config, out, settings, held_out=held_out,
+                                                 image_root=data.parent)
+    write_once_result(out, samples, report, metrics, train_s, eval_s, TARGET_DATA_POLICY)
+    return out
+
+
+def write_once_result(out: Path, samples: list, report: Any, metrics: dict, train_s: float, eval_s: float,
+                      policy: str) -> None:
+    from retrieval.files import write_json
+
     write_json(out / "result.json", {
         **metrics, "n_train": report.n_train, "steps": report.steps,
         "seconds": {"selection": 0.0, "training": round(train_s, 3), "evaluation": round(eval_s, 3)},
         "selected_ids_count": len(samples),
         "by_source": dict(Counter(s.source or "?" for s in samples)),
         "noise": dict(Counter(getattr(s, "noise", None) or "clean" for s in samples)),
-        "policy": FULL_POOL_POLICY,
+        "policy": policy,
     })
-    return out
+
+
 
 
 def lora_once(world: World, samples: list, config: Any, out: Path, settings: Settings, *, held_out: Any = None,
-              progress: bool = False) -> tuple[Any, dict[str, Any], float, float]:
+              progress: bool = False, image_root: Path | None = None) -> tuple[Any, dict[str, Any], float, float]:
     """One LoRA run from the untouched student on ``samples`` into ``out/adapter``, then the test and generic
     splits evaluated as the loop evaluates them: (training report, accuracies by split, train s, evaluate s)."""
     from retrieval.ingest import load_samples
@@ -363,7 +406,7 @@ def lora_once(world: World, samples: list, config: Any, out: Path, settings: Set
 
     shutil.rmtree(out / "adapter", ignore_errors=True)
     start = time.perf_counter()
-    report = train_lora(load_student(world.student, is_trainable=True), samples, world.image_root, config,
+    report = train_lora(load_student(world.student, is_trainable=True), samples, image_root or world.image_root, config,
                         out / "adapter", progress=progress, held_out=held_out)
     train_s = time.perf_counter() - start
     student = load_student(world.student, adapter=out / "adapter")
@@ -580,11 +623,13 @@ def zero_shot_row(zero_shot: Path) -> dict:
             "run_dir": str(zero_shot)}
 
 
-def full_pool_row(out: Path, seed: int, zero_generic: float | None, target_sources: tuple[str, ...]) -> dict:
+def once_row(out: Path, strategy: str, fraction: float, seed: int, zero_generic: float | None,
+             target_sources: tuple[str, ...]) -> dict:
+    """The row of a one-off LoRA run (``full-pool``, ``target-data``) from its result.json."""
     result = _read(out / "result.json")
     n = result["selected_ids_count"]
     noise = result["noise"]
-    return {"strategy": "full-pool", "budget_fraction": 1.0, "seed": seed, "budget": n,
+    return {"strategy": strategy, "budget_fraction": fraction, "seed": seed, "budget": n,
             "val_accuracy": None, "test_accuracy": result["test_accuracy"],
             "generic_accuracy": result["generic_accuracy"],
             "forgetting": _forgetting(result["generic_accuracy"], zero_generic),
@@ -671,7 +716,7 @@ def markdown(task: str, table: list[dict], checks: list[dict], settings: dict, n
     lines += ["", "## Targets (issues 6 and 13)", "", "| target | met | measured |", "|---|---|---|"]
     lines += [f"| {c['target']} | {c['met']} | {c['measured']} |" for c in checks]
     lines += round_lines(rows or [])
-    lines += ["", "## Policies", "", f"- {FULL_POOL_POLICY}", f"- {FINAL_POLICY}",
+    lines += ["", "## Policies", "", f"- {FULL_POOL_POLICY}", f"- {TARGET_DATA_POLICY}", f"- {FINAL_POLICY}",
               "- every run spends its whole budget (patience = rounds: no early stop), split evenly over rounds.",
               "- teacher replies are cached and shared by the runs of a task (they often ask the same questions); "
               "every reply a run got from the cache is charged the median uncached seconds per diagnosis (per "
@@ -777,9 +822,10 @@ def check_targets(table: list[dict], max_fraction: float = 0.10, strategy: str =
 
 
 def display(strategy: str) -> str:
-    """A strategy's name as tables and plots show it (oracle rows carry their label)."""
+    """A strategy's name as tables and plots show it (oracle rows and the ceiling carry their label)."""
     found = next((s for s in STRATEGIES if s.name == strategy), None)
-    return found.label if found else strategy
+    return found.label if found else {"target-data": "target-data — the target's own samples (ceiling)"}.get(
+        strategy, strategy)
 
 
 def check_map_targets(table: list[dict], task: str, fraction: float = 0.05, name: str = "teacher-map") -> list[dict]:
@@ -839,7 +885,7 @@ def plot(task: str, table: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    for strategy in (s.name for s in STRATEGIES):
+    for strategy in (*(s.name for s in STRATEGIES), "target-data"):
         points = sorted((e for e in table if e["strategy"] == strategy and e["test_accuracy"]),
                         key=lambda e: e["budget_fraction"])
         if points:
@@ -940,7 +986,7 @@ def write_results(task: str, rows: list[dict], settings: dict, notes: list[str],
             checks += check_map_targets(table, task, name=name)
     paths = {ext: results / f"selection-{task}.{ext}" for ext in ("json", "md", "png")}
     paths["json"].write_text(json.dumps({
-        "task": task, "settings": settings, "policies": [FULL_POOL_POLICY, FINAL_POLICY], "notes": notes,
+        "task": task, "settings": settings, "policies": [FULL_POOL_POLICY, TARGET_DATA_POLICY, FINAL_POLICY], "notes": notes,
         "command": command, "targets": checks, "table": table, "rows": rows,
     }, indent=2) + "\n")
     paths["md"].write_text(markdown(task, table, checks, settings, notes, command, rows))
@@ -1023,6 +1069,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--strategies", default=",".join(s.name for s in STRATEGIES),
                         help="strategies to run, comma-separated")
     parser.add_argument("--no-full-pool", action="store_true", help="skip the full-pool row")
+    parser.add_argument("--target-data", action="store_true",
+                        help="add the ceiling row: LoRA once on budget-many fresh samples of the target itself")
     parser.add_argument("--scorers", help="extra rows, one per re-rank scorer or rule (comma-separated: "
                         "perturbation, perplexity, image_grounding, el2n, answer_entropy, entropy, none)")
     parser.add_argument("--scorer", default="perturbation",
@@ -1091,6 +1139,9 @@ def _floats(text: str) -> list[float]:
 def benchmark_task(task: str, args: argparse.Namespace, settings: Settings, command: str) -> dict[str, Path]:
     from tqdm.auto import tqdm
 
+    from demo.targets import TARGETS
+    from demo.world import SKILLS
+
     budgets, seeds = _floats(args.budgets), [int(s) for s in args.seeds.split(",") if s.strip()]
     wanted = [s for s in args.strategies.split(",") if s.strip()]
     unknown = set(wanted) - {s.name for s in STRATEGIES}
@@ -1143,6 +1194,12 @@ def benchmark_task(task: str, args: argparse.Namespace, settings: Settings, comm
             missing.setdefault("full-pool", []).append(f"seed {seed}")
             continue
         full_runs.append((seed, run_full_pool(world, seed, task_dir, settings)))
+    data_runs = []
+    for seed, fraction in [(seed, fraction) for seed in seeds for fraction in budgets] if args.target_data else []:
+        if args.report_only and not (task_dir / f"seed{seed}" / f"target-data-b{fraction:g}" / "result.json").exists():
+            missing.setdefault("target-data", []).append(f"{100 * fraction:g}% seed {seed}")
+            continue
+        data_runs.append((fraction, seed, run_target_data(world, fraction, seed, task_dir, settings)))
     notes += [f"not run (--report-only found no complete run): {name} at {', '.join(which)}"
               for name, which in missing.items()]
     zero_shot = task_dir / "zero-shot"
@@ -1170,7 +1227,11 @@ def benchmark_task(task: str, args: argparse.Namespace, settings: Settings, comm
             per_diagnosis[strategy.teacher] if strategy.needs_teacher else 0.0,
             map_s=map_share.get(strategy.map_kind, 0.0) if strategy.skill_map else 0.0,
             map_skills=map_truth.get(strategy.map_kind) if strategy.skill_map else None))
-    rows += [full_pool_row(out, seed, zero_generic, world.target_sources) for seed, out in full_runs]
+    rows += [once_row(out, "full-pool", 1.0, seed, zero_generic, world.target_sources) for seed, out in full_runs]
+    # the target's own samples are on target too (a composite's are not among its parts' sources)
+    with_own = tuple(dict.fromkeys([*world.target_sources, *(SKILLS[s].source for s in TARGETS[task].skills)]))
+    rows += [once_row(out, "target-data", fraction, seed, zero_generic, with_own)
+             for fraction, seed, out in data_runs]
     payload = {**settings.__dict__, "task": task, "budgets": budgets, "seeds": seeds,
                "pool_count": world.pool_count, "target_sources": list(world.target_sources),
                "teacher_seconds_per_diagnosis": {k: round(v, 3) for k, v in per_diagnosis.items()},

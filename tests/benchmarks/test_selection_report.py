@@ -209,3 +209,16 @@ def test_map_targets_check_the_named_grounded_row(selection):
     plain = {c["target"]: c for c in selection.check_map_targets(table, "side-colour")}
     assert plain["side-colour 5%: teacher-map no worse than failures"]["met"] == "**no**"  # -10 points
     assert selection.check_map_targets(table, "side-colour", name="teacher-map-top9")[0]["met"] == "n/a"
+
+
+def test_the_ceiling_row_sits_before_full_pool_with_its_label(selection, tmp_path):
+    rows = [*ROWS, row("target-data", 0.05, 0, 0.90, 0.85), row("target-data", 0.05, 1, 0.80, 0.86)]
+    table = selection.aggregate(rows)
+    assert [e["strategy"] for e in table][-2:] == ["target-data", "full-pool"]
+    assert table[-2]["test_accuracy"]["mean"] == pytest.approx(0.85)
+    text = selection.markdown("side-colour", table, [], {"pool_size": 1000, "rounds": 2, "epochs": 3,
+                              "batch_size": 16, "max_diagnoses": 8}, [], "cmd")
+    assert "| target-data — the target's own samples (ceiling) | 5% (50) | 2 |" in text
+    assert selection.TARGET_DATA_POLICY in text
+    selection.plot("side-colour", table, tmp_path / "plot.png")
+    assert (tmp_path / "plot.png").read_bytes()[:4] == b"\x89PNG"
