@@ -160,17 +160,30 @@ $py benchmarks/selection.py "${two14[@]}" --strategies random,failures,teacher-t
 # Stop 15, issue 13's measure on the "-choice" targets (demo/targets.py: side-colour and corner-colour asked as a
 # choice among the colours, words that lead a text search to the side skill): today's default student, the
 # product's round recipe (held-out stop, scorer none) with known replay and anchors pinned off (selection
-# alone), 2 and 5 %, seeds 0-2; SmolLM2 on the pool's tag map (top 3) in a second process on the other store.
+# alone), 2 and 5 % (side-colour-choice also 10 %), seeds 0-2; SmolLM2 on the pool's tag map (top 3) in a second
+# process on the other store; SmolLM2 diagnosing freely at 2 % on side-colour-choice; the ceiling (--target-data:
+# LoRA once on budget-many samples of the target itself) on a third copy of the world.
 choice=(--out runs/bench11 --student "$default_student" --rounds 2 --epochs 20 --early-stop --scorer none --max-diagnoses 8
-        --no-full-pool --budgets 0.02,0.05 --seeds 0,1,2)
+        --no-full-pool --seeds 0,1,2)
+[ -d runs/bench6/world3 ] || { cp -r runs/bench6/world runs/bench6/world3; rm -rf runs/bench6/world3/index-map-*; }
 for task in side-colour-choice corner-colour-choice; do
-  $py benchmarks/selection.py --target $task "${choice[@]}" --strategies random,failures,oracle-map \
+  $py benchmarks/selection.py --target $task "${choice[@]}" --budgets 0.02,0.05 --strategies random,failures,oracle-map \
       --world runs/bench6/world2 --results runs/bench11/tmp-$task &
   until [ -f runs/bench11/$task/zero-shot/round_00/metrics.json ]; do sleep 10; done
-  $py benchmarks/selection.py --target $task "${choice[@]}" --strategies teacher-tagmap-top3 \
-      --world runs/bench6/world --results runs/bench11/tmp-$task
+  $py benchmarks/selection.py --target $task "${choice[@]}" --budgets 0.02,0.05 --strategies teacher-tagmap-top3 \
+      --world runs/bench6/world --results runs/bench11/tmp-$task &
+  $py benchmarks/selection.py --target $task "${choice[@]}" --budgets 0.02,0.05 --strategies random --target-data \
+      --teacher none --world runs/bench6/world3 --results runs/bench11/tmp-$task
   wait
-  $py benchmarks/selection.py --target $task "${choice[@]}" --strategies random,failures,teacher-tagmap-top3,oracle-map \
-      --world runs/bench6/world --report-only --results benchmarks/results/choice \
+done
+$py benchmarks/selection.py --target side-colour-choice "${choice[@]}" --budgets 0.1 --strategies random,failures,oracle-map \
+    --world runs/bench6/world2 --results runs/bench11/tmp-side-colour-choice
+$py benchmarks/selection.py --target side-colour-choice "${choice[@]}" --budgets 0.02 --strategies teacher \
+    --world runs/bench6/world2 --results runs/bench11/tmp-side-colour-choice
+for task in side-colour-choice corner-colour-choice; do
+  budgets=0.02,0.05; [ $task = side-colour-choice ] && budgets=0.02,0.05,0.1
+  $py benchmarks/selection.py --target $task "${choice[@]}" --budgets $budgets --target-data \
+      --strategies random,failures,teacher,teacher-tagmap-top3,oracle-map --world runs/bench6/world --report-only \
+      --results benchmarks/results/choice \
       --note "stop 15 (Intel Xeon): today's default student, held-out stop, scorer none, known replay and anchors off"
 done
