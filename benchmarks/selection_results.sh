@@ -181,9 +181,10 @@ $py benchmarks/selection.py --target side-colour-choice "${choice[@]}" --budgets
 $py benchmarks/selection.py --target side-colour-choice "${choice[@]}" --budgets 0.02 --strategies teacher \
     --world runs/bench6/world2 --results runs/bench11/tmp-side-colour-choice
 for task in side-colour-choice corner-colour-choice; do
-  budgets=0.02,0.05; [ $task = side-colour-choice ] && budgets=0.02,0.05,0.1
+  budgets=0.02,0.05; rows=random,failures,teacher-tagmap-top3,oracle-map
+  [ $task = side-colour-choice ] && budgets=0.02,0.05,0.1 && rows=$rows,teacher
   $py benchmarks/selection.py --target $task "${choice[@]}" --budgets $budgets --target-data \
-      --strategies random,failures,teacher,teacher-tagmap-top3,oracle-map --world runs/bench6/world --report-only \
+      --strategies $rows --world runs/bench6/world --report-only \
       --results benchmarks/results/choice \
       --note "stop 15 (Intel Xeon): today's default student, held-out stop, scorer none, known replay and anchors off"
 done
