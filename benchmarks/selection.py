@@ -393,8 +393,6 @@ def write_once_result(out: Path, samples: list, report: Any, metrics: dict, trai
     })
 
 
-
-
 def lora_once(world: World, samples: list, config: Any, out: Path, settings: Settings, *, held_out: Any = None,
               progress: bool = False, image_root: Path | None = None) -> tuple[Any, dict[str, Any], float, float]:
     """One LoRA run from the untouched student on ``samples`` into ``out/adapter``, then the test and generic
@@ -986,7 +984,8 @@ def write_results(task: str, rows: list[dict], settings: dict, notes: list[str],
             checks += check_map_targets(table, task, name=name)
     paths = {ext: results / f"selection-{task}.{ext}" for ext in ("json", "md", "png")}
     paths["json"].write_text(json.dumps({
-        "task": task, "settings": settings, "policies": [FULL_POOL_POLICY, TARGET_DATA_POLICY, FINAL_POLICY], "notes": notes,
+        "task": task, "settings": settings, "policies": [FULL_POOL_POLICY, TARGET_DATA_POLICY, FINAL_POLICY],
+        "notes": notes,
         "command": command, "targets": checks, "table": table, "rows": rows,
     }, indent=2) + "\n")
     paths["md"].write_text(markdown(task, table, checks, settings, notes, command, rows))

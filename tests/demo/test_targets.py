@@ -57,7 +57,7 @@ def test_reworded_target_uses_new_phrasings_of_known_words():
 def test_every_target_question_is_read_back_as_its_skill(tmp_path, read_jsonl):
     """The oracle teacher and the benchmark's "diagnosed skill right" read a failure's skill from its words:
     a target's own phrasings must be read back too (the pool's readback does not know them)."""
-    for name, target in TARGETS.items():
+    for name in TARGETS:
         val, _ = write_target(name, tmp_path, seed=0, n_val=40, n_test=1)
         for record in read_jsonl(val):
             question = record["conversations"][0]["value"].replace("<image>", "").strip()
