@@ -245,7 +245,7 @@ def _grounded_model(names: tuple[str, ...]) -> type[BaseModel]:
         other_skill=(str | None, Field(description=f"only with {NONE_OF_THESE}: the skill in your words, else null",
                                        max_length=80)),
         explanation=(str, free["explanation"]),
-        queries=(list[str], free["queries"]),
+        queries=(free["queries"].annotation, free["queries"]),
     )
 
 

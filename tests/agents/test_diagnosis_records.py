@@ -30,6 +30,7 @@ def test_schema_sent_to_the_teacher_requires_every_field():
     schema = FreeDiagnosis.model_json_schema()  # what a teacher without a skill map is sent
     assert set(schema["required"]) == set(BASE) and schema["additionalProperties"] is False
     assert schema["properties"]["queries"]["maxItems"] == 3
+    assert schema["properties"]["queries"]["items"]["minLength"] == 1  # constrained decoding: no empty query
     assert set(schema["properties"]["error_type"]["enum"]) == {
         "perception", "reasoning", "knowledge", "instruction_following", "format", "other"}
 

@@ -48,6 +48,7 @@ def test_the_schema_is_an_enum_of_the_listed_skills_and_every_field_is_required(
     assert set(schema["required"]) == {"erroneous_step", "error_type", "missing_skills", "other_skill",
                                        "explanation", "queries"}
     assert schema["additionalProperties"] is False and schema["properties"]["missing_skills"]["maxItems"] == 3
+    assert schema["properties"]["queries"]["items"]["minLength"] == 1  # constrained decoding: no empty query
     assert grounded_schema(NAMES[:1]) != schema  # each failure's own list
 
 
