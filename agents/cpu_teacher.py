@@ -141,7 +141,8 @@ def _wait_ready(process: subprocess.Popen, base_url: str, output: Path, timeout_
                 raise RuntimeError(
                     f"the CPU teacher server crashed on its first completion (exit code {process.returncode}); "
                     "a llama.cpp built with AMX does on some CPUs: reinstall it with CMAKE_ARGS=\"-DGGML_NATIVE=OFF "
-                    "-DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON\" pip install --no-cache-dir --force-reinstall "
+                    "-DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON\" pip install --no-cache-dir "
+                    "--force-reinstall "
                     f"llama-cpp-python (as the Makefile does); its last output:\n{_tail(output)}")
         time.sleep(0.2)
     _stop(process)
