@@ -336,12 +336,17 @@ def run_strategy(world: World, strategy: Strategy, fraction: float, seed: int, t
     return out
 
 
+def once_dir(task_dir: Path, seed: int, name: str, fraction: float | None = None) -> Path:
+    """The folder of a one-off LoRA run: ``seed<s>/full-pool``, ``seed<s>/target-data-b<fraction>``."""
+    return task_dir / f"seed{seed}" / (name if fraction is None else f"{name}-b{fraction:g}")
+
+
 def run_full_pool(world: World, seed: int, task_dir: Path, settings: Settings) -> Path:
     """Train on every accepted pool sample with the loop's round-1 LoRA settings, then evaluate (timed)."""
     from retrieval.ingest import Accepted, iter_samples
     from training.lora import LoraTrainConfig
 
-    out = task_dir / f"seed{seed}" / "full-pool"
+    out = once_dir(task_dir, seed, "full-pool")
     if (out / "result.json").exists():
         return out
     samples = [item.sample for item in iter_samples(world.pool, world.image_root) if isinstance(item, Accepted)]
@@ -360,7 +365,7 @@ def run_target_data(world: World, fraction: float, seed: int, task_dir: Path, se
     from retrieval.ingest import load_samples
     from training.lora import HeldOut, LoraTrainConfig
 
-    out = task_dir / f"seed{seed}" / f"target-data-b{fraction:g}"
+    out = once_dir(task_dir, seed, "target-data", fraction)
     if (out / "result.json").exists():
         return out
     target = TARGETS[world.task]
@@ -1189,13 +1194,13 @@ def benchmark_task(task: str, args: argparse.Namespace, settings: Settings, comm
                                       teachers[strategy.teacher] if strategy.needs_teacher else None, store)))
     full_runs = []
     for seed in [] if args.no_full_pool else seeds:
-        if args.report_only and not (task_dir / f"seed{seed}" / "full-pool" / "result.json").exists():
+        if args.report_only and not (once_dir(task_dir, seed, "full-pool") / "result.json").exists():
             missing.setdefault("full-pool", []).append(f"seed {seed}")
             continue
         full_runs.append((seed, run_full_pool(world, seed, task_dir, settings)))
     data_runs = []
     for seed, fraction in [(seed, fraction) for seed in seeds for fraction in budgets] if args.target_data else []:
-        if args.report_only and not (task_dir / f"seed{seed}" / f"target-data-b{fraction:g}" / "result.json").exists():
+        if args.report_only and not (once_dir(task_dir, seed, "target-data", fraction) / "result.json").exists():
             missing.setdefault("target-data", []).append(f"{100 * fraction:g}% seed {seed}")
             continue
         data_runs.append((fraction, seed, run_target_data(world, fraction, seed, task_dir, settings)))
