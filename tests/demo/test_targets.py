@@ -9,6 +9,7 @@ import numpy as np
 from demo.targets import TARGETS, skill_of_question, target_texts, write_target
 from demo.world import GENERIC_SKILLS, SKILLS, render_all, words
 from demo.world import skill_of_question as skill_of_pool_question
+from retrieval.records import strip_image_tag
 
 
 def test_targets_are_outside_the_generic_skills():
@@ -60,7 +61,7 @@ def test_every_target_question_is_read_back_as_its_skill(tmp_path, read_jsonl):
     for name in TARGETS:
         val, _ = write_target(name, tmp_path, seed=0, n_val=40, n_test=1)
         for record in read_jsonl(val):
-            question = record["conversations"][0]["value"].replace("<image>", "").strip()
+            question = strip_image_tag(record["conversations"][0]["value"])
             assert skill_of_question(question) == record["source"].removesuffix("-v1"), (name, question)
     choice = TARGETS["side-colour-choice"].phrasings("side_colour")[0].format(side="left")
     assert skill_of_pool_question(choice) is None and skill_of_question(choice) == "side_colour"
@@ -80,7 +81,7 @@ def test_choice_wording_leads_a_text_search_to_the_side_skill(small_pool, read_j
     from retrieval.embed import embed_texts, load_embedder
 
     records = read_jsonl(small_pool)
-    questions = [r["conversations"][0]["value"].replace("<image>", "").strip() for r in records]
+    questions = [strip_image_tag(r["conversations"][0]["value"]) for r in records]
     embedder = load_embedder()
     pool = embed_texts(embedder, questions)
     for name in ("side-colour-choice", "corner-colour-choice"):
