@@ -1,7 +1,7 @@
 """The Python API: index a pool, run (or resume) the loop, evaluate a student. The CLI, the demo and the
 benchmarks call these; so can a notebook:
 
-    from agents import api
+    from tutorloop.agents import api
     api.index(api.IndexConfig(pool="pool.jsonl", store="index"))
     config = api.RunConfig(student="student/", val="val.jsonl", store="index", budget=300, rounds=1,
                            selector="failures", out="runs/first")
@@ -17,9 +17,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from agents.config import IndexConfig, RunConfig, merge
-from agents.records import RunInfo, RunSummary
-from agents.run_dir import RunDir
+from tutorloop.agents.config import IndexConfig, RunConfig, merge
+from tutorloop.agents.records import RunInfo, RunSummary
+from tutorloop.agents.run_dir import RunDir
 
 __all__ = ["IndexConfig", "RunConfig", "ensure_index", "ensure_skill_map", "evaluate", "export", "index", "resume",
            "run"]
@@ -32,13 +32,13 @@ def index(config: IndexConfig, *, embedder: Any = None, pool_index: Any = None):
 
     ``embedder`` and ``pool_index`` may be given (tests, a shared server client); else they are opened from
     the config and the index is closed at the end."""
-    from retrieval.embed import load_embedder, resolve_embedder_name
-    from retrieval.index import PoolIndex, index_pool
+    from tutorloop.retrieval.embed import load_embedder, resolve_embedder_name
+    from tutorloop.retrieval.index import PoolIndex, index_pool
 
     target = pool_index or PoolIndex.open(store=config.store, url=config.qdrant_url, collection=config.collection)
     try:
         if config.ray:
-            from retrieval.ray_index import index_pool_ray
+            from tutorloop.retrieval.ray_index import index_pool_ray
 
             return index_pool_ray(
                 config.pool, index=target, embedder_name=resolve_embedder_name(config.embedder),
@@ -74,8 +74,8 @@ def ensure_skill_map(store: Path, *, teacher: Any = None, names_from: str | None
     """The skill map beside the embedded index ``store`` (agents/skills.py), named by ``teacher`` (a
     TeacherConfig) or by the pool's tag ``names_from`` when there is none; a map that is there is kept
     (whoever named it) unless the index's point count no longer matches it. Returns the map's path."""
-    from agents.skills import build_skill_map, load_skill_map, map_path
-    from retrieval.index import PoolIndex
+    from tutorloop.agents.skills import build_skill_map, load_skill_map, map_path
+    from tutorloop.retrieval.index import PoolIndex
 
     path = map_path(store, "pool")
     index = PoolIndex.open(store=store)
@@ -94,8 +94,8 @@ def run(config: RunConfig, *, run_id: str | None = None, pool_index: Any = None,
 
     The run id is the checkpointer's thread: a new run gets a fresh one unless given, a resumed run keeps
     the one in ``run.json``."""
-    from agents.graph import run_loop
-    from agents.runtime import Runtime
+    from tutorloop.agents.graph import run_loop
+    from tutorloop.agents.runtime import Runtime
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never download a model at run time
     run_dir = RunDir(config.out)
@@ -114,8 +114,8 @@ def run(config: RunConfig, *, run_id: str | None = None, pool_index: Any = None,
 
 def _skill_map(config: RunConfig) -> dict | None:
     """Teacher runs say whether a skill map grounds their diagnoses (log line + run.json)."""
-    from agents.selectors import get_selector
-    from agents.skills import map_status
+    from tutorloop.agents.selectors import get_selector
+    from tutorloop.agents.skills import map_status
 
     if not get_selector(config.selector).needs_teacher:
         return None
@@ -137,7 +137,7 @@ def export(run_dir: Path, out: Path, *, form: str | None = None, rounds: str | i
     """A run's selected samples of ``rounds`` ("all", or N: rounds 1..N) as ``out/selected.jsonl`` with every
     image a file under ``out/images/`` (table images decoded), paths relative to ``out``; returns the
     ExportReport (agents/export.py)."""
-    from agents.export import export_run
+    from tutorloop.agents.export import export_run
 
     return export_run(run_dir, out, form=form, rounds=rounds, image_root=image_root, progress=progress)
 
@@ -146,9 +146,9 @@ def evaluate(student: str | Path, data: Path, *, adapter: Path | None = None, im
              **settings: Any):
     """The student (with an optional adapter) on a data file; ``settings``: matcher, batch_size,
     max_new_tokens, progress (training/evaluate.py's defaults)."""
-    from retrieval.ingest import default_image_root, load_samples
-    from training.evaluate import evaluate as evaluate_student
-    from training.student import load_student
+    from tutorloop.retrieval.ingest import default_image_root, load_samples
+    from tutorloop.training.evaluate import evaluate as evaluate_student
+    from tutorloop.training.student import load_student
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     root = image_root or default_image_root(data)

@@ -9,15 +9,16 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from importlib.metadata import PackageNotFoundError, version
 
 COMMANDS = {
-    "index": "agents.cmd_index",
-    "skills": "agents.cmd_skills",
-    "eval": "agents.cmd_eval",
-    "run": "agents.cmd_run",
-    "review": "agents.cmd_review",
-    "export": "agents.cmd_export",
-    "demo": "agents.cmd_demo",
+    "index": "tutorloop.agents.cmd_index",
+    "skills": "tutorloop.agents.cmd_skills",
+    "eval": "tutorloop.agents.cmd_eval",
+    "run": "tutorloop.agents.cmd_run",
+    "review": "tutorloop.agents.cmd_review",
+    "export": "tutorloop.agents.cmd_export",
+    "demo": "tutorloop.agents.cmd_demo",
 }
 HELPS = {
     "index": "ingest a pool (LLaVA / sharegpt / messages JSON or JSONL, Parquet, a datasets folder), embed it "
@@ -40,12 +41,20 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         prog="tutorloop",
         description="Adapt a vision-language model to a new task with a fraction of the data.",
     )
+    parser.add_argument("--version", action="version", version=f"tutorloop {_version()}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module_name in COMMANDS.items():
         sub = subparsers.add_parser(name, help=HELPS[name], description=HELPS[name])
         if name == command:  # only the chosen command's module is imported
             importlib.import_module(module_name).add_arguments(sub)
     return parser
+
+
+def _version() -> str:
+    try:
+        return version("tutorloop")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:

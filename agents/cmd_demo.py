@@ -17,7 +17,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from agents.selectors import SELECTORS
+from tutorloop.agents.selectors import SELECTORS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,12 +43,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from agents import api
-    from agents.cpu_teacher import cpu_teacher_available, serve_cpu_teacher
-    from agents.report import build_report
-    from agents.run_dir import RunDir
-    from agents.tables import before_after_table, summary_table
-    from demo.build import build_world
+    from tutorloop.agents import api
+    from tutorloop.agents.cpu_teacher import cpu_teacher_available, serve_cpu_teacher
+    from tutorloop.agents.report import build_report
+    from tutorloop.agents.run_dir import RunDir
+    from tutorloop.agents.tables import before_after_table, summary_table
+    from tutorloop.demo.build import build_world
 
     console = Console()
     world = build_world(args.out / "world", pool_size=args.pool_size, seed=args.seed)

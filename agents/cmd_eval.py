@@ -16,8 +16,8 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from training.evaluate import DEFAULT_BATCH_SIZE, DEFAULT_MATCHER, DEFAULT_MAX_NEW_TOKENS
-    from training.matching import MATCHERS
+    from tutorloop.training.evaluate import DEFAULT_BATCH_SIZE, DEFAULT_MATCHER, DEFAULT_MAX_NEW_TOKENS
+    from tutorloop.training.matching import MATCHERS
 
     parser.add_argument("--student", required=True, metavar="DIR",
                         help="student model: a folder in Hugging Face format (any image-text-to-text model), or a "
@@ -49,10 +49,10 @@ def run(args: argparse.Namespace) -> int:
         errors.print(f"[red]error:[/red] {problem}")
         return 2
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never download a model at run time
-    from retrieval.files import write_jsonl
-    from retrieval.ingest import default_image_root, load_samples
-    from training.evaluate import evaluate
-    from training.student import load_student
+    from tutorloop.retrieval.files import write_jsonl
+    from tutorloop.retrieval.ingest import default_image_root, load_samples
+    from tutorloop.training.evaluate import evaluate
+    from tutorloop.training.student import load_student
 
     image_root = args.image_root or default_image_root(args.data)
     try:

@@ -13,8 +13,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from agents.export import ExportError, ExportReport, export_run
-from retrieval.formats import FORMS
+from tutorloop.agents.export import ExportError, ExportReport, export_run
+from tutorloop.retrieval.formats import FORMS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

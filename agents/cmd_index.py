@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from agents.config import DEFAULT_STORE
+from tutorloop.agents.config import DEFAULT_STORE
 
 STAGE_LABELS = {
     "sample": "sample pass (cluster sample)",
@@ -27,7 +27,7 @@ STAGE_LABELS = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from retrieval.index import DEFAULT_COLLECTION
+    from tutorloop.retrieval.index import DEFAULT_COLLECTION
 
     parser.add_argument("--pool", type=Path,
                         help="pool: LLaVA / sharegpt / messages JSON array or JSONL, a Parquet file, a folder of "
@@ -93,8 +93,8 @@ def run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
     from rich.console import Console
 
-    from agents import api
-    from agents.config import IndexConfig, build_config
+    from tutorloop.agents import api
+    from tutorloop.agents.config import IndexConfig, build_config
 
     console = Console(stderr=True, soft_wrap=True)  # error lines carry paths: never wrap them
     try:
@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     except (ValidationError, ValueError, OSError) as error:
         console.print(f"[red]error:[/red] {error}")
         return 2
-    from retrieval.tables import is_table
+    from tutorloop.retrieval.tables import is_table
 
     if not config.pool.is_file() and not is_table(config.pool):
         console.print(f"[red]error:[/red] pool file not found: {config.pool}")

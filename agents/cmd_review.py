@@ -18,9 +18,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from agents.records import DiagnosisLog, RunSummary
-from agents.run_dir import DIAGNOSES, RunDir
-from agents.tables import pct
+from tutorloop.agents.records import DiagnosisLog, RunSummary
+from tutorloop.agents.run_dir import DIAGNOSES, RunDir
+from tutorloop.agents.tables import pct
 
 DEFAULT_HTML = Path("\0default")  # --html given without a file: RUNDIR/report.html
 
@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def write_html(args: argparse.Namespace, console: Console) -> int:
-    from agents.report import build_report
+    from tutorloop.agents.report import build_report
 
     runs = [args.run_dir, args.other] if args.other else [args.run_dir]
     out = args.html

@@ -14,8 +14,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from agents.run_dir import RunDir
-from agents.selectors import SELECTORS
+from tutorloop.agents.run_dir import RunDir
+from tutorloop.agents.selectors import SELECTORS
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="form of each round's selected.jsonl (default: the pool's own form, sample by sample)")
     parser.add_argument("--no-perturbation", action="store_true", help="ablation: re-rank without the perturbation score")
     parser.add_argument("--no-clusters", action="store_true", help="ablation: re-rank without cluster quotas")
-    from training.scorers import RULES, SCORERS
+    from tutorloop.training.scorers import RULES, SCORERS
 
     parser.add_argument("--scorer", choices=[*SCORERS, *RULES],
                         help="student-side score mixed with relevance (default: none, relevance only); "
@@ -86,9 +86,9 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from agents import api
-    from agents.config import build_config, merge
-    from agents.tables import summary_table
+    from tutorloop.agents import api
+    from tutorloop.agents.config import build_config, merge
+    from tutorloop.agents.tables import summary_table
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     run_dir = RunDir(args.out)

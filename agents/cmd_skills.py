@@ -19,7 +19,7 @@ HELP = "name the pool's skills: fine clusters, one teacher call each, into skill
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from agents.config import DEFAULT_STORE
+    from tutorloop.agents.config import DEFAULT_STORE
 
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--store", type=Path, help=f"folder of the embedded index (default: {DEFAULT_STORE})")
@@ -47,8 +47,8 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from agents.config import DEFAULT_STORE
-    from agents.skills import (
+    from tutorloop.agents.config import DEFAULT_STORE
+    from tutorloop.agents.skills import (
         SkillMapError,
         apply_skill_map,
         build_skill_map,
@@ -56,8 +56,8 @@ def run(args: argparse.Namespace) -> int:
         load_skill_map,
         map_path,
     )
-    from agents.teacher import TeacherConfig
-    from retrieval.index import PoolIndex
+    from tutorloop.agents.teacher import TeacherConfig
+    from tutorloop.retrieval.index import PoolIndex
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     store = None if args.qdrant_url else (args.store or DEFAULT_STORE)

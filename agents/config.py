@@ -17,14 +17,14 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from agents.selectors import SELECTORS
-from agents.teacher import TeacherConfig
-from retrieval.embed import DEFAULT_EMBEDDER
-from retrieval.index import DEFAULT_COLLECTION
-from retrieval.rerank import RerankConfig
-from retrieval.semdedup import DEFAULT_THRESHOLD as SEMDEDUP_THRESHOLD
-from training.evaluate import DEFAULT_BATCH_SIZE, DEFAULT_MATCHER, DEFAULT_MAX_NEW_TOKENS
-from training.lora import RoundLoraConfig
+from tutorloop.agents.selectors import SELECTORS
+from tutorloop.agents.teacher import TeacherConfig
+from tutorloop.retrieval.embed import DEFAULT_EMBEDDER
+from tutorloop.retrieval.index import DEFAULT_COLLECTION
+from tutorloop.retrieval.rerank import RerankConfig
+from tutorloop.retrieval.semdedup import DEFAULT_THRESHOLD as SEMDEDUP_THRESHOLD
+from tutorloop.training.evaluate import DEFAULT_BATCH_SIZE, DEFAULT_MATCHER, DEFAULT_MAX_NEW_TOKENS
+from tutorloop.training.lora import RoundLoraConfig
 
 DEFAULT_STORE = Path(".tutorloop/index")
 
@@ -76,7 +76,7 @@ class RunConfig(BaseModel):
 
     @model_validator(mode="after")
     def _known_scorer(self) -> RunConfig:
-        from training.scorers import scorer_choices
+        from tutorloop.training.scorers import scorer_choices
 
         if self.rerank.scorer not in scorer_choices():
             raise ValueError(f"unknown rerank.scorer {self.rerank.scorer!r}; known: {', '.join(scorer_choices())}")
@@ -127,7 +127,7 @@ class IndexConfig(BaseModel):
     @field_validator("clusters", mode="before")
     @classmethod
     def _clusters(cls, value: object) -> object:
-        from retrieval.clusters import parse_clusters
+        from tutorloop.retrieval.clusters import parse_clusters
 
         return parse_clusters(str(value))
 

@@ -29,11 +29,11 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from agents.records import SelectedSample
-from agents.run_dir import SELECTED, RunDir
-from retrieval.files import atomic_write_bytes, read_json, write_json, write_jsonl
-from retrieval.formats import FORMS
-from retrieval.images import TABLE_REF, image_bytes, inside
+from tutorloop.agents.records import SelectedSample
+from tutorloop.agents.run_dir import SELECTED, RunDir
+from tutorloop.retrieval.files import atomic_write_bytes, read_json, write_json, write_jsonl
+from tutorloop.retrieval.formats import FORMS
+from tutorloop.retrieval.images import TABLE_REF, image_bytes, inside
 
 SELECTED_FILE = "selected.jsonl"
 IMAGES = "images"

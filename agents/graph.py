@@ -23,8 +23,8 @@ from contextlib import contextmanager
 from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.graph import END, START, StateGraph
 
-from agents import nodes
-from agents.runtime import Runtime
+from tutorloop.agents import nodes
+from tutorloop.agents.runtime import Runtime
 
 # Closes a deserialisation hole of the checkpointer (notes.md); set before any checkpoint is read.
 os.environ.setdefault("LANGGRAPH_STRICT_MSGPACK", "true")

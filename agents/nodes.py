@@ -15,18 +15,18 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import replace
 from typing import TypedDict
 
-from agents.planning import GapPlan
-from agents.records import RoundMetrics, RunSummary, SelectedSample
-from agents.retention import KnownDraw, draw_known, replay_share
-from agents.retrieve import random_selection
-from agents.run_dir import CANDIDATES, DIAGNOSES, EVALS, METRICS, PLAN, SCORED, SELECTED
-from agents.runtime import Runtime
-from agents.selectors import RoundContext, get_selector
-from agents.stages import evaluate_splits, train_round
-from retrieval.ingest import load_samples
-from retrieval.rerank import ScoredCandidate
-from training.lora import Anchors, HeldOut
-from training.student import untouched
+from tutorloop.agents.planning import GapPlan
+from tutorloop.agents.records import RoundMetrics, RunSummary, SelectedSample
+from tutorloop.agents.retention import KnownDraw, draw_known, replay_share
+from tutorloop.agents.retrieve import random_selection
+from tutorloop.agents.run_dir import CANDIDATES, DIAGNOSES, EVALS, METRICS, PLAN, SCORED, SELECTED
+from tutorloop.agents.runtime import Runtime
+from tutorloop.agents.selectors import RoundContext, get_selector
+from tutorloop.agents.stages import evaluate_splits, train_round
+from tutorloop.retrieval.ingest import load_samples
+from tutorloop.retrieval.rerank import ScoredCandidate
+from tutorloop.training.lora import Anchors, HeldOut
+from tutorloop.training.student import untouched
 
 log = logging.getLogger(__name__)
 

@@ -22,9 +22,9 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from agents.records import Diagnosis
-from retrieval.records import strip_image_tag
-from training.records import EvalRecord
+from tutorloop.agents.records import Diagnosis
+from tutorloop.retrieval.records import strip_image_tag
+from tutorloop.training.records import EvalRecord
 
 # Words that say nothing about *which* skill: "color-recognition" and "color-identification" are one gap.
 GENERIC_WORDS = frozenset({

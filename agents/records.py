@@ -14,9 +14,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from retrieval.records import Sample
-from retrieval.rerank import SelectionWhy
-from training.records import EvalRecord
+from tutorloop.retrieval.records import Sample
+from tutorloop.retrieval.rerank import SelectionWhy
+from tutorloop.training.records import EvalRecord
 
 ErrorType = Literal["perception", "reasoning", "knowledge", "instruction_following", "format", "other"]
 

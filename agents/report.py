@@ -34,9 +34,9 @@ from typing import Any
 
 from PIL import Image
 
-from agents.run_dir import DIAGNOSES, EVALS, METRICS, PLAN, SCORED, SELECTED, RunDir
-from retrieval.files import atomic_write_text
-from retrieval.images import open_image
+from tutorloop.agents.run_dir import DIAGNOSES, EVALS, METRICS, PLAN, SCORED, SELECTED, RunDir
+from tutorloop.retrieval.files import atomic_write_text
+from tutorloop.retrieval.images import open_image
 
 THUMBNAIL_PX = 96
 FULL_PX = 768
@@ -119,7 +119,7 @@ def _pool_image_root(recorded: str | None, store: str | None) -> Path | None:
         return Path(recorded)
     if not store or not Path(store).is_dir():
         return None
-    from retrieval.index import PoolIndex
+    from tutorloop.retrieval.index import PoolIndex
 
     try:
         index = PoolIndex.open(store=Path(store))
@@ -282,7 +282,7 @@ def build_report(run_dirs: list[Path], out: Path) -> Path:
     names = ["A", "B"][: len(run_dirs)] if len(run_dirs) > 1 else [""]
     runs = [run_data(RunDir(path), images, f"{name + ': ' if name else ''}{Path(path).name}")
             for name, path in zip(names, run_dirs, strict=True)]
-    template = resources.files("agents").joinpath("report.html").read_text(encoding="utf-8")
+    template = resources.files("tutorloop.agents").joinpath("report.html").read_text(encoding="utf-8")
     title = "tutorloop review — " + " vs ".join(r["name"] for r in runs)
     fills = {"__TITLE__": html.escape(title), "__OVERVIEW__": "".join(_overview(r) for r in runs),
              "__DATA__": _json_for_script({"runs": runs})}

@@ -24,12 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-from agents.records import RoundMetrics
-from agents.retrieve import random_selection
-from retrieval.index import PoolIndex
-from retrieval.records import Sample
-from training.scores import answer_perplexity
-from training.student import Student
+from tutorloop.agents.records import RoundMetrics
+from tutorloop.agents.retrieve import random_selection
+from tutorloop.retrieval.index import PoolIndex
+from tutorloop.retrieval.records import Sample
+from tutorloop.training.scores import answer_perplexity
+from tutorloop.training.student import Student
 
 FORGET_TOLERANCE = 1.0  # accuracy points of generic forgetting a round may cost before replay grows
 SHARE_STEP = 0.02  # replay share added per point forgotten beyond the tolerance (0.1 for 5 points)

@@ -18,10 +18,10 @@ from typing import Protocol
 
 import numpy as np
 
-from agents.planning import Gap
-from retrieval.embed import embed_texts
-from retrieval.index import Arm, PoolIndex
-from retrieval.rerank import Candidate
+from tutorloop.agents.planning import Gap
+from tutorloop.retrieval.embed import embed_texts
+from tutorloop.retrieval.index import Arm, PoolIndex
+from tutorloop.retrieval.rerank import Candidate
 
 
 class Embedder(Protocol):

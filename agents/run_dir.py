@@ -24,11 +24,11 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from agents.planning import GapPlan
-from agents.records import DiagnosisLog, RoundMetrics, RunInfo, RunSummary, SelectedSample
-from retrieval.files import read_json, read_jsonl, write_json, write_jsonl
-from retrieval.rerank import Candidate, ScoredCandidate
-from training.records import EvalRecord
+from tutorloop.agents.planning import GapPlan
+from tutorloop.agents.records import DiagnosisLog, RoundMetrics, RunInfo, RunSummary, SelectedSample
+from tutorloop.retrieval.files import read_json, read_jsonl, write_json, write_jsonl
+from tutorloop.retrieval.rerank import Candidate, ScoredCandidate
+from tutorloop.training.records import EvalRecord
 
 
 @dataclass(frozen=True)

@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agents.config import RunConfig
-from agents.run_dir import RunDir
-from retrieval.embed import load_embedder
-from retrieval.index import PoolIndex
-from training.student import Student, load_student
+from tutorloop.agents.config import RunConfig
+from tutorloop.agents.run_dir import RunDir
+from tutorloop.retrieval.embed import load_embedder
+from tutorloop.retrieval.index import PoolIndex
+from tutorloop.training.student import Student, load_student
 
 
 @dataclass

@@ -48,9 +48,9 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from agents.planning import skill_key
-from agents.records import skill_name
-from agents.teacher import (
+from tutorloop.agents.planning import skill_key
+from tutorloop.agents.records import skill_name
+from tutorloop.agents.teacher import (
     SkillChoice,
     StructuredRequest,
     TeacherClient,
@@ -60,11 +60,11 @@ from agents.teacher import (
     png_data_url,
     run_sync,
 )
-from prompts.render import data_tag, render
-from retrieval.embed import embed_texts
-from retrieval.files import atomic_write_text
-from retrieval.records import Sample, strip_image_tag
-from training.records import EvalRecord
+from tutorloop.prompts.render import data_tag, render
+from tutorloop.retrieval.embed import embed_texts
+from tutorloop.retrieval.files import atomic_write_text
+from tutorloop.retrieval.records import Sample, strip_image_tag
+from tutorloop.training.records import EvalRecord
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +167,7 @@ class SkillMapError(ValueError):
 def map_path(store: Path | None, collection: str, *, qdrant_url: str | None = None) -> Path:
     """``skills.json`` beside the embedded index (``<collection>.skills.json`` for another collection);
     for a server, ``.tutorloop/skills-<collection>.json`` in the working folder."""
-    from retrieval.index import DEFAULT_COLLECTION
+    from tutorloop.retrieval.index import DEFAULT_COLLECTION
 
     if store is None:
         return Path(".tutorloop") / f"skills-{collection}.json"
@@ -235,7 +235,7 @@ def assign_fine_clusters(index: Any, k: int | None = None, *, seed: int = 0, nea
                          fit_sample: int = FIT_SAMPLE) -> tuple[int, int, dict[int, list[str]], dict[int, list[str]]]:
     """Fit k-means on the index's vectors, write each point's ``skill_cluster``; returns (k, points,
     ids per cluster, the ids to show per cluster: the ``near`` nearest the centroid + ``spread`` at random)."""
-    from retrieval.clusters import fit_clusters
+    from tutorloop.retrieval.clusters import fit_clusters
 
     rng = random.Random(seed)
     sample: list[np.ndarray] = []

@@ -13,15 +13,15 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval.dedup import dedup_vectors
-from retrieval.index import PoolIndex
-from retrieval.ingest import load_samples
-from retrieval.records import Sample
-from retrieval.rerank import Candidate, RerankConfig, ScoredCandidate, StudentScores, rerank
-from training.evaluate import EvalResult, evaluate
-from training.lora import Anchors, HeldOut, LoraTrainConfig, TrainReport, train_lora
-from training.scorers import SCORERS, ScoreCache, ScoreSettings, ScoringSession
-from training.student import Student
+from tutorloop.retrieval.dedup import dedup_vectors
+from tutorloop.retrieval.index import PoolIndex
+from tutorloop.retrieval.ingest import load_samples
+from tutorloop.retrieval.records import Sample
+from tutorloop.retrieval.rerank import Candidate, RerankConfig, ScoredCandidate, StudentScores, rerank
+from tutorloop.training.evaluate import EvalResult, evaluate
+from tutorloop.training.lora import Anchors, HeldOut, LoraTrainConfig, TrainReport, train_lora
+from tutorloop.training.scorers import SCORERS, ScoreCache, ScoreSettings, ScoringSession
+from tutorloop.training.student import Student
 
 
 def evaluate_splits(student: Student, splits: Mapping[str, tuple[Path, Path]], *, matcher: str, batch_size: int,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from agents.records import RunSummary
-from agents.run_dir import RunDir
+from tutorloop.agents.records import RunSummary
+from tutorloop.agents.run_dir import RunDir
 
 SPLITS = ("val", "test", "generic")
 

@@ -40,11 +40,18 @@ from typing import Any, Literal
 import openai
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, create_model, field_validator
 
-from agents.records import Diagnosis, DiagnosisLog, ErrorType, FreeDiagnosis, WeightedSkill, normalise_skill
-from prompts.render import data_tag, render
-from retrieval.files import atomic_write_text
-from retrieval.images import open_image
-from training.records import EvalRecord
+from tutorloop.agents.records import (
+    Diagnosis,
+    DiagnosisLog,
+    ErrorType,
+    FreeDiagnosis,
+    WeightedSkill,
+    normalise_skill,
+)
+from tutorloop.prompts.render import data_tag, render
+from tutorloop.retrieval.files import atomic_write_text
+from tutorloop.retrieval.images import open_image
+from tutorloop.training.records import EvalRecord
 
 DEFAULT_TEACHER_URL = "http://127.0.0.1:8000/v1"
 DEFAULT_TEACHER_MODEL = "teacher"

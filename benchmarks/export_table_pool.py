@@ -51,10 +51,10 @@ def write_pool(root: Path, rows: int, side: int, row_group: int) -> Path:
 
 
 def write_run(root: Path, pool: Path, selected: int, seed: int = 0) -> Path:
-    from agents.records import RunInfo, SelectedSample
-    from agents.run_dir import SELECTED, RunDir
-    from retrieval.ingest import iter_samples
-    from retrieval.rerank import SelectionWhy
+    from tutorloop.agents.records import RunInfo, SelectedSample
+    from tutorloop.agents.run_dir import SELECTED, RunDir
+    from tutorloop.retrieval.ingest import iter_samples
+    from tutorloop.retrieval.rerank import SelectionWhy
 
     samples = [r.sample for r in iter_samples(pool, check_images=False)]
     chosen = random.Random(seed).sample(samples, selected)
@@ -72,8 +72,8 @@ def by_hand(run_dir: Path, pool: Path, out: Path) -> int:
     """The floor: each needed row group read once with pyarrow, each image written plainly."""
     import pyarrow.parquet as pq
 
-    from agents.run_dir import SELECTED, RunDir
-    from retrieval.images import TABLE_REF
+    from tutorloop.agents.run_dir import SELECTED, RunDir
+    from tutorloop.retrieval.images import TABLE_REF
 
     run = RunDir(run_dir)
     rows = sorted(int(TABLE_REF.match(ref)["row"]) for n in (1, 2) for s in run.read(n, SELECTED) for ref in s.sample.images)
@@ -105,7 +105,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "export_table_pool.json")
     args = parser.parse_args()
 
-    from agents.export import export_run
+    from tutorloop.agents.export import export_run
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

@@ -77,15 +77,15 @@ def _write_group(writer, path: Path, rows: list[dict]):
 
 
 def pipeline(pool: Path, store: Path, model, *, ray: bool = False) -> tuple[float, dict]:
-    from retrieval.embed import DEFAULT_EMBEDDER
-    from retrieval.index import PoolIndex, index_pool
+    from tutorloop.retrieval.embed import DEFAULT_EMBEDDER
+    from tutorloop.retrieval.index import PoolIndex, index_pool
 
     shutil.rmtree(store, ignore_errors=True)
     index = PoolIndex.open(store=store)
     start = time.perf_counter()
     try:
         if ray:
-            from retrieval.ray_index import index_pool_ray
+            from tutorloop.retrieval.ray_index import index_pool_ray
 
             report = index_pool_ray(pool, index=index, embedder_name=DEFAULT_EMBEDDER, clusters=16,
                                     quarantine_path=store.with_suffix(".q.jsonl"))
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from benchmarks.index_throughput import pool_texts
-    from retrieval.embed import load_embedder
+    from tutorloop.retrieval.embed import load_embedder
 
     load_before = os.getloadavg()
     shutil.rmtree(args.work, ignore_errors=True)

@@ -87,8 +87,8 @@ def make_pool(folder: Path, n: int, seed: int = 0) -> Path:
 
 
 def pool_texts(pool: Path) -> list[str]:
-    from retrieval.embed import sample_text
-    from retrieval.ingest import Accepted, iter_samples
+    from tutorloop.retrieval.embed import sample_text
+    from tutorloop.retrieval.ingest import Accepted, iter_samples
 
     return [sample_text(r.sample) for r in iter_samples(pool, check_images=False) if isinstance(r, Accepted)]
 
@@ -100,8 +100,8 @@ def raw_encode_rate(model, texts: list[str], batch_size: int) -> float:
 
 
 def run_pipeline(pool: Path, store: Path, model, args) -> dict:
-    from retrieval.embed import DEFAULT_EMBEDDER
-    from retrieval.index import PoolIndex, index_pool
+    from tutorloop.retrieval.embed import DEFAULT_EMBEDDER
+    from tutorloop.retrieval.index import PoolIndex, index_pool
 
     shutil.rmtree(store, ignore_errors=True)
     index = PoolIndex.open(store=store)
@@ -117,8 +117,8 @@ def run_pipeline(pool: Path, store: Path, model, args) -> dict:
 
 
 def query_latency(store: Path, model, texts: list[str], n_queries: int, seed: int) -> dict:
-    from retrieval.embed import embed_texts
-    from retrieval.index import PoolIndex
+    from tutorloop.retrieval.embed import embed_texts
+    from tutorloop.retrieval.index import PoolIndex
 
     rng = random.Random(seed)
     queries = embed_texts(model, rng.sample(texts, n_queries))
@@ -166,7 +166,7 @@ def _reset_peak() -> bool:
 def child_memory(pool: Path, store: Path, args) -> dict:
     """Runs in its own process: resident memory of one pipeline run. ru_maxrss is the process's lifetime
     peak (model loading included); VmHWM after a reset is the peak during the run alone."""
-    from retrieval.embed import load_embedder
+    from tutorloop.retrieval.embed import load_embedder
 
     model = load_embedder()
     model.encode(["warm up"] * 64, batch_size=64)
@@ -180,7 +180,7 @@ def child_memory(pool: Path, store: Path, args) -> dict:
 
 def child_store_memory(store: Path) -> dict:
     """Runs in its own process: the resident memory local-mode Qdrant needs to hold the finished collection."""
-    from retrieval.index import PoolIndex
+    from tutorloop.retrieval.index import PoolIndex
 
     before = _status_mb("VmRSS")
     index = PoolIndex.open(store=store)
@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         print(markdown(result))
         return 0
 
-    from retrieval.embed import DEFAULT_EMBEDDER, load_embedder
+    from tutorloop.retrieval.embed import DEFAULT_EMBEDDER, load_embedder
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="tutorloop-bench-"))
     try:

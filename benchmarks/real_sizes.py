@@ -118,8 +118,8 @@ def parameter_groups(model: torch.nn.Module) -> dict[str, int]:
 
 def attach_default_lora(model: torch.nn.Module, name: str) -> Any:
     """The product's default adapter on ``model`` through ``attach_lora`` (new tensors on the meta device too)."""
-    from training.lora import LoraTrainConfig, attach_lora
-    from training.student import Student
+    from tutorloop.training.lora import LoraTrainConfig, attach_lora
+    from tutorloop.training.student import Student
 
     device = next(model.parameters()).device
     student = Student(model=model, processor=None, device=device, name=name)
@@ -144,7 +144,7 @@ def adapter_size(peft_model: torch.nn.Module) -> dict[str, Any]:
 
 
 def memory_rows(peft_model: torch.nn.Module, args: argparse.Namespace) -> list[dict]:
-    from training.placement import estimate_training
+    from tutorloop.training.placement import estimate_training
 
     tokens = args.batch_size * args.tokens_per_sample
     logit_tokens = args.batch_size * (args.answer_tokens + 1)
@@ -200,7 +200,12 @@ def make_processor(size: str) -> Any:
     (``training/architectures.py``), a word-level tokenizer over the benchmark's words."""
     from transformers import Qwen2VLProcessor
 
-    from training.architectures import QWEN2_VL_TEMPLATE, _qwen_image_processor, _qwen_tokenizer, _video_free
+    from tutorloop.training.architectures import (
+        QWEN2_VL_TEMPLATE,
+        _qwen_image_processor,
+        _qwen_tokenizer,
+        _video_free,
+    )
 
     tokenizer = _qwen_tokenizer([" ".join(WORDS)], QWEN2_VL_TEMPLATE)
     image_processor = _qwen_image_processor(image_px(size), VISION["patch_size"])
@@ -213,8 +218,8 @@ def make_student(size: str, device: torch.device, seed: int = 0) -> Any:
     gives a shape-only student for measuring lengths), SDPA attention."""
     from transformers import Qwen2VLForConditionalGeneration
 
-    from training.architectures import _qwen_ids
-    from training.student import Student
+    from tutorloop.training.architectures import _qwen_ids
+    from tutorloop.training.student import Student
 
     processor = make_processor(size)
     tokenizer = processor.tokenizer
@@ -237,7 +242,7 @@ def make_data(folder: Path, n: int, px: int, seed: int = 0, answer_words: int = 
     """``n`` samples: a picture of a few coloured shapes, a ~16-word question and an ``answer_words`` answer."""
     from PIL import Image, ImageDraw
 
-    from retrieval.records import Sample
+    from tutorloop.retrieval.records import Sample
 
     rng = random.Random(seed)
     (folder / "images").mkdir(parents=True, exist_ok=True)
@@ -276,14 +281,14 @@ def peak_gb(device: torch.device) -> float | None:
 
 
 def lora_config(args: argparse.Namespace, steps: int) -> Any:
-    from training.lora import LoraTrainConfig
+    from tutorloop.training.lora import LoraTrainConfig
 
     return LoraTrainConfig(lr=1e-4, epochs=1000, max_steps=steps, batch_size=args.train_batch, warmup_ratio=0.1,
                            max_grad_norm=1.0, seed=0)
 
 
 def run_ours(args, size: str, samples: list, root: Path) -> dict:
-    from training.lora import attach_lora, deterministic, run_training
+    from tutorloop.training.lora import attach_lora, deterministic, run_training
 
     student = make_student(size, args.device)
     config = lora_config(args, args.warmup_steps)
@@ -302,8 +307,8 @@ def run_ours(args, size: str, samples: list, root: Path) -> dict:
 
 def training_estimate(student: Any, batch: list, root: Path) -> int:
     """``training/placement.py``'s estimate for one micro-batch of ``batch`` (to set against the measured peak)."""
-    from training.placement import estimate_training
-    from training.student import IGNORE_INDEX, build_inputs, items_from_samples
+    from tutorloop.training.placement import estimate_training
+    from tutorloop.training.student import IGNORE_INDEX, build_inputs, items_from_samples
 
     inputs = build_inputs(student, items_from_samples(batch, root, with_answer=True))
     width = int((inputs["labels"] != IGNORE_INDEX).sum(1).max())
@@ -350,8 +355,8 @@ def timed_steps(clock: Any, args) -> float:
 def run_trainer(args, size: str, samples: list, root: Path, scratch: Path) -> dict:
     from transformers import Trainer, TrainingArguments
 
-    from training.lora import attach_lora, deterministic
-    from training.student import build_inputs, items_from_samples
+    from tutorloop.training.lora import attach_lora, deterministic
+    from tutorloop.training.student import build_inputs, items_from_samples
 
     student = make_student(size, args.device)
     with deterministic(0):
@@ -383,7 +388,7 @@ def sft_dataset(samples: list, root: Path) -> Any:
 def run_sft(args, size: str, samples: list, root: Path, scratch: Path) -> dict:
     from trl import SFTConfig, SFTTrainer
 
-    from training.lora import attach_lora, deterministic
+    from tutorloop.training.lora import attach_lora, deterministic
 
     student = make_student(size, args.device)
     with deterministic(0):
@@ -422,7 +427,7 @@ def peak_flops(device: torch.device, override: float | None) -> tuple[float | No
 
 
 def eval_rates(args, size: str, samples: list, root: Path) -> dict:
-    from training.evaluate import evaluate
+    from tutorloop.training.evaluate import evaluate
 
     student = make_student(size, args.device)
     rates = {}
@@ -435,7 +440,7 @@ def eval_rates(args, size: str, samples: list, root: Path) -> dict:
         synchronize(args.device)
         rates[f"batch_{batch}_samples_per_s"] = len(subset) / (time.perf_counter() - start)
     rates["batching_speedup"] = rates[f"batch_{args.eval_batch}_samples_per_s"] / rates["batch_1_samples_per_s"]
-    from training.scores import perturbation_distance
+    from tutorloop.training.scores import perturbation_distance
 
     subset = samples[: args.score_samples]
     perturbation_distance(student, subset[:8], root, n_words=2, m=3, seed=0, batch_size=args.eval_batch)
@@ -450,7 +455,7 @@ def eval_rates(args, size: str, samples: list, root: Path) -> dict:
 
 def gpu_part(args: argparse.Namespace, deadline: float, save: Any) -> dict:
     """Each size in turn; ``save(out)`` after every measurement, so a run cut short keeps what it measured."""
-    from training.lora import sample_lengths
+    from tutorloop.training.lora import sample_lengths
 
     out: dict[str, Any] = {}
     peak, device_name = peak_flops(args.device, args.peak_tflops)

@@ -41,9 +41,9 @@ RECIPES = {"fixed": FIXED, "heldout": HELD_OUT}
 
 
 def shapes_world(args: argparse.Namespace) -> World:
-    from demo.build import build_world
-    from demo.targets import TARGETS
-    from demo.world import SKILLS
+    from tutorloop.demo.build import build_world
+    from tutorloop.demo.targets import TARGETS
+    from tutorloop.demo.world import SKILLS
 
     task = args.task
     world = build_world(args.out / "shapes" / "world", pool_size=6000, targets=[task], n_val=200, n_test=500,
@@ -53,7 +53,7 @@ def shapes_world(args: argparse.Namespace) -> World:
 
 
 def digits_world(args: argparse.Namespace) -> World:
-    from demo.digits import TARGET, TARGET_SKILL, build_digits_world
+    from tutorloop.demo.digits import TARGET, TARGET_SKILL, build_digits_world
 
     world = build_digits_world(args.out / "digits" / "world", student_cache=args.students, progress=False)
     return indexed_world(TARGET, world, Path(world.student), (f"{TARGET_SKILL}-v1",), world.root)
@@ -61,10 +61,10 @@ def digits_world(args: argparse.Namespace) -> World:
 
 def one_shot(world: World, loop_dir: Path, recipe: dict, seed: int, out: Path, settings: Settings) -> dict:
     """LoRA once from the untouched student on every sample ``loop_dir`` selected; evaluated like the loop."""
-    from agents.run_dir import SELECTED, RunDir
-    from retrieval.files import write_json
-    from retrieval.ingest import load_samples
-    from training.lora import HeldOut, LoraTrainConfig
+    from tutorloop.agents.run_dir import SELECTED, RunDir
+    from tutorloop.retrieval.files import write_json
+    from tutorloop.retrieval.ingest import load_samples
+    from tutorloop.training.lora import HeldOut, LoraTrainConfig
 
     result_path = out / "result.json"
     if result_path.exists():
@@ -82,7 +82,7 @@ def one_shot(world: World, loop_dir: Path, recipe: dict, seed: int, out: Path, s
 
 
 def loop_result(loop_dir: Path) -> dict:
-    from agents.run_dir import METRICS, RunDir
+    from tutorloop.agents.run_dir import METRICS, RunDir
 
     run = RunDir(loop_dir)
     rounds = run.rounds_done()
@@ -96,7 +96,7 @@ def loop_result(loop_dir: Path) -> dict:
 
 
 def zero_shot(task_dir: Path) -> dict:
-    from agents.run_dir import METRICS, RunDir
+    from tutorloop.agents.run_dir import METRICS, RunDir
 
     metrics = RunDir(task_dir / "zero-shot").read(0, METRICS)
     return {"test_accuracy": metrics.test_accuracy, "generic_accuracy": metrics.generic_accuracy}

@@ -29,12 +29,19 @@ def synthetic_run(root: Path, *, failures: int = 1000, selected: int = 10000, ga
     """A complete one-round run directory of the given size, written through the run-directory module."""
     from PIL import Image
 
-    from agents.planning import Gap, GapPlan
-    from agents.records import Diagnosis, DiagnosisLog, RoundMetrics, RunInfo, RunSummary, SelectedSample
-    from agents.run_dir import DIAGNOSES, EVALS, METRICS, PLAN, SCORED, SELECTED, RunDir
-    from retrieval.records import Sample
-    from retrieval.rerank import ScoredCandidate, SelectionWhy
-    from training.records import EvalRecord
+    from tutorloop.agents.planning import Gap, GapPlan
+    from tutorloop.agents.records import (
+        Diagnosis,
+        DiagnosisLog,
+        RoundMetrics,
+        RunInfo,
+        RunSummary,
+        SelectedSample,
+    )
+    from tutorloop.agents.run_dir import DIAGNOSES, EVALS, METRICS, PLAN, SCORED, SELECTED, RunDir
+    from tutorloop.retrieval.records import Sample
+    from tutorloop.retrieval.rerank import ScoredCandidate, SelectionWhy
+    from tutorloop.training.records import EvalRecord
 
     images = root / "images"
     images.mkdir(parents=True, exist_ok=True)
@@ -97,7 +104,7 @@ def load_seconds(page_file: Path, repeats: int = 3) -> list[float]:
 
 
 def measure(run_dir: Path, out: Path) -> dict:
-    from agents.report import build_report
+    from tutorloop.agents.report import build_report
 
     start = time.perf_counter()
     build_report([run_dir], out)

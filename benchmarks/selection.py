@@ -61,8 +61,8 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach the hub
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from agents.run_dir import DIAGNOSES, SELECTED, RunDir  # noqa: E402  (after the sys.path line above)
-from agents.run_dir import METRICS as METRICS_FILE  # noqa: E402
+from tutorloop.agents.run_dir import DIAGNOSES, SELECTED, RunDir  # noqa: E402  (after the sys.path line above)
+from tutorloop.agents.run_dir import METRICS as METRICS_FILE  # noqa: E402
 
 log = logging.getLogger("benchmarks.selection")
 # Seconds of a round that are not selection; every other stage a selector timed is (diagnose, retrieve,
@@ -141,7 +141,7 @@ ROW_ORDER = ("zero-shot", *(s.name for s in STRATEGIES), "target-data", "full-po
 def scorer_strategies(names: str | None, selector: str) -> list[Strategy]:
     """``--scorers a,b``: one row per student-side scorer (or rule: entropy, none) of training/scorers.py,
     named ``<selector>-scorer-<name>``, otherwise the selector's default settings."""
-    from training.scorers import scorer_choices
+    from tutorloop.training.scorers import scorer_choices
 
     wanted = [n.strip() for n in (names or "").split(",") if n.strip()]
     unknown = set(wanted) - set(scorer_choices())
@@ -217,9 +217,9 @@ class World:
 
 def prepare_world(task: str, args: argparse.Namespace, settings: Settings) -> World:
     """The demo world (pool, target splits, generic set), its index and the student; built once, cached."""
-    from demo.build import build_world
-    from demo.targets import TARGETS
-    from demo.world import SKILLS
+    from tutorloop.demo.build import build_world
+    from tutorloop.demo.targets import TARGETS
+    from tutorloop.demo.world import SKILLS
 
     root = args.world or args.out / "world"
     quick_student = settings.quick and args.student is None
@@ -229,9 +229,9 @@ def prepare_world(task: str, args: argparse.Namespace, settings: Settings) -> Wo
                         with_student=args.student is None and not quick_student, progress=not settings.quick)
     student = args.student or world.student
     if quick_student:  # CI: a random tiny LLaVA (seconds) instead of the pre-trained demo student (minutes)
-        from demo.targets import target_texts
-        from demo.world import vocabulary_texts
-        from training.tiny import build_tiny_llava
+        from tutorloop.demo.targets import target_texts
+        from tutorloop.demo.world import vocabulary_texts
+        from tutorloop.training.tiny import build_tiny_llava
 
         student = root / "tiny-student"
         if not (student / "config.json").exists():
@@ -243,8 +243,8 @@ def prepare_world(task: str, args: argparse.Namespace, settings: Settings) -> Wo
 
 def indexed_world(task: str, paths: Any, student: Path, sources: tuple[str, ...], root: Path) -> World:
     """A world's files (demo.build.WorldPaths) with its pool indexed once into ``root/index``."""
-    from agents import api
-    from retrieval.index import PoolIndex
+    from tutorloop.agents import api
+    from tutorloop.retrieval.index import PoolIndex
 
     store = api.ensure_index(api.IndexConfig(pool=paths.pool, image_root=paths.image_root, store=root / "index"))
     index = PoolIndex.open(store=store)
@@ -278,7 +278,7 @@ def budget_samples(fraction: float, pool_count: int) -> int:
 
 def run_config(world: World, strategy: Strategy, fraction: float, seed: int, out: Path, settings: Settings,
                teacher: dict | None, store: Path | None = None):
-    from agents.config import RunConfig
+    from tutorloop.agents.config import RunConfig
 
     if strategy.needs_teacher:  # say which: the map strategies' stores hold one, the others' do not
         teacher = {**(teacher or {}), **strategy.teacher_settings,
@@ -322,7 +322,7 @@ def save_round_zero(out: Path, zero_shot: Path) -> None:
 
 def run_strategy(world: World, strategy: Strategy, fraction: float, seed: int, task_dir: Path,
                  settings: Settings, teacher: dict | None, store: Path | None = None) -> Path:
-    from agents import api
+    from tutorloop.agents import api
 
     out = task_dir / f"seed{seed}" / f"{strategy.name}-b{fraction:g}"
     zero_shot = task_dir / "zero-shot"
@@ -343,8 +343,8 @@ def once_dir(task_dir: Path, seed: int, name: str, fraction: float | None = None
 
 def run_full_pool(world: World, seed: int, task_dir: Path, settings: Settings) -> Path:
     """Train on every accepted pool sample with the loop's round-1 LoRA settings, then evaluate (timed)."""
-    from retrieval.ingest import Accepted, iter_samples
-    from training.lora import LoraTrainConfig
+    from tutorloop.retrieval.ingest import Accepted, iter_samples
+    from tutorloop.training.lora import LoraTrainConfig
 
     out = once_dir(task_dir, seed, "full-pool")
     if (out / "result.json").exists():
@@ -360,10 +360,10 @@ def run_full_pool(world: World, seed: int, task_dir: Path, settings: Settings) -
 def run_target_data(world: World, fraction: float, seed: int, task_dir: Path, settings: Settings) -> Path:
     """Train once on ``fraction`` x pool-size fresh samples of the target's own skill and wording (demo world
     only), with the loop's round recipe, then evaluate: the student's ceiling at that budget."""
-    from demo.pool import write_clean
-    from demo.targets import TARGETS
-    from retrieval.ingest import load_samples
-    from training.lora import HeldOut, LoraTrainConfig
+    from tutorloop.demo.pool import write_clean
+    from tutorloop.demo.targets import TARGETS
+    from tutorloop.retrieval.ingest import load_samples
+    from tutorloop.training.lora import HeldOut, LoraTrainConfig
 
     out = once_dir(task_dir, seed, "target-data", fraction)
     if (out / "result.json").exists():
@@ -386,7 +386,7 @@ def run_target_data(world: World, fraction: float, seed: int, task_dir: Path, se
 
 def write_once_result(out: Path, samples: list, report: Any, metrics: dict, train_s: float, eval_s: float,
                       policy: str) -> None:
-    from retrieval.files import write_json
+    from tutorloop.retrieval.files import write_json
 
     write_json(out / "result.json", {
         **metrics, "n_train": report.n_train, "steps": report.steps,
@@ -402,10 +402,10 @@ def lora_once(world: World, samples: list, config: Any, out: Path, settings: Set
               progress: bool = False, image_root: Path | None = None) -> tuple[Any, dict[str, Any], float, float]:
     """One LoRA run from the untouched student on ``samples`` into ``out/adapter``, then the test and generic
     splits evaluated as the loop evaluates them: (training report, accuracies by split, train s, evaluate s)."""
-    from retrieval.ingest import load_samples
-    from training.evaluate import evaluate
-    from training.lora import train_lora
-    from training.student import load_student
+    from tutorloop.retrieval.ingest import load_samples
+    from tutorloop.training.evaluate import evaluate
+    from tutorloop.training.lora import train_lora
+    from tutorloop.training.student import load_student
 
     shutil.rmtree(out / "adapter", ignore_errors=True)
     start = time.perf_counter()
@@ -431,9 +431,9 @@ def map_store(world: World, kind: str, teacher: dict | None) -> tuple[Path, Any]
     or by the pool's tag ``<field>`` (kind ``tag-<field>``: no teacher): built once per pool and reused by
     every run (and task) on it. The naming replies are cached outside the copy, so a build cut short
     resumes. Returns the store and its SkillMap."""
-    from agents import api
-    from agents.skills import load_skill_map, map_path
-    from agents.teacher import TeacherConfig
+    from tutorloop.agents import api
+    from tutorloop.agents.skills import load_skill_map, map_path
+    from tutorloop.agents.teacher import TeacherConfig
 
     store = world.root / f"index-map-{kind}"
     if not map_path(store, "pool").is_file():  # no map yet (or a copy cut short): copy the index afresh
@@ -449,14 +449,14 @@ def map_store(world: World, kind: str, teacher: dict | None) -> tuple[Path, Any]
 
 def existing_map(world: World, kind: str) -> tuple[Path, Any] | None:
     """The map store of teacher ``kind`` if one was built (``--report-only`` builds nothing)."""
-    from agents.skills import load_skill_map, map_path
+    from tutorloop.agents.skills import load_skill_map, map_path
 
     store = world.root / f"index-map-{kind}"
     return (store, load_skill_map(map_path(store, "pool"))) if map_path(store, "pool").is_file() else None
 
 
 def map_path_of(store: Path) -> Path:
-    from agents.skills import map_path
+    from tutorloop.agents.skills import map_path
 
     return map_path(store, "pool")
 
@@ -469,8 +469,8 @@ def map_seconds(skill_map: Any) -> float:
 
 def world_skill_of_map_skills(store: Path) -> dict[str, str | None]:
     """Each map skill -> the world skill most of its points ask (the world's ground truth of the map)."""
-    from demo.world import SKILLS
-    from retrieval.index import PoolIndex
+    from tutorloop.demo.world import SKILLS
+    from tutorloop.retrieval.index import PoolIndex
 
     by_source = {skill.source: skill.name for skill in SKILLS.values()}
     counts: dict[str, Counter] = {}
@@ -486,7 +486,7 @@ def world_skill_of_map_skills(store: Path) -> dict[str, str | None]:
 
 def world_skill_of_name(name: str) -> str | None:
     """A free skill name as a world skill, when it is that skill's own name ("side-color" = side_colour)."""
-    from demo.world import SKILLS
+    from tutorloop.demo.world import SKILLS
 
     key = name.replace("color", "colour").replace("-", "_")
     return key if key in SKILLS else None
@@ -495,9 +495,9 @@ def world_skill_of_name(name: str) -> str | None:
 def diagnosis_right(out: Path, map_skills: dict[str, str | None] | None) -> tuple[float | None, int]:
     """Share of a run's diagnosed failures whose (heaviest) diagnosed skill is one the failure needs
     (its world skill's ``taught_by``), and how many were diagnosed."""
-    from demo.targets import skill_of_question
-    from demo.world import SKILLS
-    from retrieval.records import strip_image_tag
+    from tutorloop.demo.targets import skill_of_question
+    from tutorloop.demo.world import SKILLS
+    from tutorloop.retrieval.records import strip_image_tag
 
     run, right, n = RunDir(out), 0, 0
     for number in run.rounds_done()[1:]:
@@ -921,7 +921,7 @@ class Knob:
     setting: str  # the run config's field (dotted into a section) whose default the plot marks
 
     def default(self) -> float:
-        from agents.config import RunConfig
+        from tutorloop.agents.config import RunConfig
 
         section, _, name = self.setting.rpartition(".")
         model = RunConfig.model_fields[section].annotation if section else RunConfig
@@ -1009,7 +1009,7 @@ def write_results(task: str, rows: list[dict], settings: dict, notes: list[str],
 @contextlib.contextmanager
 def teacher_endpoint(args: argparse.Namespace, notes: list[str]):
     """Yields the teacher settings, or None (teacher rows skipped, with a note) when none is available."""
-    from agents.cpu_teacher import cpu_teacher_available, serve_cpu_teacher
+    from tutorloop.agents.cpu_teacher import cpu_teacher_available, serve_cpu_teacher
 
     if args.report_only:  # reading finished runs needs no live teacher
         notes.append("--report-only: nothing was run in this call; each run's teacher is in its run.json")
@@ -1045,7 +1045,7 @@ def teacher_endpoint(args: argparse.Namespace, notes: list[str]):
 @contextlib.contextmanager
 def oracle_endpoint(args: argparse.Namespace, notes: list[str]):
     """The oracle teacher (demo/oracle_teacher.py) for the oracle rows: a real HTTP server on 127.0.0.1."""
-    from demo.oracle_teacher import OracleTeacher
+    from tutorloop.demo.oracle_teacher import OracleTeacher
 
     if args.report_only:
         yield {}
@@ -1143,8 +1143,8 @@ def _floats(text: str) -> list[float]:
 def benchmark_task(task: str, args: argparse.Namespace, settings: Settings, command: str) -> dict[str, Path]:
     from tqdm.auto import tqdm
 
-    from demo.targets import TARGETS
-    from demo.world import SKILLS
+    from tutorloop.demo.targets import TARGETS
+    from tutorloop.demo.world import SKILLS
 
     budgets, seeds = _floats(args.budgets), [int(s) for s in args.seeds.split(",") if s.strip()]
     wanted = [s for s in args.strategies.split(",") if s.strip()]

@@ -25,8 +25,8 @@ default_student=$(student_for "PretrainSettings()")
 # The world (pool 6000, both targets) and its index in $1/world, copied to $1/world2 (one store per process)
 world_pair() {
   $py -c "
-from agents import api
-from demo.build import build_world
+from tutorloop.agents import api
+from tutorloop.demo.build import build_world
 for task in ('corner-colour', 'side-colour'):
     w = build_world('$1/world', pool_size=6000, targets=[task], n_val=200, n_test=500,
                     n_generic_per_skill=50, with_student=False, progress=False)

@@ -45,10 +45,10 @@ def planted_quality(dup_of: dict[str, str], planted: dict[str, str]) -> dict:
 
 
 def demo_pool(out: Path) -> dict:
-    from demo.build import build_world
-    from retrieval.embed import DEFAULT_EMBEDDER, load_embedder
-    from retrieval.index import PoolIndex, index_pool
-    from retrieval.semdedup import dedup_store
+    from tutorloop.demo.build import build_world
+    from tutorloop.retrieval.embed import DEFAULT_EMBEDDER, load_embedder
+    from tutorloop.retrieval.index import PoolIndex, index_pool
+    from tutorloop.retrieval.semdedup import dedup_store
 
     world = build_world(out / "world", with_student=False, progress=False)
     planted = {}
@@ -79,10 +79,10 @@ def demo_pool(out: Path) -> dict:
 
 def vectors_100k(out: Path, n: int, embed_per_sample_s: float) -> dict:
     from benchmarks.store_scale import base_vectors, synthetic
-    from retrieval.clusters import fit_clusters
-    from retrieval.edge_index import EdgeIndex
-    from retrieval.records import Sample
-    from retrieval.semdedup import dedup_store
+    from tutorloop.retrieval.clusters import fit_clusters
+    from tutorloop.retrieval.edge_index import EdgeIndex
+    from tutorloop.retrieval.records import Sample
+    from tutorloop.retrieval.semdedup import dedup_store
 
     base = base_vectors(out / "minilm-demo-pool.npy")
     vectors = np.vstack([synthetic(base, start, min(1024, n - start), seed=0) for start in range(0, n, 1024)])

@@ -59,9 +59,9 @@ def base_vectors(cache: Path) -> np.ndarray:
     """MiniLM vectors of the demo pool's instructions (built once, cached as .npy)."""
     if cache.exists():
         return np.load(cache)
-    from demo.build import build_world
-    from retrieval.embed import embed_texts, load_embedder, sample_text
-    from retrieval.ingest import Accepted, iter_samples
+    from tutorloop.demo.build import build_world
+    from tutorloop.retrieval.embed import embed_texts, load_embedder, sample_text
+    from tutorloop.retrieval.ingest import Accepted, iter_samples
 
     world = build_world(cache.parent / "world", with_student=False, progress=False)
     texts = [sample_text(r.sample) for r in iter_samples(world.pool, world.image_root, check_images=False)
@@ -171,7 +171,7 @@ class Local:
     def __init__(self, path: Path, dim: int, create: bool) -> None:
         from qdrant_client import models
 
-        from retrieval.index import PoolIndex
+        from tutorloop.retrieval.index import PoolIndex
 
         self.models = models
         self.index = PoolIndex.open_local_mode(path, "bench")

@@ -53,7 +53,7 @@ def make_data(folder: Path, n: int, seed: int = 0, size: int = 64) -> list:
     """``n`` LLaVA samples, one 64 px PNG each: one coloured shape on the left or right half."""
     from PIL import Image, ImageDraw
 
-    from retrieval.records import Sample
+    from tutorloop.retrieval.records import Sample
 
     rng = random.Random(seed)
     (folder / "images").mkdir(parents=True, exist_ok=True)
@@ -90,15 +90,15 @@ def vocabulary() -> list[str]:
 
 
 def lora_config(args, steps: int):
-    from training.lora import LoraTrainConfig
+    from tutorloop.training.lora import LoraTrainConfig
 
     return LoraTrainConfig(rank=8, alpha=16, dropout=0.05, lr=1e-3, epochs=1000, max_steps=steps,
                            batch_size=args.batch_size, warmup_ratio=0.1, train_projector=True, seed=0)
 
 
 def run_ours(student_dir: Path, samples: list, root: Path, args) -> tuple[float, float]:
-    from training.lora import attach_lora, deterministic, run_training
-    from training.student import load_student
+    from tutorloop.training.lora import attach_lora, deterministic, run_training
+    from tutorloop.training.student import load_student
 
     student = load_student(student_dir, device=args.device)
     config = lora_config(args, args.steps)
@@ -115,8 +115,8 @@ def run_trainer(student_dir: Path, samples: list, root: Path, args, scratch: Pat
     import torch
     from transformers import Trainer, TrainingArguments
 
-    from training.lora import attach_lora, deterministic
-    from training.student import build_inputs, items_from_samples, load_student
+    from tutorloop.training.lora import attach_lora, deterministic
+    from tutorloop.training.student import build_inputs, items_from_samples, load_student
 
     student = load_student(student_dir, device=args.device)
     config = lora_config(args, args.steps)
@@ -172,7 +172,7 @@ def compare_training(student_dir: Path, train_set: list, root: Path, args, tmp_p
 
 
 def eval_rate(student, samples: list, root: Path, batch_size: int, max_new_tokens: int) -> float:
-    from training.evaluate import evaluate
+    from tutorloop.training.evaluate import evaluate
 
     start = time.perf_counter()
     evaluate(student, samples, root, batch_size=batch_size, max_new_tokens=max_new_tokens, progress=False)
@@ -181,9 +181,9 @@ def eval_rate(student, samples: list, root: Path, batch_size: int, max_new_token
 
 def scoring_fraction(student_dir: Path, samples: list, root: Path, args) -> dict:
     """Seconds of the perturbation score on ``samples`` vs one LoRA epoch over the same samples."""
-    from training.lora import LoraTrainConfig, attach_lora, deterministic, run_training
-    from training.scores import perturbation_distance
-    from training.student import load_student
+    from tutorloop.training.lora import LoraTrainConfig, attach_lora, deterministic, run_training
+    from tutorloop.training.scores import perturbation_distance
+    from tutorloop.training.student import load_student
 
     student = load_student(student_dir, device=args.device)
     start = time.perf_counter()
@@ -230,8 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import transformers
 
-    from training.student import load_student
-    from training.tiny import build_tiny_llava
+    from tutorloop.training.student import load_student
+    from tutorloop.training.tiny import build_tiny_llava
 
     if args.threads:
         torch.set_num_threads(args.threads)

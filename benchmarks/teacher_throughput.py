@@ -34,9 +34,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agents.cpu_teacher import cpu_teacher_available, serve_cpu_teacher  # noqa: E402
-from agents.teacher import TeacherConfig, diagnose_failures  # noqa: E402
-from training.records import EvalRecord  # noqa: E402
+from tutorloop.agents.cpu_teacher import cpu_teacher_available, serve_cpu_teacher  # noqa: E402
+from tutorloop.agents.teacher import TeacherConfig, diagnose_failures  # noqa: E402
+from tutorloop.training.records import EvalRecord  # noqa: E402
 
 QUESTIONS = ["How many circles are there?", "What color is the square?", "Is the triangle left of the star?",
              "What shape is in the top left corner?", "How many red shapes are there?",

@@ -23,13 +23,13 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
-from demo.pool import NoiseConfig, write_clean, write_pool
-from demo.targets import TARGETS, write_target
-from demo.world import GENERIC_SKILLS, WORLD_VERSION
-from retrieval.files import write_json
+from tutorloop.demo.pool import NoiseConfig, write_clean, write_pool
+from tutorloop.demo.targets import TARGETS, write_target
+from tutorloop.demo.world import GENERIC_SKILLS, WORLD_VERSION
+from tutorloop.retrieval.files import write_json
 
 if TYPE_CHECKING:
-    from demo.student import PretrainSettings
+    from tutorloop.demo.student import PretrainSettings
 
 
 class WorldPaths(BaseModel):
@@ -89,7 +89,7 @@ def build_world(
 
     student = None
     if with_student:
-        from demo.student import build_student  # torch is imported only when a student is wanted
+        from tutorloop.demo.student import build_student  # torch is imported only when a student is wanted
 
         student = build_student(Path(student_cache) if student_cache else root / "students", seed=seed,
                                 settings=student_settings, progress=progress)

@@ -1,6 +1,6 @@
 """Does the demo show something? Build the student, then LoRA-tune it on pool samples of one target's skill.
 
-    python -m demo.check --out runs/check [--target side-colour] [--n-train 1500] [--seed 0]
+    python -m tutorloop.demo.check --out runs/check [--target side-colour] [--n-train 1500] [--seed 0]
 
 Prints (and writes ``<out>/check-<target>.json``) the target's test accuracy and the generic skills'
 accuracy before and after a LoRA + projector run on ``--n-train`` pool samples of the target's skill(s)
@@ -15,13 +15,13 @@ import json
 import time
 from pathlib import Path
 
-from demo.build import build_world
-from demo.targets import TARGETS
-from demo.world import SKILLS
+from tutorloop.demo.build import build_world
+from tutorloop.demo.targets import TARGETS
+from tutorloop.demo.world import SKILLS
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m demo.check", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tutorloop.demo.check", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/check"), help="world and results folder")
     parser.add_argument("--target", default=next(iter(TARGETS)), choices=sorted(TARGETS))
     parser.add_argument("--pool-size", type=int, default=30000, help="pool to draw the target's skill from")
@@ -40,10 +40,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def check(out: Path, target: str, *, pool_size: int, n_train: int, replay: float, epochs: int, lr: float,
           seed: int, student_cache: Path | None = None, student_settings=None) -> dict:
-    from retrieval.ingest import load_samples
-    from training.evaluate import evaluate
-    from training.lora import LoraTrainConfig, train_lora
-    from training.student import load_student
+    from tutorloop.retrieval.ingest import load_samples
+    from tutorloop.training.evaluate import evaluate
+    from tutorloop.training.lora import LoraTrainConfig, train_lora
+    from tutorloop.training.student import load_student
 
     world = build_world(out / "world", pool_size=pool_size, seed=seed, targets=[target], student_cache=student_cache,
                         student_settings=student_settings)
@@ -79,7 +79,7 @@ def check(out: Path, target: str, *, pool_size: int, n_train: int, replay: float
 
 
 def _generic() -> tuple[str, ...]:
-    from demo.world import GENERIC_SKILLS
+    from tutorloop.demo.world import GENERIC_SKILLS
 
     return GENERIC_SKILLS
 

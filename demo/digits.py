@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from demo.build import WorldPaths
-from retrieval.files import atomic_write_text
+from tutorloop.demo.build import WorldPaths
+from tutorloop.retrieval.files import atomic_write_text
 
 DIGITS_VERSION = "1"
 SIZE = 32
@@ -223,11 +223,11 @@ class DigitsPretrain:
 def build_digits_student(cache_dir: Path | str, seed: int = 0, settings: DigitsPretrain = DigitsPretrain(),
                          progress: bool = True) -> Path:
     """A tiny LLaVA pre-trained on reading the digit (cached); ``skills.json`` holds its accuracy per skill."""
-    from demo.student import one_torch_thread
-    from retrieval.ingest import load_samples
-    from training.lora import TrainConfig, train_full
-    from training.student import load_student
-    from training.tiny import build_tiny_llava
+    from tutorloop.demo.student import one_torch_thread
+    from tutorloop.retrieval.ingest import load_samples
+    from tutorloop.training.lora import TrainConfig, train_full
+    from tutorloop.training.student import load_student
+    from tutorloop.training.tiny import build_tiny_llava
 
     blob = json.dumps({"version": DIGITS_VERSION, "seed": seed, **settings.__dict__}, sort_keys=True)
     final = Path(cache_dir) / f"digits-student-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
@@ -260,9 +260,9 @@ def build_digits_student(cache_dir: Path | str, seed: int = 0, settings: DigitsP
 
 def measure_digits_skills(model_dir: Path, work: Path, seed: int, n: int = 100) -> dict[str, float]:
     """Accuracy per skill and on the target, on the evaluation scans (``n`` questions each)."""
-    from retrieval.ingest import load_samples
-    from training.evaluate import evaluate
-    from training.student import load_student
+    from tutorloop.retrieval.ingest import load_samples
+    from tutorloop.training.evaluate import evaluate
+    from tutorloop.training.student import load_student
 
     _, held = scan_split()
     student = load_student(model_dir, device="cpu")

@@ -24,9 +24,9 @@ import threading
 import time
 from collections import Counter
 
-from demo.openai_http import ChatHandler, ChatServer, serve, shut
-from demo.targets import skill_of_question
-from demo.world import SKILLS, render_all
+from tutorloop.demo.openai_http import ChatHandler, ChatServer, serve, shut
+from tutorloop.demo.targets import skill_of_question
+from tutorloop.demo.world import SKILLS, render_all
 
 LABEL = "oracle (upper bound)"
 NONE_OF_THESE = "none-of-these"  # agents/teacher.py's enum way out (demo does not import agents)

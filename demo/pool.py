@@ -19,8 +19,8 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 from tqdm import tqdm
 
-from demo.world import OFF_TOPIC, POOL_SKILLS, SKILLS, Scene, Skill, png_bytes, sample_scene
-from retrieval.files import atomic_write_text
+from tutorloop.demo.world import OFF_TOPIC, POOL_SKILLS, SKILLS, Scene, Skill, png_bytes, sample_scene
+from tutorloop.retrieval.files import atomic_write_text
 
 OFF_TOPIC_SOURCE = "misc-v1"
 

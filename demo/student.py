@@ -24,9 +24,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from demo.pool import CLEAN, write_clean, write_pool
-from demo.targets import TARGETS, target_texts, write_target
-from demo.world import GENERIC_SKILLS, POOL_SKILLS, WORLD_VERSION, vocabulary_texts
+from tutorloop.demo.pool import CLEAN, write_clean, write_pool
+from tutorloop.demo.targets import TARGETS, target_texts, write_target
+from tutorloop.demo.world import GENERIC_SKILLS, POOL_SKILLS, WORLD_VERSION, vocabulary_texts
 
 log = logging.getLogger(__name__)
 
@@ -130,10 +130,10 @@ def one_torch_thread() -> Iterator[None]:
 
 
 def _pretrain(model_dir: Path, work: Path, seed: int, settings: PretrainSettings, progress: bool) -> dict:
-    from retrieval.ingest import load_samples
-    from training.lora import TrainConfig, train_full
-    from training.student import load_student
-    from training.tiny import build_tiny_llava
+    from tutorloop.retrieval.ingest import load_samples
+    from tutorloop.training.lora import TrainConfig, train_full
+    from tutorloop.training.student import load_student
+    from tutorloop.training.tiny import build_tiny_llava
 
     started = time.perf_counter()
     texts = vocabulary_texts(tuple(target_texts()))
@@ -162,9 +162,9 @@ def measure_skills(model_dir: Path, work: Path, seed: int, n_per_skill: int, pro
 
     ``{"generic": {source: acc}, "pool_only": {source: acc}, "targets": {name: acc}, "seconds": s}``
     """
-    from retrieval.ingest import load_samples
-    from training.evaluate import evaluate
-    from training.student import load_student
+    from tutorloop.retrieval.ingest import load_samples
+    from tutorloop.training.evaluate import evaluate
+    from tutorloop.training.student import load_student
 
     started = time.perf_counter()
     student = load_student(model_dir, adapter=adapter, device="cpu")

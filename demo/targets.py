@@ -12,9 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from demo.pool import write_clean
-from demo.world import PHRASINGS, SKILLS, Phrasings, template_pattern
-from demo.world import skill_of_question as skill_of_pool_question
+from tutorloop.demo.pool import write_clean
+from tutorloop.demo.world import PHRASINGS, SKILLS, Phrasings, template_pattern
+from tutorloop.demo.world import skill_of_question as skill_of_pool_question
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from retrieval.images import open_image
-from retrieval.records import Sample
+from tutorloop.retrieval.images import open_image
+from tutorloop.retrieval.records import Sample
 
 THUMBNAIL = 8
 

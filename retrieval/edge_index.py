@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from retrieval.files import atomic_write_text, read_json
-from retrieval.index import (
+from tutorloop.retrieval.files import atomic_write_text, read_json
+from tutorloop.retrieval.index import (
     _RETRIEVE_BATCH,
     DEFAULT_COLLECTION,
     DUP_OF,
@@ -34,7 +34,7 @@ from retrieval.index import (
     group_by_kept,
     point_id,
 )
-from retrieval.records import Sample
+from tutorloop.retrieval.records import Sample
 
 EXACT_BELOW = 20_000
 HNSW_EF = 128  # recall@50 0.98 at 100k MiniLM vectors in notes.md's measurement; 256 gives 0.995
@@ -125,7 +125,7 @@ class EdgeIndex:
     def hybrid_query(self, arms: Sequence[Arm], limit: int, exclude_ids: Iterable[str] = frozenset()) -> list[FusedHit]:
         """The arms' dense searches fused by reciprocal rank (retrieval/fusion.py, the same scores a Qdrant
         server's prefetch + RRF gives), best first; each hit records the arm(s) that found it."""
-        from retrieval.fusion import rrf
+        from tutorloop.retrieval.fusion import rrf
 
         results = [self.query(a.vector, limit, exclude_ids, skills=a.skills) for a in arms]
         first: dict[str, Hit] = {}

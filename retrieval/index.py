@@ -29,10 +29,10 @@ import numpy as np
 from pydantic import BaseModel
 from qdrant_client import QdrantClient, models
 
-from retrieval.clusters import ClusterFit, ClusterSpec, fit_clusters
-from retrieval.embed import embed_texts, embedding_dim, sample_text
-from retrieval.ingest import Accepted, IngestTally, QuarantineWriter, iter_samples
-from retrieval.records import Sample
+from tutorloop.retrieval.clusters import ClusterFit, ClusterSpec, fit_clusters
+from tutorloop.retrieval.embed import embed_texts, embedding_dim, sample_text
+from tutorloop.retrieval.ingest import Accepted, IngestTally, QuarantineWriter, iter_samples
+from tutorloop.retrieval.records import Sample
 
 DEFAULT_QDRANT_PORT = 6333
 DEFAULT_QDRANT_URL = f"http://127.0.0.1:{DEFAULT_QDRANT_PORT}"
@@ -95,7 +95,7 @@ class PoolIndex:
         if (store is None) == (url is None):
             raise ValueError("give exactly one of store (embedded Qdrant folder) or url (Qdrant server)")
         if store is not None:
-            from retrieval.edge_index import EdgeIndex
+            from tutorloop.retrieval.edge_index import EdgeIndex
 
             return EdgeIndex(Path(store), collection)  # type: ignore[return-value]  (same interface)
         key = api_key if api_key is not None else os.environ.get("QDRANT_API_KEY") or None
@@ -165,7 +165,7 @@ class PoolIndex:
     def hybrid_query(self, arms: Sequence[Arm], limit: int, exclude_ids: Iterable[str] = frozenset()) -> list[FusedHit]:
         """The arms' dense searches fused by reciprocal rank on the server (query API: one prefetch per
         arm + RRF), best first. Which arm(s) found each point comes from the same searches as a batch."""
-        from retrieval.fusion import SERVER_RRF_K
+        from tutorloop.retrieval.fusion import SERVER_RRF_K
 
         exclude = frozenset(exclude_ids)
         if not arms:
@@ -453,8 +453,8 @@ def index_pool(
     ``semdedup_threshold`` (None: off, here; `tutorloop index` turns it on through IndexConfig) marks
     near-duplicates within clusters after every point is written (retrieval/semdedup.py).
     """
-    from retrieval.ingest import default_image_root
-    from retrieval.tables import is_table
+    from tutorloop.retrieval.ingest import default_image_root
+    from tutorloop.retrieval.tables import is_table
 
     pool_path = Path(pool_path)
     if not pool_path.is_file() and not is_table(pool_path):  # a folder of tables is a pool too
@@ -509,7 +509,7 @@ def finalize(index: PoolIndex, pool_path: Path, root: Path, embedder_name: str, 
              start: float, semdedup_threshold: float | None = None) -> IndexReport:
     """After every batch is written: drop stale points, mark near-duplicates, write the manifest, report
     (shared with Ray's path, so both mark the same duplicates)."""
-    from retrieval.semdedup import dedup_store
+    from tutorloop.retrieval.semdedup import dedup_store
 
     t = time.perf_counter()
     if tally.accepted == 0:

@@ -27,10 +27,10 @@ from typing import IO
 from PIL import Image
 from pydantic import ValidationError
 
-from retrieval.formats import FormatError, to_canonical
-from retrieval.images import image_bytes, is_table_ref
-from retrieval.records import Sample
-from retrieval.tables import is_table, iter_table_rows, table_root
+from tutorloop.retrieval.formats import FormatError, to_canonical
+from tutorloop.retrieval.images import image_bytes, is_table_ref
+from tutorloop.retrieval.records import Sample
+from tutorloop.retrieval.tables import is_table, iter_table_rows, table_root
 
 log = logging.getLogger(__name__)
 

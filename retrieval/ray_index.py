@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from retrieval.clusters import ClusterSpec, fit_clusters
-from retrieval.embed import embed_texts, embedding_dim, load_embedder, sample_text
-from retrieval.index import (
+from tutorloop.retrieval.clusters import ClusterSpec, fit_clusters
+from tutorloop.retrieval.embed import embed_texts, embedding_dim, load_embedder, sample_text
+from tutorloop.retrieval.index import (
     IndexReport,
     PoolIndex,
     _Clock,
@@ -33,7 +33,7 @@ from retrieval.index import (
     _UpsertWriter,
     finalize,
 )
-from retrieval.ingest import (
+from tutorloop.retrieval.ingest import (
     Accepted,
     IngestTally,
     Rejected,
@@ -42,8 +42,8 @@ from retrieval.ingest import (
     _text,
     _validate,
 )
-from retrieval.records import Sample
-from retrieval.tables import is_table, iter_file_rows, row_counts, table_files
+from tutorloop.retrieval.records import Sample
+from tutorloop.retrieval.tables import is_table, iter_file_rows, row_counts, table_files
 
 RANGE_BYTES = 32 << 20  # one read task per 32 MB of JSONL
 
@@ -57,7 +57,7 @@ def index_pool_ray(pool_path: Path | str, *, index: PoolIndex, embedder_name: st
     (``semdedup_threshold``) runs in the driver after the writes, in the shared `finalize`."""
     import ray
 
-    from retrieval.ingest import default_image_root
+    from tutorloop.retrieval.ingest import default_image_root
 
     pool_path = Path(pool_path)
     root = Path(image_root).resolve() if image_root is not None else default_image_root(pool_path)
@@ -187,7 +187,7 @@ def _validated_blocks(path: Path, root: Path, check_images: bool, unit: tuple) -
 
 
 def _unit_records(path: Path, root: Path, unit: tuple) -> Iterator[tuple[int, str, object]]:
-    from retrieval.ingest import _NOT_PARSED
+    from tutorloop.retrieval.ingest import _NOT_PARSED
 
     if unit[0] == "table":
         _, kind, file, first = unit

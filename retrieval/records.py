@@ -37,7 +37,7 @@ class Sample(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _canonical(cls, data: object) -> object:
-        from retrieval.formats import to_canonical
+        from tutorloop.retrieval.formats import to_canonical
 
         return to_canonical(data) if isinstance(data, dict) else data
 
@@ -86,7 +86,7 @@ class Sample(BaseModel):
 
     def to_record(self, form: str | None = None) -> dict:
         """The JSON form, as read (``from`` keys, extra metadata kept), or converted to ``form``."""
-        from retrieval.formats import export
+        from tutorloop.retrieval.formats import export
 
         canonical = self.model_dump(by_alias=True, exclude_none=True)
         form = form or self.form

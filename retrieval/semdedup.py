@@ -195,7 +195,7 @@ def cluster_duplicates(ids: Sequence[str], text_vectors: np.ndarray, details: De
 def image_details(fetch: Callable[[list[str]], list], image_root) -> DetailsFn:
     """``details`` from a store's ``fetch`` (ids -> Samples): each sample's first image's thumbnail and its
     reference answer, read only for the candidates."""
-    from retrieval.dedup import image_signature
+    from tutorloop.retrieval.dedup import image_signature
 
     def details(names: list[str]) -> tuple[np.ndarray, list[str]]:
         samples = fetch(names)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 
-from retrieval.images import table_ref
+from tutorloop.retrieval.images import table_ref
 
 IMAGE_COLUMNS = ("images", "image")
 BATCH_ROWS = 256
@@ -66,7 +66,7 @@ def iter_file_rows(kind: str, file: Path, image_root: Path, *, first: int = 1
 
 def row_counts(path: Path) -> list[int]:
     """Rows per table file, from the files' metadata (no row is read)."""
-    from retrieval.images import _batch_sizes
+    from tutorloop.retrieval.images import _batch_sizes
 
     return [sum(_batch_sizes(str(file), kind)) for kind, file in table_files(path)]
 

@@ -18,7 +18,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
-from retrieval.records import Sample  # noqa: E402
+from tutorloop.retrieval.records import Sample  # noqa: E402
 
 # The machine the suite runs on has 2 cores shared with other work; with OpenMP's spinning threads a second
 # thread there made small matmuls ~10x slower than one. Override with TUTORLOOP_TEST_THREADS.
@@ -80,14 +80,14 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> TinyData:
 
 @pytest.fixture(scope="session")
 def tiny_llava(tmp_path_factory: pytest.TempPathFactory, tiny_data: TinyData) -> Path:
-    from training.tiny import build_tiny_llava
+    from tutorloop.training.tiny import build_tiny_llava
 
     return build_tiny_llava(tmp_path_factory.mktemp("tiny-llava"), tiny_data.texts, seed=0, **TINY_KNOBS)
 
 
 @pytest.fixture(scope="session")
 def tiny_idefics3(tmp_path_factory: pytest.TempPathFactory, tiny_data: TinyData) -> Path:
-    from training.tiny import build_tiny_idefics3
+    from tutorloop.training.tiny import build_tiny_idefics3
 
     return build_tiny_idefics3(tmp_path_factory.mktemp("tiny-idefics3"), tiny_data.texts, seed=0, **TINY_KNOBS)
 
@@ -101,8 +101,8 @@ def tiny_student_dir(request: pytest.FixtureRequest) -> Path:
 @pytest.fixture(scope="session")
 def colour_llava(tmp_path_factory: pytest.TempPathFactory, tiny_data: TinyData, tiny_llava: Path) -> Path:
     """The tiny LLaVA after a short full pre-training on the colour question: it answers every colour right."""
-    from training.lora import TrainConfig, train_full
-    from training.student import load_student
+    from tutorloop.training.lora import TrainConfig, train_full
+    from tutorloop.training.student import load_student
 
     student = load_student(tiny_llava, device="cpu")
     out = tmp_path_factory.mktemp("colour-llava")

@@ -29,14 +29,14 @@ def test_only_the_run_directory_module_spells_a_round_path():
 
 
 def test_only_the_cli_imports_the_command_modules():
-    pattern = re.compile(r"^\s*(from|import)\s+agents\.cmd_", re.MULTILINE)
+    pattern = re.compile(r"^\s*(from|import)\s+tutorloop\.agents\.cmd_", re.MULTILINE)
     offenders = [str(p.relative_to(ROOT)) for p in _python_files()
                  if p != ROOT / "agents" / "cli.py" and pattern.search(p.read_text())]
     assert not offenders, f"modules importing agents.cmd_*: {offenders}"
 
 
 def test_retrieval_imports_nothing_of_training_or_agents():
-    pattern = re.compile(r"^\s*(from|import)\s+(training|agents)\b", re.MULTILINE)
+    pattern = re.compile(r"^\s*(from|import)\s+tutorloop\.(training|agents)\b", re.MULTILINE)
     offenders = [str(p.relative_to(ROOT)) for p in (ROOT / "retrieval").rglob("*.py") if pattern.search(p.read_text())]
     assert not offenders
 

@@ -24,8 +24,8 @@ import torch
 import transformers as tf
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-from training.processors import image_only
-from training.tiny import IDEFICS3_EXTRA, TEMPLATE_WORDS
+from tutorloop.training.processors import image_only
+from tutorloop.training.tiny import IDEFICS3_EXTRA, TEMPLATE_WORDS
 
 # Small enough that a LoRA step takes well under a second on one core; every builder takes these knobs.
 TINY = {"image_size": 32, "patch_size": 8, "vision_hidden": 32, "hidden": 64, "layers": 2, "heads": 2}

@@ -3,7 +3,7 @@
 One command trains a round's adapter on N processes from a samples file (a round's ``selected.jsonl`` is
 one), with the same settings and the same result as ``train_lora`` in one process::
 
-    accelerate launch --num_processes 4 -m training.distributed \\
+    accelerate launch --num_processes 4 -m tutorloop.training.distributed \\
         --student STUDENT_DIR --data SELECTED_JSONL --out ADAPTER_DIR \\
         [--image-root DIR] [--adapter PREVIOUS_ADAPTER] [--replay FILE] [--config lora.yaml] [--set lr=1e-4]
 
@@ -101,7 +101,7 @@ def make_accelerator() -> Any:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m training.distributed", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tutorloop.training.distributed", description=__doc__.split("\n\n")[0])
     parser.add_argument("--student", required=True, help="the student model folder")
     parser.add_argument("--data", required=True, type=Path, help="samples to train on (any pool form; selected.jsonl)")
     parser.add_argument("--out", required=True, type=Path, help="adapter folder to write")
@@ -118,7 +118,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def load_config(path: Path | None, overrides: list[str]) -> Any:
     import yaml
 
-    from training.lora import LoraTrainConfig
+    from tutorloop.training.lora import LoraTrainConfig
 
     values: dict = yaml.safe_load(path.read_text()) or {} if path else {}
     for item in overrides:
@@ -136,9 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from retrieval.ingest import default_image_root, load_samples
-    from training.lora import train_lora
-    from training.student import load_student
+    from tutorloop.retrieval.ingest import default_image_root, load_samples
+    from tutorloop.training.lora import train_lora
+    from tutorloop.training.student import load_student
 
     config = load_config(args.config, args.set)
     accelerator = make_accelerator()
@@ -160,7 +160,7 @@ def launch_command(n_processes: int, args: list[str]) -> list[str]:
     """The ``accelerate launch`` command line for ``n_processes`` (what the README documents)."""
     return [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(n_processes),
             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-            *(["--multi_gpu"] if n_processes > 1 else []), "-m", "training.distributed", *args]
+            *(["--multi_gpu"] if n_processes > 1 else []), "-m", "tutorloop.training.distributed", *args]
 
 
 def launch_env() -> dict[str, str]:

@@ -15,10 +15,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from retrieval.records import Sample
-from training.matching import get_matcher
-from training.records import EvalRecord
-from training.student import Student, build_inputs, items_from_samples, length_order, stop_token_ids
+from tutorloop.retrieval.records import Sample
+from tutorloop.training.matching import get_matcher
+from tutorloop.training.records import EvalRecord
+from tutorloop.training.student import Student, build_inputs, items_from_samples, length_order, stop_token_ids
 
 _ANSWER = re.compile(r"(?:final\s+)?answer\s*(?:is)?\s*[:：]|\banswer\s+is\s+", re.I)
 _STEP = re.compile(r"(?:^|\s)(?:step\s*\d+\s*[:.)]|\d+[.)]\s)", re.I)

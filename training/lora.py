@@ -35,11 +35,11 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
-from retrieval.files import write_json
-from retrieval.records import Sample
-from training.anatomy import PROJECTOR_NAMES, anatomy
-from training.distributed import ProcessGroup, share_loss
-from training.student import (
+from tutorloop.retrieval.files import write_json
+from tutorloop.retrieval.records import Sample
+from tutorloop.training.anatomy import PROJECTOR_NAMES, anatomy
+from tutorloop.training.distributed import ProcessGroup, share_loss
+from tutorloop.training.student import (
     IGNORE_INDEX,
     Student,
     answer_nll,
@@ -313,7 +313,7 @@ def checkpointing(model: torch.nn.Module, enabled: bool):
 def check_training_memory(student: Student, batch: Any, config: TrainConfig, compute_dtype: torch.dtype | None,
                           processes: int) -> None:
     """Refuse, with the estimate, a run whose first micro-batch (or token budget) will not fit."""
-    from training.placement import TRAINING_ADVICE, ensure_fits, estimate_training
+    from tutorloop.training.placement import TRAINING_ADVICE, ensure_fits, estimate_training
 
     labels = batch["labels"]
     width = int((labels != IGNORE_INDEX).sum(1).max())
@@ -337,7 +337,7 @@ class HeldOut:
     image_root: Path | None
 
     def loss(self, student: Student, batch_size: int) -> float:
-        from training.scores import ANSWER_STATISTICS, answer_statistics
+        from tutorloop.training.scores import ANSWER_STATISTICS, answer_statistics
 
         stats = answer_statistics(student, self.samples, self.image_root, batch_size=batch_size)
         return float(stats[:, ANSWER_STATISTICS.index("nll")].mean())

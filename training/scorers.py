@@ -27,10 +27,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from retrieval.records import Sample
+from tutorloop.retrieval.records import Sample
 
 if TYPE_CHECKING:  # the registry is read by the CLI's --help: torch is imported only when a pass runs
-    from training.student import Student
+    from tutorloop.training.student import Student
 
 NLL, EL2N, ENTROPY = 0, 1, 2  # the columns of training/scores.py's answer_statistics (ANSWER_STATISTICS)
 
@@ -49,20 +49,20 @@ Pass = Callable[["Student", Sequence[Sample], "Path | None", ScoreSettings], np.
 
 
 def _perturbation_pass(student: Student, samples: Sequence[Sample], root: Path | None, s: ScoreSettings) -> np.ndarray:
-    from training.scores import perturbation_distance
+    from tutorloop.training.scores import perturbation_distance
 
     return perturbation_distance(student, samples, root, n_words=s.perturbation_words, m=s.perturbation_draws,
                                  seed=s.seed, batch_size=s.batch_size)
 
 
 def _answer_pass(student: Student, samples: Sequence[Sample], root: Path | None, s: ScoreSettings) -> np.ndarray:
-    from training.scores import answer_statistics
+    from tutorloop.training.scores import answer_statistics
 
     return answer_statistics(student, samples, root, with_image=True, batch_size=s.batch_size)
 
 
 def _text_only_pass(student: Student, samples: Sequence[Sample], root: Path | None, s: ScoreSettings) -> np.ndarray:
-    from training.scores import answer_statistics
+    from tutorloop.training.scores import answer_statistics
 
     return answer_statistics(student, samples, root, with_image=False, batch_size=s.batch_size)
 

@@ -32,8 +32,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from retrieval.records import Sample
-from training.student import (
+from tutorloop.retrieval.records import Sample
+from tutorloop.training.student import (
     IGNORE_INDEX,
     PromptItem,
     Student,

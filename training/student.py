@@ -30,9 +30,9 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, BatchFeature
 
-from retrieval.images import open_image
-from retrieval.records import Sample
-from training.processors import load_processor
+from tutorloop.retrieval.images import open_image
+from tutorloop.retrieval.records import Sample
+from tutorloop.training.processors import load_processor
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def load_student(
     the safetensors headers) is checked against the device's free memory or ``memory_limit_gb``, and a
     student that will not fit is refused with the numbers (``training.placement.StudentDoesNotFit``).
     """
-    from training.placement import (
+    from tutorloop.training.placement import (
         LOADING_ADVICE,
         checkpoint_parameters,
         ensure_fits,

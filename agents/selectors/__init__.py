@@ -3,8 +3,8 @@ from ``SELECTORS``; adding one is a module with a ``SELECTOR`` and a line here (
 
 from __future__ import annotations
 
-from agents.selectors import failures, random_draw, teacher
-from agents.selectors.base import Choice, Planned, RoundContext, Selector
+from tutorloop.agents.selectors import failures, random_draw, teacher
+from tutorloop.agents.selectors.base import Choice, Planned, RoundContext, Selector
 
 SELECTORS: dict[str, Selector] = {s.name: s for s in (teacher.SELECTOR, failures.SELECTOR, random_draw.SELECTOR)}
 

@@ -15,15 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from agents.planning import Gap, GapPlan
-from agents.records import DiagnosisLog
-from retrieval.rerank import Candidate, ScoredCandidate
-from training.records import EvalRecord
+from tutorloop.agents.planning import Gap, GapPlan
+from tutorloop.agents.records import DiagnosisLog
+from tutorloop.retrieval.rerank import Candidate, ScoredCandidate
+from tutorloop.training.records import EvalRecord
 
 if TYPE_CHECKING:
-    from agents.config import RunConfig
-    from agents.runtime import Runtime
-    from training.student import Student
+    from tutorloop.agents.config import RunConfig
+    from tutorloop.agents.runtime import Runtime
+    from tutorloop.training.student import Student
 
 
 @dataclass
@@ -72,8 +72,8 @@ class Selector:
 
 def choose_by_retrieval(ctx: RoundContext, plan: GapPlan) -> Choice:
     """Each gap's queries against the pool index, then the re-rank: the choice of `teacher` and `failures`."""
-    from agents.retrieve import retrieve_candidates
-    from agents.stages import rerank_for_student
+    from tutorloop.agents.retrieve import retrieve_candidates
+    from tutorloop.agents.stages import rerank_for_student
 
     with ctx.clock("retrieve"):
         by_gap = retrieve_candidates(plan.gaps, ctx.services.pool_index(), ctx.services.query_embedder(),

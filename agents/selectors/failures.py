@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from agents.planning import gaps_from_failures
-from agents.records import DiagnosisLog
-from agents.selectors.base import Planned, RoundContext, Selector, choose_by_retrieval
-from training.records import EvalRecord
+from tutorloop.agents.planning import gaps_from_failures
+from tutorloop.agents.records import DiagnosisLog
+from tutorloop.agents.selectors.base import Planned, RoundContext, Selector, choose_by_retrieval
+from tutorloop.training.records import EvalRecord
 
 
 def plan(ctx: RoundContext, failures: Sequence[EvalRecord], budget: int) -> Planned:

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from agents.planning import GapPlan
-from agents.retrieve import random_selection
-from agents.selectors.base import Choice, Planned, RoundContext, Selector
-from retrieval.rerank import ScoredCandidate
-from training.records import EvalRecord
+from tutorloop.agents.planning import GapPlan
+from tutorloop.agents.retrieve import random_selection
+from tutorloop.agents.selectors.base import Choice, Planned, RoundContext, Selector
+from tutorloop.retrieval.rerank import ScoredCandidate
+from tutorloop.training.records import EvalRecord
 
 
 def plan(ctx: RoundContext, failures: Sequence[EvalRecord], budget: int) -> Planned:

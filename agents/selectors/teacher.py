@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from agents.planning import plan_gaps
-from agents.selectors.base import Planned, RoundContext, Selector, choose_by_retrieval
-from agents.teacher import ChoicesFn, TeacherConfig, diagnose_failures
-from training.records import EvalRecord
+from tutorloop.agents.planning import plan_gaps
+from tutorloop.agents.selectors.base import Planned, RoundContext, Selector, choose_by_retrieval
+from tutorloop.agents.teacher import ChoicesFn, TeacherConfig, diagnose_failures
+from tutorloop.training.records import EvalRecord
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def diagnose_into_gaps(failures: Sequence[EvalRecord], budget: int, teacher: Tea
 
 def map_choices(ctx: RoundContext, asked: Sequence[EvalRecord]) -> tuple[ChoicesFn | None, dict]:
     """The skill map's choices per failure, or None (free diagnoses), and the map's status for the plan."""
-    from agents.skills import MapGrounding, open_map
+    from tutorloop.agents.skills import MapGrounding, open_map
 
     config = ctx.config
     index = ctx.services.pool_index()

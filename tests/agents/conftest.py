@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from training.records import EvalRecord
+from tutorloop.training.records import EvalRecord
 
 
 def _load_scripted_openai():

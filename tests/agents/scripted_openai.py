@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from demo.openai_http import ChatHandler, ChatServer, serve, shut
+from tutorloop.demo.openai_http import ChatHandler, ChatServer, serve, shut
 
 FAULT_KINDS = {"ok", "http500", "http400", "delay", "invalid_json", "truncated", "bad_schema"}
 

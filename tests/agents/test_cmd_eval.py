@@ -7,11 +7,11 @@ import shutil
 
 import pytest
 
-from agents.cli import main
-from training.lora import LoraTrainConfig, train_lora
-from training.records import EvalRecord
-from training.student import load_student
-from training.tiny import build_tiny_idefics3
+from tutorloop.agents.cli import main
+from tutorloop.training.lora import LoraTrainConfig, train_lora
+from tutorloop.training.records import EvalRecord
+from tutorloop.training.student import load_student
+from tutorloop.training.tiny import build_tiny_idefics3
 
 from ..conftest import make_sample
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from agents.cli import main
+from tutorloop.agents.cli import main
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -66,7 +66,7 @@ def test_index_command_end_to_end(tmp_path, capsys):
         "image_missing", "image_unreadable", "image_too_large"])
     assert {r["line"] for r in rows} == set(range(5, 13))
 
-    from retrieval.index import PoolIndex
+    from tutorloop.retrieval.index import PoolIndex
 
     def count() -> int:
         index = PoolIndex.open(store=store)

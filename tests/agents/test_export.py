@@ -11,15 +11,15 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from agents.cli import main
-from agents.export import ExportError, export_run
-from agents.records import RunInfo, SelectedSample
-from agents.run_dir import SELECTED, RunDir
-from retrieval.formats import detect
-from retrieval.images import image_bytes, open_image
-from retrieval.ingest import Accepted, iter_samples, load_samples
-from retrieval.records import Sample
-from retrieval.rerank import SelectionWhy
+from tutorloop.agents.cli import main
+from tutorloop.agents.export import ExportError, export_run
+from tutorloop.agents.records import RunInfo, SelectedSample
+from tutorloop.agents.run_dir import SELECTED, RunDir
+from tutorloop.retrieval.formats import detect
+from tutorloop.retrieval.images import image_bytes, open_image
+from tutorloop.retrieval.ingest import Accepted, iter_samples, load_samples
+from tutorloop.retrieval.records import Sample
+from tutorloop.retrieval.rerank import SelectionWhy
 
 
 def _png(colour: str, size: tuple[int, int] = (6, 4)) -> bytes:

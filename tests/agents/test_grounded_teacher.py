@@ -8,9 +8,9 @@ import json
 
 import pytest
 
-from agents.planning import plan_gaps
-from agents.records import Diagnosis, WeightedSkill
-from agents.teacher import (
+from tutorloop.agents.planning import plan_gaps
+from tutorloop.agents.records import Diagnosis, WeightedSkill
+from tutorloop.agents.teacher import (
     NONE_OF_THESE,
     ReplyError,
     SkillChoice,
@@ -107,7 +107,7 @@ def test_a_reply_outside_the_enum_is_rejected_with_its_raw_text(scripted, image_
 
 
 def test_without_choices_the_free_schema_is_sent(scripted, image_root, make_failure):
-    from agents.teacher import DIAGNOSIS_SCHEMA
+    from tutorloop.agents.teacher import DIAGNOSIS_SCHEMA
 
     server = scripted()
     result = diagnose_failures([make_failure(0)], image_root, config_for(server, dialect="json_schema"),

@@ -6,8 +6,15 @@ import random
 
 import pytest
 
-from agents.planning import Gap, allocate, dedupe_queries, gaps_from_failures, group_skills, plan_gaps
-from agents.records import Diagnosis
+from tutorloop.agents.planning import (
+    Gap,
+    allocate,
+    dedupe_queries,
+    gaps_from_failures,
+    group_skills,
+    plan_gaps,
+)
+from tutorloop.agents.records import Diagnosis
 
 
 def diag(skill: str, *queries: str) -> Diagnosis:

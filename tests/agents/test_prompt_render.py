@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from prompts.render import PromptError, data_tag, placeholders, render
+from tutorloop.prompts.render import PromptError, data_tag, placeholders, render
 
 FIELDS = {"image_note": "n", "tag": "T", "question": "q", "reference": "r", "prediction": "p", "steps": "s"}
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from agents.records import RoundMetrics
-from agents.retention import FORGET_TOLERANCE, MAX_SHARE, SHARE_STEP, known_by_loss, replay_share
-from training.lora import LoraTrainConfig, attach_lora
-from training.student import build_inputs, items_from_samples, load_student, untouched
+from tutorloop.agents.records import RoundMetrics
+from tutorloop.agents.retention import FORGET_TOLERANCE, MAX_SHARE, SHARE_STEP, known_by_loss, replay_share
+from tutorloop.training.lora import LoraTrainConfig, attach_lora
+from tutorloop.training.student import build_inputs, items_from_samples, load_student, untouched
 
 
 def _wrong(samples):

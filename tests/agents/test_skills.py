@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agents.skills import (
+from tutorloop.agents.skills import (
     ClusterName,
     MapGrounding,
     SkillMapError,
@@ -24,17 +24,17 @@ from agents.skills import (
     merge_named,
     open_map,
 )
-from agents.teacher import TeacherConfig
-from demo.oracle_teacher import OracleTeacher
-from retrieval.index import PoolIndex
-from training.records import EvalRecord
+from tutorloop.agents.teacher import TeacherConfig
+from tutorloop.demo.oracle_teacher import OracleTeacher
+from tutorloop.retrieval.index import PoolIndex
+from tutorloop.training.records import EvalRecord
 
 
 @pytest.fixture(scope="module")
 def base_store(tmp_path_factory) -> Path:
-    from demo.pool import write_pool
-    from retrieval.embed import DEFAULT_EMBEDDER
-    from retrieval.index import index_pool
+    from tutorloop.demo.pool import write_pool
+    from tutorloop.retrieval.embed import DEFAULT_EMBEDDER
+    from tutorloop.retrieval.index import index_pool
 
     root = tmp_path_factory.mktemp("skills-world")
     pool = write_pool(root / "pool", 300, 0, progress=False)
@@ -50,7 +50,7 @@ _EMBEDDER = []
 
 
 def embedder():
-    from retrieval.embed import load_embedder
+    from tutorloop.retrieval.embed import load_embedder
 
     if not _EMBEDDER:
         _EMBEDDER.append(load_embedder())
@@ -233,15 +233,15 @@ class FlakyOracle(OracleTeacher):
 
 
 def _vector(text: str):
-    from retrieval.embed import embed_texts
+    from tutorloop.retrieval.embed import embed_texts
 
     return embed_texts(embedder(), [text])[0]
 
 
 def test_hybrid_retrieval_records_the_arms_and_they_reach_the_selection_reason(store):
-    from agents.planning import Gap
-    from agents.retrieve import retrieve_candidates
-    from retrieval.rerank import RerankConfig, rerank
+    from tutorloop.agents.planning import Gap
+    from tutorloop.agents.retrieve import retrieve_candidates
+    from tutorloop.retrieval.rerank import RerankConfig, rerank
 
     index = PoolIndex.open(store=store)
     try:
@@ -268,7 +268,7 @@ def test_hybrid_retrieval_records_the_arms_and_they_reach_the_selection_reason(s
 
 
 def test_the_skills_command_names_by_tag_and_keeps_a_map_that_matches(store, capsys):
-    from agents.cli import main
+    from tutorloop.agents.cli import main
 
     assert main(["skills", "--store", str(store), "--names-from", "source"]) == 0
     first = capsys.readouterr()
@@ -281,7 +281,7 @@ def test_the_skills_command_names_by_tag_and_keeps_a_map_that_matches(store, cap
 
 
 def test_ensure_skill_map_builds_once_and_keeps_a_hand_edit(store):
-    from agents.api import ensure_skill_map
+    from tutorloop.agents.api import ensure_skill_map
 
     path = ensure_skill_map(store, names_from="source")
     data = json.loads(path.read_text())

@@ -9,8 +9,8 @@ import re
 import pytest
 from pydantic import SecretStr
 
-from agents.records import Diagnosis
-from agents.teacher import (
+from tutorloop.agents.records import Diagnosis
+from tutorloop.agents.teacher import (
     DIAGNOSIS_SCHEMA,
     ReplyError,
     TeacherConfig,
@@ -83,7 +83,7 @@ def test_a_persistent_fault_is_rejected_logged_and_the_round_goes_on(
 ):
     server = scripted(faults={"FAULTY": [fault] * 5}, delay_s=1.0)
     records = [make_failure(0), make_failure(1, question="FAULTY what colour?"), make_failure(2)]
-    with caplog.at_level(logging.WARNING, logger="agents.teacher"):
+    with caplog.at_level(logging.WARNING, logger="tutorloop.agents.teacher"):
         result = diagnose_failures(records, image_root, config_for(server, timeout_s=0.4))
 
     assert reconciles(result) and (result.ok, result.rejected) == (2, 1)

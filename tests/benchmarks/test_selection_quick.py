@@ -25,7 +25,7 @@ def test_quick_benchmark_writes_every_row(tmp_path):
     data = json.loads((results / "selection-side-colour.json").read_text())
     strategies = {row["strategy"] for row in data["rows"]}
     expected = {"zero-shot", "random", "failures", "full-pool", "target-data", "oracle-map"}  # oracle: no model
-    from agents.cpu_teacher import cpu_teacher_available
+    from tutorloop.agents.cpu_teacher import cpu_teacher_available
 
     if cpu_teacher_available():
         expected |= {"teacher", "teacher-map", "teacher-no-perturbation", "teacher-no-clusters"}  # no-replay: 1 round

@@ -99,8 +99,8 @@ def test_plot_writes_png(selection, tmp_path):
 
 
 def _write_run(root: Path, rounds: list[tuple[float, int, int]]) -> Path:
-    from agents.records import DiagnosisLog, RoundMetrics, RunSummary, SelectedSample
-    from agents.run_dir import DIAGNOSES, METRICS, SELECTED, RunDir
+    from tutorloop.agents.records import DiagnosisLog, RoundMetrics, RunSummary, SelectedSample
+    from tutorloop.agents.run_dir import DIAGNOSES, METRICS, SELECTED, RunDir
 
     run = RunDir(root)
     run.write(0, METRICS, RoundMetrics(round=0, test_accuracy=0.2, generic_accuracy=0.9))

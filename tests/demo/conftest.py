@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from demo.pool import write_pool
+from tutorloop.demo.pool import write_pool
 
 SINGULAR = {"circles": "circle", "squares": "square", "triangles": "triangle"}
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from demo.build import build_world
-from demo.world import GENERIC_SKILLS
-from retrieval.ingest import load_samples
+from tutorloop.demo.build import build_world
+from tutorloop.demo.world import GENERIC_SKILLS
+from tutorloop.retrieval.ingest import load_samples
 
 
 def test_build_world_is_idempotent_and_rebuilds_what_changed(tmp_path):

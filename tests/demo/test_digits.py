@@ -5,8 +5,16 @@ from __future__ import annotations
 
 import json
 
-from demo.digits import PHRASINGS, POOL_SHARE, TARGET, TARGET_PHRASINGS, answer, build_digits_world, scans
-from retrieval.ingest import load_samples
+from tutorloop.demo.digits import (
+    PHRASINGS,
+    POOL_SHARE,
+    TARGET,
+    TARGET_PHRASINGS,
+    answer,
+    build_digits_world,
+    scans,
+)
+from tutorloop.retrieval.ingest import load_samples
 
 
 def _records(path):

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from agents.skills import ClusterSamples, naming_request
-from agents.teacher import (
+from tutorloop.agents.skills import ClusterSamples, naming_request
+from tutorloop.agents.teacher import (
     NONE_OF_THESE,
     SkillChoice,
     TeacherClient,
@@ -14,9 +14,9 @@ from agents.teacher import (
     diagnose_failures,
     run_sync,
 )
-from demo.oracle_teacher import LABEL, OracleTeacher, name_cluster
-from retrieval.records import Sample
-from training.records import EvalRecord
+from tutorloop.demo.oracle_teacher import LABEL, OracleTeacher, name_cluster
+from tutorloop.retrieval.records import Sample
+from tutorloop.training.records import EvalRecord
 
 MAP = [SkillChoice("side-colour", "colour by side"), SkillChoice("vertical-colour", "colour by half"),
        SkillChoice("count", "how many")]

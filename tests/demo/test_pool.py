@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from demo.pool import CLEAN, OFF_TOPIC_SOURCE, NoiseConfig, write_clean, write_pool
-from demo.world import COLOURS, OFF_TOPIC, POOL_SKILLS, SKILLS, Scene
-from retrieval.ingest import load_samples
+from tutorloop.demo.pool import CLEAN, OFF_TOPIC_SOURCE, NoiseConfig, write_clean, write_pool
+from tutorloop.demo.world import COLOURS, OFF_TOPIC, POOL_SKILLS, SKILLS, Scene
+from tutorloop.retrieval.ingest import load_samples
 
 
 def _digest(folder: Path) -> dict[str, str]:

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from demo.student import FIRST_CONVERGED, THREE_EPOCHS, PretrainSettings, build_student, student_key
-from demo.targets import TARGETS
-from demo.world import GENERIC_SKILLS, POOL_SKILLS, SKILLS
+from tutorloop.demo.student import FIRST_CONVERGED, THREE_EPOCHS, PretrainSettings, build_student, student_key
+from tutorloop.demo.targets import TARGETS
+from tutorloop.demo.world import GENERIC_SKILLS, POOL_SKILLS, SKILLS
 
 TINY = PretrainSettings(n_train=32, batch_size=16, epochs=1, n_eval_per_skill=2)
 
@@ -30,7 +30,7 @@ def test_fields_added_later_keep_an_old_students_key():
 
 
 def test_tiny_build_is_cached_and_reports_every_skill(tmp_path):
-    from training.student import load_student
+    from tutorloop.training.student import load_student
 
     path = build_student(tmp_path, seed=0, settings=TINY, progress=False)
     report = json.loads((path / "skills.json").read_text())

@@ -6,10 +6,10 @@ from collections import Counter
 
 import numpy as np
 
-from demo.targets import TARGETS, skill_of_question, target_texts, write_target
-from demo.world import GENERIC_SKILLS, SKILLS, render_all, words
-from demo.world import skill_of_question as skill_of_pool_question
-from retrieval.records import strip_image_tag
+from tutorloop.demo.targets import TARGETS, skill_of_question, target_texts, write_target
+from tutorloop.demo.world import GENERIC_SKILLS, SKILLS, render_all, words
+from tutorloop.demo.world import skill_of_question as skill_of_pool_question
+from tutorloop.retrieval.records import strip_image_tag
 
 
 def test_targets_are_outside_the_generic_skills():
@@ -78,7 +78,7 @@ def test_choice_wording_leads_a_text_search_to_the_side_skill(small_pool, read_j
     """What the "-choice" targets are for: the failed questions as queries (the `failures` selector) find the
     side skill the student already has, not the colour-by-place samples it needs; only a diagnosis that
     names the skill leads there. Pinned with the shipped MiniLM over a real pool (cosine, the 10 nearest of 2,000)."""
-    from retrieval.embed import embed_texts, load_embedder
+    from tutorloop.retrieval.embed import embed_texts, load_embedder
 
     records = read_jsonl(small_pool)
     questions = [strip_image_tag(r["conversations"][0]["value"]) for r in records]

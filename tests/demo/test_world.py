@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from demo.world import (
+from tutorloop.demo.world import (
     BACKGROUND,
     CANVAS,
     COLOURS,

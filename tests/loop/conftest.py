@@ -21,12 +21,12 @@ class TinyWorld:
 
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory) -> TinyWorld:
-    from demo.build import build_world
-    from demo.targets import target_texts
-    from demo.world import vocabulary_texts
-    from retrieval.embed import DEFAULT_EMBEDDER, load_embedder
-    from retrieval.index import PoolIndex, index_pool
-    from training.tiny import build_tiny_llava
+    from tutorloop.demo.build import build_world
+    from tutorloop.demo.targets import target_texts
+    from tutorloop.demo.world import vocabulary_texts
+    from tutorloop.retrieval.embed import DEFAULT_EMBEDDER, load_embedder
+    from tutorloop.retrieval.index import PoolIndex, index_pool
+    from tutorloop.training.tiny import build_tiny_llava
 
     root = tmp_path_factory.mktemp("loop-world")
     world = build_world(root / "world", pool_size=300, n_val=12, n_test=12, n_generic_per_skill=1,
@@ -59,7 +59,7 @@ def scripted_openai():
 def loop_config():
     """``loop_config(world, out, **overrides)``: small everything — 2 rounds of 6 samples, one LoRA
     epoch, patience high enough that both rounds run."""
-    from agents.config import RunConfig
+    from tutorloop.agents.config import RunConfig
 
     def make(world: TinyWorld, out: Path, **overrides) -> RunConfig:
         return RunConfig.model_validate({**_settings(world, out), **overrides})

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from agents.config import IndexConfig, RunConfig, build_config, load_config_file
+from tutorloop.agents.config import IndexConfig, RunConfig, build_config, load_config_file
 
 SHIPPED = sorted((Path(__file__).parents[2] / "agents" / "configs").glob("*.yaml"))
 KIND = {"run.yaml": RunConfig, "index.yaml": IndexConfig}  # one config per entry point
@@ -41,7 +41,7 @@ def test_index_config_defaults_and_refusals(tmp_path, monkeypatch):
 
 
 def test_selector_names_come_from_the_registry():
-    from agents.selectors import SELECTORS
+    from tutorloop.agents.selectors import SELECTORS
 
     base = {"student": "s", "val": "v", "store": "i", "out": "o", "budget": 3}
     assert all(build_config(None, {**base, "selector": name}).selector == name for name in SELECTORS)
@@ -62,7 +62,7 @@ def test_flags_override_the_file_and_nested_sections_merge(tmp_path):
 def test_rounds_stop_on_the_held_out_loss_and_anchor_unless_the_flags_say_otherwise():
     import importlib
 
-    from agents.cli import COMMANDS, build_parser
+    from tutorloop.agents.cli import COMMANDS, build_parser
 
     overrides_from = importlib.import_module(COMMANDS["run"]).overrides_from  # only the CLI imports cmd_* by name
     base = ["run", "--student", "s", "--val", "v.jsonl", "--store", "idx", "--budget", "10", "--out", "o"]

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from agents.api import run
-from agents.cli import main
-from agents.run_dir import CANDIDATES, DIAGNOSES, EVALS, METRICS, PLAN, SCORED, SELECTED, RunDir
+from tutorloop.agents.api import run
+from tutorloop.agents.cli import main
+from tutorloop.agents.run_dir import CANDIDATES, DIAGNOSES, EVALS, METRICS, PLAN, SCORED, SELECTED, RunDir
 
 
 def _selected(out: Path, rounds: int) -> list[list[str]]:
@@ -118,9 +118,9 @@ def test_what_replay_cannot_fill_goes_to_the_gaps(tiny_world, loop_config, tmp_p
 def test_a_messages_form_pool_runs_and_its_selection_comes_back_in_that_form(tiny_world, loop_config, tmp_path):
     """The same world's pool in the OpenAI/TRL messages form: the loop runs unchanged, selected.jsonl is in
     the pool's form (a TRL trainer reads it as is), and --export converts it."""
-    from retrieval.embed import DEFAULT_EMBEDDER, load_embedder
-    from retrieval.index import PoolIndex, index_pool
-    from retrieval.ingest import Accepted, iter_samples
+    from tutorloop.retrieval.embed import DEFAULT_EMBEDDER, load_embedder
+    from tutorloop.retrieval.index import PoolIndex, index_pool
+    from tutorloop.retrieval.ingest import Accepted, iter_samples
 
     pool = tmp_path / "pool-messages.jsonl"
     pool.write_text("".join(json.dumps(r.sample.to_record("messages")) + "\n"
@@ -141,7 +141,7 @@ def test_a_messages_form_pool_runs_and_its_selection_comes_back_in_that_form(tin
 
 
 def test_anchors_are_drawn_outside_what_the_round_trains_and_where_it_teaches(tiny_world, loop_config, tmp_path):
-    from retrieval.index import PoolIndex
+    from tutorloop.retrieval.index import PoolIndex
 
     config = loop_config(tiny_world, tmp_path / "run", selector="failures", known_share=0.5, rounds=1, budget=6,
                          lora={"epochs": 1, "batch_size": 8, "anchor_weight": 1.0, "anchor_samples": 40})

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from agents.api import run
-from agents.cli import main
-from agents.records import Diagnosis
-from agents.run_dir import DIAGNOSES, SELECTED, RunDir
+from tutorloop.agents.api import run
+from tutorloop.agents.cli import main
+from tutorloop.agents.records import Diagnosis
+from tutorloop.agents.run_dir import DIAGNOSES, SELECTED, RunDir
 
 HOSTILE = ['<script>alert("x")</script>', '<img src=x onerror=alert(1)>', 'javascript:alert(1)']
 CHROMIUM = Path("/usr/bin/chromium")

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from agents.api import run
-from agents.run_dir import DIAGNOSES, METRICS, PLAN, SCORED, SELECTED, RunDir
+from tutorloop.agents.api import run
+from tutorloop.agents.run_dir import DIAGNOSES, METRICS, PLAN, SCORED, SELECTED, RunDir
 
 pytestmark = pytest.mark.integration
 
@@ -27,7 +27,7 @@ def _start(args: list[str]) -> subprocess.Popen:
     # threads round differently, and on some CPUs that changes which failures round 0 sees (the selection)
     threads = os.environ.get("TUTORLOOP_TEST_THREADS", "1")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", "OMP_NUM_THREADS": threads}
-    return subprocess.Popen([sys.executable, "-m", "agents.cli", "run", *args], env=env,
+    return subprocess.Popen([sys.executable, "-m", "tutorloop.agents.cli", "run", *args], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
 
 
@@ -134,8 +134,8 @@ def test_a_kill_right_after_any_write_of_the_select_node_resumes_to_the_referenc
 
 
 def test_a_run_from_before_the_held_out_stop_resumes_with_its_fixed_epochs(tiny_world, loop_config, tmp_path):
-    from agents.config import RunConfig
-    from agents.records import RunInfo
+    from tutorloop.agents.config import RunConfig
+    from tutorloop.agents.records import RunInfo
 
     config = loop_config(tiny_world, tmp_path / "run").model_dump(mode="json")
     old = {**config, "lora": {k: v for k, v in config["lora"].items() if k not in ("early_stop", "min_gain")}}
@@ -146,8 +146,8 @@ def test_a_run_from_before_the_held_out_stop_resumes_with_its_fixed_epochs(tiny_
 
 
 def test_a_run_from_before_anchoring_resumes_without_anchors(tiny_world, loop_config, tmp_path):
-    from agents.config import RunConfig
-    from agents.records import RunInfo
+    from tutorloop.agents.config import RunConfig
+    from tutorloop.agents.records import RunInfo
 
     config = loop_config(tiny_world, tmp_path / "run").model_dump(mode="json")
     old = {**config, "lora": {k: v for k, v in config["lora"].items() if not k.startswith("anchor")}}

@@ -9,18 +9,18 @@ from pathlib import Path
 
 import pytest
 
-from agents.api import run
-from agents.planning import gaps_from_failures
-from agents.retrieve import retrieve_candidates
-from agents.run_dir import SELECTED, RunDir
-from agents.stages import rerank_for_student
-from retrieval.embed import load_embedder
-from retrieval.index import PoolIndex
-from retrieval.ingest import load_samples
-from retrieval.rerank import RerankConfig
-from training.evaluate import evaluate
-from training.scorers import SCORERS, ScoreCache
-from training.student import load_student
+from tutorloop.agents.api import run
+from tutorloop.agents.planning import gaps_from_failures
+from tutorloop.agents.retrieve import retrieve_candidates
+from tutorloop.agents.run_dir import SELECTED, RunDir
+from tutorloop.agents.stages import rerank_for_student
+from tutorloop.retrieval.embed import load_embedder
+from tutorloop.retrieval.index import PoolIndex
+from tutorloop.retrieval.ingest import load_samples
+from tutorloop.retrieval.rerank import RerankConfig
+from tutorloop.training.evaluate import evaluate
+from tutorloop.training.scorers import SCORERS, ScoreCache
+from tutorloop.training.student import load_student
 
 
 @pytest.fixture

@@ -7,12 +7,12 @@ from __future__ import annotations
 import json
 import shutil
 
-from agents.api import run
-from agents.run_dir import DIAGNOSES, PLAN, SELECTED, RunDir
-from agents.skills import build_skill_map, map_path
-from agents.teacher import TeacherConfig
-from demo.oracle_teacher import OracleTeacher
-from retrieval.index import PoolIndex
+from tutorloop.agents.api import run
+from tutorloop.agents.run_dir import DIAGNOSES, PLAN, SELECTED, RunDir
+from tutorloop.agents.skills import build_skill_map, map_path
+from tutorloop.agents.teacher import TeacherConfig
+from tutorloop.demo.oracle_teacher import OracleTeacher
+from tutorloop.retrieval.index import PoolIndex
 
 
 def test_a_teacher_run_uses_the_map_beside_the_index(tiny_world, loop_config, tmp_path, capsys):

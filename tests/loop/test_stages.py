@@ -7,20 +7,20 @@ from pathlib import Path
 
 import pytest
 
-from agents.planning import GapPlan, gaps_from_failures
-from agents.retrieve import retrieve_candidates
-from agents.run_dir import RunDir
-from agents.runtime import Runtime
-from agents.selectors import SELECTORS, RoundContext
-from agents.selectors.random_draw import uniform_choice
-from agents.selectors.teacher import diagnose_into_gaps, sample_failures
-from agents.stages import evaluate_splits, rerank_for_student, train_round
-from retrieval.embed import load_embedder
-from retrieval.index import PoolIndex
-from retrieval.ingest import load_samples
-from retrieval.rerank import RerankConfig
-from training.lora import LoraTrainConfig
-from training.student import load_student
+from tutorloop.agents.planning import GapPlan, gaps_from_failures
+from tutorloop.agents.retrieve import retrieve_candidates
+from tutorloop.agents.run_dir import RunDir
+from tutorloop.agents.runtime import Runtime
+from tutorloop.agents.selectors import SELECTORS, RoundContext
+from tutorloop.agents.selectors.random_draw import uniform_choice
+from tutorloop.agents.selectors.teacher import diagnose_into_gaps, sample_failures
+from tutorloop.agents.stages import evaluate_splits, rerank_for_student, train_round
+from tutorloop.retrieval.embed import load_embedder
+from tutorloop.retrieval.index import PoolIndex
+from tutorloop.retrieval.ingest import load_samples
+from tutorloop.retrieval.rerank import RerankConfig
+from tutorloop.training.lora import LoraTrainConfig
+from tutorloop.training.student import load_student
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def test_evaluate_splits_gives_one_record_per_sample_per_split(tiny_world, stude
 
 
 def test_teacher_diagnoses_become_gaps_sharing_the_budget(tiny_world, failures, scripted_openai):
-    from agents.teacher import TeacherConfig
+    from tutorloop.agents.teacher import TeacherConfig
 
     asked = sample_failures(failures, 4, seed=1)
     assert len(asked) == min(4, len(failures)) and asked == sample_failures(failures, 4, seed=1)

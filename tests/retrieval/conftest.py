@@ -25,7 +25,7 @@ QUESTIONS = [
 
 @pytest.fixture(scope="session")
 def minilm():
-    from retrieval.embed import load_embedder
+    from tutorloop.retrieval.embed import load_embedder
 
     return load_embedder()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from retrieval.clusters import fit_clusters, parse_clusters
+from tutorloop.retrieval.clusters import fit_clusters, parse_clusters
 
 
 def _blobs(k: int, per: int = 60, dim: int = 32, seed: int = 0) -> np.ndarray:

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from retrieval.embed import DEFAULT_EMBEDDER, embed_texts, load_embedder, resolve_embedder_name, sample_text
-from retrieval.records import Sample
+from tutorloop.retrieval.embed import (
+    DEFAULT_EMBEDDER,
+    embed_texts,
+    load_embedder,
+    resolve_embedder_name,
+    sample_text,
+)
+from tutorloop.retrieval.records import Sample
 
 
 def test_vectors_are_normalised_float32(minilm):

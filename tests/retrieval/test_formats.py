@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from retrieval.formats import FormatError, export, to_canonical
-from retrieval.ingest import Accepted, IngestTally, Rejected, iter_samples
-from retrieval.records import Sample
+from tutorloop.retrieval.formats import FormatError, export, to_canonical
+from tutorloop.retrieval.ingest import Accepted, IngestTally, Rejected, iter_samples
+from tutorloop.retrieval.records import Sample
 
 
 def real_pool(root: Path, kit) -> dict[str, list]:
@@ -123,7 +123,7 @@ def test_export_refuses_an_unknown_form():
 
 
 def test_each_form_indexes_and_comes_back_from_the_index_in_its_form(tmp_path, kit, minilm):
-    from retrieval.index import PoolIndex, index_pool
+    from tutorloop.retrieval.index import PoolIndex, index_pool
 
     for form, rows in real_pool(tmp_path, kit).items():
         path = kit.write_jsonl(tmp_path / f"{form}.jsonl", rows)
@@ -141,7 +141,7 @@ def test_each_form_indexes_and_comes_back_from_the_index_in_its_form(tmp_path, k
 
 
 def test_a_multi_image_sample_reaches_the_student_with_all_its_images(tmp_path, kit, tiny_llava):
-    from training.student import build_inputs, items_from_samples, load_student
+    from tutorloop.training.student import build_inputs, items_from_samples, load_student
 
     pool = real_pool(tmp_path, kit)
     samples = [Sample.model_validate(pool["llava"][1]), Sample.model_validate(pool["llava"][0])]
@@ -155,8 +155,8 @@ def test_a_multi_image_sample_reaches_the_student_with_all_its_images(tmp_path, 
 
 
 def test_a_multi_image_failure_reaches_the_teacher_with_all_its_images(tmp_path, kit):
-    from agents.teacher import build_messages
-    from training.records import EvalRecord
+    from tutorloop.agents.teacher import build_messages
+    from tutorloop.training.records import EvalRecord
 
     real_pool(tmp_path, kit)
     record = EvalRecord(id="l-two", image="images/a.png", images=["images/a.png", "images/b.png"], question="Same?",
@@ -196,7 +196,7 @@ def test_parquet_with_image_bytes_streams_by_row_group_and_keeps_the_bytes_in_pl
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from retrieval.images import open_image
+    from tutorloop.retrieval.images import open_image
 
     path = tmp_path / "pool.parquet"
     pq.write_table(pa.Table.from_pylist(_table_rows() * 3), path, row_group_size=2)  # ids repeat: duplicates
@@ -247,8 +247,8 @@ def test_a_parquet_pool_indexes_and_its_images_reach_the_student(tmp_path, minil
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from retrieval.index import PoolIndex, index_pool
-    from training.student import items_from_samples
+    from tutorloop.retrieval.index import PoolIndex, index_pool
+    from tutorloop.training.student import items_from_samples
 
     path = tmp_path / "pool.parquet"
     pq.write_table(pa.Table.from_pylist(_table_rows()), path)

@@ -7,10 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from retrieval.edge_index import EdgeIndex
-from retrieval.fusion import RRF_K, rrf
-from retrieval.index import Arm, PoolIndex
-from retrieval.records import Sample
+from tutorloop.retrieval.edge_index import EdgeIndex
+from tutorloop.retrieval.fusion import RRF_K, rrf
+from tutorloop.retrieval.index import Arm, PoolIndex
+from tutorloop.retrieval.records import Sample
 
 
 def test_scores_follow_the_definition():

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from retrieval.embed import DEFAULT_EMBEDDER, embed_texts
-from retrieval.index import IndexManifest, PoolIndex, index_pool, point_id
+from tutorloop.retrieval.embed import DEFAULT_EMBEDDER, embed_texts
+from tutorloop.retrieval.index import IndexManifest, PoolIndex, index_pool, point_id
 
 
 def _pool(tmp_path, kit, n=24, changed: dict | None = None, drop: set | None = None):
@@ -154,9 +154,9 @@ def test_another_embedder_recreates_the_collection(tmp_path, kit, minilm):
 
 
 def test_a_store_of_the_old_local_mode_gets_a_clear_message(tmp_path):
-    from agents.cli import main
-    from retrieval.edge_index import LegacyStoreError
-    from retrieval.index import PoolIndex
+    from tutorloop.agents.cli import main
+    from tutorloop.retrieval.edge_index import LegacyStoreError
+    from tutorloop.retrieval.index import PoolIndex
 
     old = tmp_path / "old-store"
     (old / "collection").mkdir(parents=True)

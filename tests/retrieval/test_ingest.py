@@ -7,8 +7,8 @@ import logging
 
 import pytest
 
-import retrieval.ingest as ingest
-from retrieval.ingest import (
+import tutorloop.retrieval.ingest as ingest
+from tutorloop.retrieval.ingest import (
     REASONS,
     Accepted,
     IngestTally,

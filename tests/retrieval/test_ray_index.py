@@ -15,9 +15,9 @@ def _points(index) -> dict[str, dict]:
 
 def test_the_ray_pipeline_builds_the_same_index(tmp_path, kit, minilm, monkeypatch):
     ray = pytest.importorskip("ray", reason="ray is in the dev extra")
-    import retrieval.ray_index as ray_index
-    from retrieval.embed import DEFAULT_EMBEDDER
-    from retrieval.index import PoolIndex, index_pool
+    import tutorloop.retrieval.ray_index as ray_index
+    from tutorloop.retrieval.embed import DEFAULT_EMBEDDER
+    from tutorloop.retrieval.index import PoolIndex, index_pool
 
     rows, expected = kit.bad_pool(tmp_path / "root", tmp_path / "outside")
     rows += [kit.record(f"more-{i}", question=q) for i, q in enumerate(kit.questions * 5)]
@@ -63,9 +63,9 @@ def test_table_pools_on_ray_match_one_process(tmp_path, minilm):
     import pyarrow.parquet as pq
     from PIL import Image
 
-    import retrieval.ray_index as ray_index
-    from retrieval.embed import DEFAULT_EMBEDDER
-    from retrieval.index import PoolIndex, index_pool
+    import tutorloop.retrieval.ray_index as ray_index
+    from tutorloop.retrieval.embed import DEFAULT_EMBEDDER
+    from tutorloop.retrieval.index import PoolIndex, index_pool
 
     def png(colour: str) -> bytes:
         buffer = io.BytesIO()

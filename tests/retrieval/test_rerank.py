@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from retrieval.rerank import Candidate, RerankConfig, rerank
+from tutorloop.retrieval.rerank import Candidate, RerankConfig, rerank
 
 
 def _cands(gap: str, rows: list[tuple[str, float, int, list[float]]]) -> list[Candidate]:
@@ -66,7 +66,7 @@ def test_perturbation_is_only_asked_for_the_shortlist_and_changes_the_order():
 
 
 def _scorer_table(table: dict[str, dict[str, float]], asked: list | None = None):
-    from retrieval.rerank import StudentScores
+    from tutorloop.retrieval.rerank import StudentScores
 
     def score(name, ids):
         if asked is not None:
@@ -77,7 +77,7 @@ def _scorer_table(table: dict[str, dict[str, float]], asked: list | None = None)
 
 
 def test_histogram_entropy_prefers_spread_out_scores():
-    from retrieval.rerank import histogram_entropy
+    from tutorloop.retrieval.rerank import histogram_entropy
 
     assert histogram_entropy(np.array([3.0, 3.0, 3.0]), 10) == 0.0
     assert histogram_entropy(np.array([1.0]), 10) == 0.0
@@ -123,7 +123,7 @@ def test_a_named_scorer_ranks_everyone_and_none_is_relevance_only():
 
 
 def test_a_gap_short_of_candidates_passes_its_share_on():
-    from retrieval.rerank import pass_on_unfilled
+    from tutorloop.retrieval.rerank import pass_on_unfilled
 
     assert pass_on_unfilled({"a": 5, "b": 10, "c": 5}, {"a": 2, "b": 30, "c": 6}) == {"a": 2, "b": 13, "c": 5}
     assert pass_on_unfilled({"a": 5, "b": 10}, {"a": 2, "b": 11}) == {"a": 2, "b": 11}  # all there is

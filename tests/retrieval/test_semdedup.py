@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from retrieval.embed import DEFAULT_EMBEDDER, embed_texts
-from retrieval.index import DUP_OF, PoolIndex, index_pool
-from retrieval.semdedup import (
+from tutorloop.retrieval.embed import DEFAULT_EMBEDDER, embed_texts
+from tutorloop.retrieval.index import DUP_OF, PoolIndex, index_pool
+from tutorloop.retrieval.semdedup import (
     answer_key,
     centrality_order,
     cluster_duplicates,
@@ -167,7 +167,7 @@ def test_server_backend_code_marks_and_never_retrieves_duplicates(tmp_path, kit,
 
 def test_index_cli_summary_counts_the_duplicates_and_off_switches_it_off(tmp_path, kit, capsys):
     """`tutorloop index` (default threshold 0.95): the table says how many were marked, the manifest too."""
-    from agents.cli import main
+    from tutorloop.agents.cli import main
 
     pool = _dup_pool(tmp_path, kit)
     store = tmp_path / "store"
@@ -193,7 +193,7 @@ def test_index_cli_summary_counts_the_duplicates_and_off_switches_it_off(tmp_pat
 def test_ray_path_marks_the_same_duplicates(tmp_path, kit, minilm):
     """The Ray pipeline shares `finalize`, so it marks the same points with the same kept ids."""
     ray = pytest.importorskip("ray", reason="ray is in the dev extra")
-    from retrieval.ray_index import index_pool_ray
+    from tutorloop.retrieval.ray_index import index_pool_ray
 
     pool = _dup_pool(tmp_path, kit)
     single = PoolIndex.open(store=tmp_path / "single")

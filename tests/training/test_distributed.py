@@ -13,9 +13,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from training.distributed import launch_command, share_loss, share_of
-from training.lora import LoraTrainConfig, attach_lora, train_lora
-from training.student import IGNORE_INDEX, answer_nll, build_inputs, items_from_samples, load_student
+from tutorloop.training.distributed import launch_command, share_loss, share_of
+from tutorloop.training.lora import LoraTrainConfig, attach_lora, train_lora
+from tutorloop.training.student import (
+    IGNORE_INDEX,
+    answer_nll,
+    build_inputs,
+    items_from_samples,
+    load_student,
+)
 
 from ..conftest import COLOUR_QUESTION, make_sample
 

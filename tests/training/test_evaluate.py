@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from training.evaluate import evaluate, make_record, split_answer, summarize
-from training.matching import match_vqa
-from training.student import load_student
+from tutorloop.training.evaluate import evaluate, make_record, split_answer, summarize
+from tutorloop.training.matching import match_vqa
+from tutorloop.training.student import load_student
 
 from ..conftest import COLOURS, make_sample
 

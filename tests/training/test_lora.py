@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from training.lora import (
+from tutorloop.training.lora import (
     DEFAULT_TARGET,
     LoraTrainConfig,
     TrainConfig,
@@ -20,7 +20,7 @@ from training.lora import (
     train_full,
     train_lora,
 )
-from training.student import build_inputs, items_from_samples, load_student
+from tutorloop.training.student import build_inputs, items_from_samples, load_student
 
 from ..conftest import WARMTH_QUESTION, make_sample
 
@@ -168,7 +168,7 @@ def test_train_full_moves_all_weights_and_saves_a_loadable_model(colour_llava, t
 def test_lora_teaches_a_new_skill_and_replay_keeps_the_old_one(colour_llava, tiny_data, tmp_path):
     """The colour student cannot say whether a colour is warm or cool; one LoRA round teaches it (the
     colour features are already there), and replayed colour questions keep the colour skill."""
-    from training.evaluate import evaluate
+    from tutorloop.training.evaluate import evaluate
 
     warmth = [make_sample(f"warm-{s.id}", s.image, WARMTH_QUESTION,
                           "warm" if s.reference in {"red", "yellow"} else "cool", "warmth") for s in tiny_data.samples]
@@ -186,7 +186,7 @@ def test_lora_teaches_a_new_skill_and_replay_keeps_the_old_one(colour_llava, tin
 
 
 def test_early_stop_trains_while_the_held_out_loss_falls_and_keeps_the_best_epoch(tiny_llava, tiny_data, tmp_path):
-    from training.lora import HeldOut
+    from tutorloop.training.lora import HeldOut
 
     train, held = tiny_data.samples[::2], tiny_data.samples[1::2]  # each image is drawn twice: one copy each
     config = LoraTrainConfig(**{**FAST, "epochs": 12}, early_stop=True)
@@ -203,7 +203,7 @@ def test_early_stop_trains_while_the_held_out_loss_falls_and_keeps_the_best_epoc
 
 
 def test_early_stop_ends_after_one_epoch_that_does_not_help_the_held_out_task(colour_llava, tiny_data, tmp_path):
-    from training.lora import HeldOut
+    from tutorloop.training.lora import HeldOut
 
     # the student answers colours; training on yes/no with a high lr only hurts the colour answers
     config = LoraTrainConfig(**{**FAST, "epochs": 12, "lr": 2e-2}, early_stop=True)
@@ -220,7 +220,7 @@ def test_early_stop_without_held_out_samples_is_refused(tiny_llava, tiny_data, t
 
 
 def _colour_loss(student_dir, adapter, tiny_data):
-    from training.lora import HeldOut
+    from tutorloop.training.lora import HeldOut
 
     return HeldOut(tiny_data.samples, tiny_data.root).loss(load_student(student_dir, adapter=adapter, device="cpu"), 16)
 
@@ -229,7 +229,7 @@ def test_anchors_keep_what_the_untouched_student_answers(colour_llava, tiny_data
     """Training on yes/no wrecks the colour answers (measured: colour loss 0.46 -> 2.73); the same training
     anchored on the colour questions (their untouched answer distributions, not their labels) keeps them
     (-> 0.66) and still learns yes/no (3.04 -> 2.20, against 1.54 unanchored)."""
-    from training.lora import Anchors
+    from tutorloop.training.lora import Anchors
 
     config = LoraTrainConfig(**{**FAST, "epochs": 8})
     anchors = Anchors(tiny_data.samples, tiny_data.root)
@@ -248,7 +248,7 @@ def test_anchors_keep_what_the_untouched_student_answers(colour_llava, tiny_data
 
 
 def test_anchors_need_a_lora_student_in_one_process(tiny_llava, tiny_data, tmp_path):
-    from training.lora import Anchors, run_training
+    from tutorloop.training.lora import Anchors, run_training
 
     student = load_student(tiny_llava, device="cpu")  # a plain model: there is no untouched copy to ask
     with pytest.raises(ValueError, match="anchors need a LoRA student"):

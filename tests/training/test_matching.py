@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from training.matching import (
+from tutorloop.training.matching import (
     MATCHERS,
     choice_letter,
     get_matcher,

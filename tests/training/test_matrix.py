@@ -18,13 +18,13 @@ import pytest
 import torch
 from PIL import Image
 
-from retrieval.records import Sample
-from training.anatomy import anatomy, vision_parameters
-from training.architectures import ARCHITECTURES, build
-from training.evaluate import evaluate
-from training.lora import LoraTrainConfig, lora_targets, train_lora
-from training.scores import answer_perplexity, image_grounding, perturbation_distance
-from training.student import (
+from tutorloop.retrieval.records import Sample
+from tutorloop.training.anatomy import anatomy, vision_parameters
+from tutorloop.training.architectures import ARCHITECTURES, build
+from tutorloop.training.evaluate import evaluate
+from tutorloop.training.lora import LoraTrainConfig, lora_targets, train_lora
+from tutorloop.training.scores import answer_perplexity, image_grounding, perturbation_distance
+from tutorloop.training.student import (
     IGNORE_INDEX,
     PromptItem,
     answer_end,
@@ -247,7 +247,7 @@ def test_a_processor_without_its_video_half_keeps_its_class_and_settings(tmp_pat
     import transformers
     from transformers.utils import is_torchvision_available
 
-    from training.processors import load_processor
+    from tutorloop.training.processors import load_processor
 
     folder = build("qwen2_vl", tmp_path / "qwen", tiny_data.texts)
     processor = load_processor(folder)

@@ -8,8 +8,8 @@ import logging
 import pytest
 import torch
 
-from training.lora import LoraTrainConfig, attach_lora, train_lora
-from training.placement import (
+from tutorloop.training.lora import LoraTrainConfig, attach_lora, train_lora
+from tutorloop.training.placement import (
     GIB,
     StudentDoesNotFit,
     TextDims,
@@ -21,7 +21,7 @@ from training.placement import (
     free_bytes,
     load_with_attention,
 )
-from training.student import build_inputs, items_from_samples, load_student
+from tutorloop.training.student import build_inputs, items_from_samples, load_student
 
 
 def test_checkpoint_headers_count_the_parameters_without_loading(tiny_student_dir, tmp_path):
@@ -100,7 +100,7 @@ def test_sdpa_is_requested_and_an_architecture_without_it_falls_back_to_eager(ti
         text_config={"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 2,
                      "intermediate_size": 64, "vocab_size": 128})
     GotOcr2ForConditionalGeneration(config).save_pretrained(tmp_path)
-    with caplog.at_level(logging.WARNING, logger="training.placement"):
+    with caplog.at_level(logging.WARNING, logger="tutorloop.training.placement"):
         model = load_with_attention(AutoModelForImageTextToText.from_pretrained, str(tmp_path), "sdpa")
     assert model.config._attn_implementation == "eager"
     assert "no SDPA attention" in caplog.text and "eager" in caplog.text

@@ -16,12 +16,12 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from retrieval.records import Sample
-from training.anatomy import anatomy
-from training.architectures import SMOLLM2_GGUF, build_smollm2_student, smollm2_dir
-from training.evaluate import evaluate
-from training.lora import LoraTrainConfig, train_lora
-from training.student import build_prompt, load_student
+from tutorloop.retrieval.records import Sample
+from tutorloop.training.anatomy import anatomy
+from tutorloop.training.architectures import SMOLLM2_GGUF, build_smollm2_student, smollm2_dir
+from tutorloop.training.evaluate import evaluate
+from tutorloop.training.lora import LoraTrainConfig, train_lora
+from tutorloop.training.student import build_prompt, load_student
 
 pytestmark = pytest.mark.slow
 

@@ -8,15 +8,15 @@ import math
 import numpy as np
 import pytest
 
-from training.scorers import SCORERS, ScoreCache, ScoreSettings, ScoringSession, adapter_key
-from training.scores import (
+from tutorloop.training.scorers import SCORERS, ScoreCache, ScoreSettings, ScoringSession, adapter_key
+from tutorloop.training.scores import (
     ANSWER_STATISTICS,
     answer_perplexity,
     answer_statistics,
     image_grounding,
     perturbation_distance,
 )
-from training.student import load_student
+from tutorloop.training.student import load_student
 
 from ..conftest import make_sample
 
@@ -62,7 +62,7 @@ def test_answer_statistics_against_full_logits(tiny_llava, tiny_data):
     """NLL, EL2N and entropy from the answer-span logits equal those computed by hand from the full logits."""
     import torch
 
-    from training.student import PromptItem, build_inputs, load_images
+    from tutorloop.training.student import PromptItem, build_inputs, load_images
 
     student = load_student(tiny_llava, device="cpu")
     sample = tiny_data.samples[0]
@@ -131,7 +131,7 @@ def test_cached_scores_run_no_second_forward_and_depend_on_the_adapter(tiny_llav
     np.testing.assert_array_equal(cached.score("el2n", ids), session.score("el2n", ids))
 
     # the next round's student (another adapter) is scored again
-    from training.student import quiet_peft
+    from tutorloop.training.student import quiet_peft
 
     with quiet_peft():
         lora = get_peft_model(student.model, LoraConfig(r=2, target_modules=r".*language_model.*\.q_proj"))

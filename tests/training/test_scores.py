@@ -6,14 +6,14 @@ import random
 
 import numpy as np
 
-from training.scores import (
+from tutorloop.training.scores import (
     answer_perplexity,
     delete_words,
     image_grounding,
     perturbation_distance,
     sample_embeddings,
 )
-from training.student import load_student
+from tutorloop.training.student import load_student
 
 from ..conftest import make_sample
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from training.student import (
+from tutorloop.training.student import (
     IGNORE_INDEX,
     PromptItem,
     answer_nll,

@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from training.lora import (
+from tutorloop.training.lora import (
     LoraTrainConfig,
     autocast_dtype,
     cut_by_budget,
@@ -16,7 +16,7 @@ from training.lora import (
     token_budget_batches,
     train_lora,
 )
-from training.student import load_student
+from tutorloop.training.student import load_student
 
 FAST = {"epochs": 2, "batch_size": 8, "lr": 5e-3, "dropout": 0.0}
 
