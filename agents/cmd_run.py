@@ -47,6 +47,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="weight of the KL from the untouched student to the trained one on a pool draw outside "
                              "what the round teaches, against forgetting (default 1; 0 switches it off: about 3 "
                              "target points more, 1-5 generic points less, README 'Anchors')")
+    parser.add_argument("--max-forgetting", type=float,
+                        help="accuracy points the student may lose on --generic (else on a probe of pool samples it "
+                             "answers right) since it was given; each round keeps the share of its trained change with "
+                             "the best val accuracy within this bound (default 1)")
+    parser.add_argument("--probe-size", type=int,
+                        help="without --generic: pool samples the untouched student answers right, never trained "
+                             "on, on which forgetting is measured (default 200)")
     parser.add_argument("--export", choices=["llava", "sharegpt", "messages"],
                         help="form of each round's selected.jsonl (default: the pool's own form, sample by sample)")
     parser.add_argument("--no-perturbation", action="store_true", help="ablation: re-rank without the perturbation score")
@@ -74,6 +81,7 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
         "collection": args.collection, "budget": args.budget, "rounds": args.rounds,
         "selector": args.selector or ("failures" if args.teacher == "none" else None),
         "seed": args.seed, "out": args.out, "target_accuracy": args.target_accuracy, "known_share": args.known_share, "export": args.export,
+        "max_forgetting": args.max_forgetting, "probe_size": args.probe_size,
         "teacher": {"base_url": teacher_url, "model": args.teacher_model, "dialect": args.teacher_dialect,
                     "concurrency": args.teacher_concurrency},
         "rerank": {"use_perturbation": False if args.no_perturbation else None,

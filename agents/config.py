@@ -58,6 +58,16 @@ class RunConfig(BaseModel):
     known_quantile: float = Field(0.5, gt=0, le=1, description=(
         "a pool sample counts as known when the untouched student's answer perplexity on it is at most this "
         "quantile of its perplexity over a uniform draw of the pool"))
+    max_forgetting: float | None = Field(1.0, ge=0, description=(
+        "accuracy points the student may lose on the retention split (the generic split, else the probe) since it "
+        "was given; after each round the operating point with the best target val accuracy within it is kept "
+        "(the round's start when none is); null: no bound"))
+    operating_points: list[float] = Field([0.25, 0.5, 0.75, 1.0], description=(
+        "the share of a round's trained change measured after it trains (1: all of it; the start, 0, is always a "
+        "point); empty: keep the trained adapter as it is"))
+    probe_size: int = Field(200, ge=0, description=(
+        "without --generic: pool samples the untouched student answers right, spread over clusters, drawn once "
+        "per run and never trained on, on which forgetting is measured; 0: none"))
     export: Literal["llava", "sharegpt", "messages"] | None = Field(None, description=(
         "form of selected.jsonl; default: each sample's own form (the pool's), so its trainer reads it as is"))
     eval_batch_size: int = Field(DEFAULT_BATCH_SIZE, gt=0)
@@ -66,6 +76,13 @@ class RunConfig(BaseModel):
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     rerank: RerankConfig = Field(default_factory=RerankConfig)
     lora: RoundLoraConfig = Field(default_factory=RoundLoraConfig)
+
+    @field_validator("operating_points")
+    @classmethod
+    def _alphas(cls, value: list[float]) -> list[float]:
+        if any(not 0 < a <= 1 for a in value):
+            raise ValueError(f"operating_points must lie in (0, 1] (shares of the trained change): {value}")
+        return sorted(set(value))
 
     @field_validator("selector")
     @classmethod

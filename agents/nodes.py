@@ -13,20 +13,34 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import replace
+from pathlib import Path
 from typing import TypedDict
 
+from tutorloop.agents.operating_point import make_point, measure_front
 from tutorloop.agents.planning import GapPlan
+from tutorloop.agents.probe import draw_probe
 from tutorloop.agents.records import RoundMetrics, RunSummary, SelectedSample
 from tutorloop.agents.retention import KnownDraw, draw_known, replay_share
 from tutorloop.agents.retrieve import random_selection
-from tutorloop.agents.run_dir import CANDIDATES, DIAGNOSES, EVALS, METRICS, PLAN, SCORED, SELECTED
+from tutorloop.agents.run_dir import (
+    CANDIDATES,
+    DIAGNOSES,
+    EVALS,
+    FRONT,
+    METRICS,
+    PLAN,
+    PROBE,
+    SCORED,
+    SELECTED,
+)
 from tutorloop.agents.runtime import Runtime
 from tutorloop.agents.selectors import RoundContext, get_selector
 from tutorloop.agents.stages import evaluate_splits, train_round
 from tutorloop.retrieval.ingest import load_samples
 from tutorloop.retrieval.rerank import ScoredCandidate
+from tutorloop.training.evaluate import evaluate as evaluate_samples
 from tutorloop.training.lora import Anchors, HeldOut
-from tutorloop.training.student import untouched
+from tutorloop.training.student import Student, untouched
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +62,14 @@ def _clock(loop: Runtime, number: int) -> Callable[[str], AbstractContextManager
 
 
 def _context(loop: Runtime, number: int) -> RoundContext:
-    return RoundContext(number=number, config=loop.config, services=loop,
-                        exclude=frozenset(loop.run_dir.selected_ids(number - 1)), clock=_clock(loop, number),
-                        teacher_cache=loop.run_dir.teacher_cache)
+    # the probe measures forgetting: it is never selected, replayed or anchored
+    exclude = frozenset(loop.run_dir.selected_ids(number - 1)) | loop.run_dir.probe_ids()
+    return RoundContext(number=number, config=loop.config, services=loop, exclude=exclude,
+                        clock=_clock(loop, number), teacher_cache=loop.run_dir.teacher_cache)
+
+
+def _uses_probe(loop: Runtime) -> bool:
+    return loop.config.generic is None and loop.config.probe_size > 0
 
 
 def evaluate(state: LoopState, loop: Runtime) -> dict:
@@ -61,16 +80,35 @@ def evaluate(state: LoopState, loop: Runtime) -> dict:
     splits = {name: (path, config.image_root_of(path))
               for name, path in (("val", config.val), ("test", config.test), ("generic", config.generic)) if path}
     with _clock(loop, number)("evaluate"):
+        if number == 0 and _uses_probe(loop) and not run.has(0, PROBE):
+            probe = draw_probe(student, loop.pool_index(), loop.pool_image_root, config.probe_size, seed=config.seed,
+                               matcher=config.matcher, batch_size=config.eval_batch_size,
+                               max_new_tokens=config.max_new_tokens)
+            log.info("%s", probe.reason(config.probe_size))
+            run.write(0, PROBE, probe.samples)
         results = evaluate_splits(student, splits, matcher=config.matcher, batch_size=config.eval_batch_size,
                                   max_new_tokens=config.max_new_tokens)
+        if _uses_probe(loop):
+            results["probe"] = evaluate_samples(student, run.read(0, PROBE), loop.pool_image_root, matcher=config.matcher,
+                                        batch_size=config.eval_batch_size, max_new_tokens=config.max_new_tokens,
+                                        progress=False)
         for name, result in results.items():
             run.write(number, EVALS[name], result.records)
     per_split = {}
     for name, result in results.items():
         per_split[f"{name}_accuracy"] = result.summary["accuracy"]
         per_split[f"{name}_by_source"] = result.summary["by_source"]
-    run.write(number, METRICS, RoundMetrics(round=number, **per_split, selected=len(run.read(number, SELECTED)),
-                                            seconds=run.seconds(number)))
+    metrics = RoundMetrics(round=number, **per_split, selected=len(run.read(number, SELECTED)),
+                           seconds=run.seconds(number))
+    if number > 0:
+        before = run.read(0, METRICS).retention_accuracy
+        front = run.read(number, FRONT) if run.has(number, FRONT) else None
+        metrics = metrics.model_copy(update={
+            "forgetting": None if before is None or metrics.retention_accuracy is None
+            else round(100 * (before - metrics.retention_accuracy), 3),
+            "alpha": front.chosen if front else None,
+            "kept_start": run.training(number).get("kept_start", False) or (front is not None and front.chosen == 0)})
+    run.write(number, METRICS, metrics)
     return {}
 
 
@@ -183,10 +221,46 @@ def train(state: LoopState, loop: Runtime) -> dict:
     held_out = HeldOut(load_samples(config.val, root), root) if config.lora.early_stop else None
     with _clock(loop, number)("train"):
         anchors = _anchors(loop, number) if config.lora.anchor_weight > 0 else None
+        finish = _operating_point(loop, number) if config.operating_points and selected else None
         train_round(student, selected, replay, loop.pool_image_root,
                     config.lora.model_copy(update={"seed": config.lora.seed + number}), run.adapter(number),
-                    held_out=held_out, anchors=anchors)
+                    held_out=held_out, anchors=anchors, finish=finish)
     return {}
+
+
+def _operating_point(loop: Runtime, number: int) -> Callable[[Student, dict], None]:
+    """What runs after the round trains: measure the front between its start and its end on the target val split
+    and the retention split, keep the chosen point in the student, write ``front.json``."""
+    run, config = loop.run_dir, loop.config
+    val_root = config.image_root_of(config.val)
+    val = load_samples(config.val, val_root)
+    if config.generic is not None:
+        retention_split, retention = "generic", (load_samples(config.generic, config.image_root_of(config.generic)),
+                                                 config.image_root_of(config.generic))
+    elif _uses_probe(loop) and run.read(0, PROBE):
+        retention_split, retention = "probe", (run.read(0, PROBE), loop.pool_image_root)
+    else:
+        retention_split, retention = None, None
+
+    def accuracy(student: Student, samples: list, root: Path | None) -> float:
+        return evaluate_samples(student, samples, root, matcher=config.matcher, batch_size=config.eval_batch_size,
+                        max_new_tokens=config.max_new_tokens, progress=False).summary["accuracy"]
+
+    def measure(student: Student) -> tuple[float, float | None]:
+        return accuracy(student, val, val_root), accuracy(student, *retention) if retention else None
+
+    def finish(student: Student, start: dict) -> None:
+        first, last = run.read(0, METRICS), run.read(number - 1, METRICS)
+        bound = config.max_forgetting if retention else None
+        start_point = make_point(0.0, last.val_accuracy or 0.0, last.retention_accuracy, first.retention_accuracy, bound)
+        front = measure_front(student, start, number=number, alphas=config.operating_points, start_point=start_point,
+                              measure=measure, retention_before=first.retention_accuracy, max_forgetting=bound,
+                              retention_split=retention_split)
+        log.info("round %d operating point: %s (%.1f s)", number, front.reason, front.seconds)
+        run.write(number, FRONT, front)
+        run.add_seconds(number, "operating_point", front.seconds)
+
+    return finish
 
 
 def _anchors(loop: Runtime, number: int) -> Anchors:
@@ -198,5 +272,5 @@ def _anchors(loop: Runtime, number: int) -> Anchors:
     taught = {row.why.cluster for row in run.read(number, SELECTED) if row.why.gap != "known"} - {None}
     near = {i for cluster in sorted(taught) for i in index.cluster_vectors(cluster)[0]}
     ids = random_selection(index.all_ids(), loop.config.lora.anchor_samples, seed=loop.config.seed,
-                           round_number=number, exclude=frozenset(run.selected_ids(number)) | near)
+                           round_number=number, exclude=frozenset(run.selected_ids(number)) | near | run.probe_ids())
     return Anchors(index.fetch(ids), loop.pool_image_root)

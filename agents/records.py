@@ -140,9 +140,36 @@ class SelectedSample(BaseModel):
         return cls(sample=Sample.model_validate(fields), why=SelectionWhy.model_validate(why))
 
 
+class OperatingPoint(BaseModel):
+    """One point of a round's learning-forgetting front: the round's trained change scaled by ``alpha`` (0: the
+    round's start, 1: its end), its target val accuracy and its accuracy on the retention split."""
+
+    alpha: float
+    val_accuracy: float
+    retention_accuracy: float | None = None
+    forgetting: float | None = Field(None, description="accuracy points lost on the retention split since round 0")
+    within_bound: bool = True
+
+
+class RoundFront(BaseModel):
+    """``front.json`` of a round: the operating points measured after training and the one kept."""
+
+    round: int
+    retention_split: Literal["generic", "probe"] | None = None
+    max_forgetting: float | None = None
+    points: list[OperatingPoint]
+    chosen: float
+    reason: str
+    seconds: float = 0.0
+
+    def point(self, alpha: float) -> OperatingPoint:
+        return next(p for p in self.points if p.alpha == alpha)
+
+
 class RoundMetrics(BaseModel):
     """``metrics.json`` of a round: accuracy per split after the round (round 0: the student as given).
-    Its presence means the round is complete."""
+    Its presence means the round is complete. ``forgetting``: points lost since round 0 on the retention split
+    (the generic split, else the probe drawn from the pool)."""
 
     round: int
     val_accuracy: float | None = None
@@ -151,8 +178,17 @@ class RoundMetrics(BaseModel):
     test_by_source: dict[str, Any] | None = None
     generic_accuracy: float | None = None
     generic_by_source: dict[str, Any] | None = None
+    probe_accuracy: float | None = None
+    probe_by_source: dict[str, Any] | None = None
+    forgetting: float | None = None
+    alpha: float | None = Field(None, description="the operating point kept (front.json)")
+    kept_start: bool | None = Field(None, description="the round kept the weights it started from")
     selected: int = 0
     seconds: dict[str, float] = Field(default_factory=dict)
+
+    @property
+    def retention_accuracy(self) -> float | None:
+        return self.generic_accuracy if self.generic_accuracy is not None else self.probe_accuracy
 
     def to_record(self) -> dict:
         return self.model_dump(mode="json", exclude_none=True)  # a split the run has not got stays absent
@@ -168,6 +204,8 @@ class Accuracies(BaseModel):
     val_accuracy: float | None = None
     test_accuracy: float | None = None
     generic_accuracy: float | None = None
+    probe_accuracy: float | None = None
+    forgetting: float | None = None
 
 
 class RoundSummary(BaseModel):
@@ -176,6 +214,10 @@ class RoundSummary(BaseModel):
     val_accuracy: float | None = None
     test_accuracy: float | None = None
     generic_accuracy: float | None = None
+    probe_accuracy: float | None = None
+    forgetting: float | None = None
+    alpha: float | None = None
+    kept_start: bool | None = None
     seconds: dict[str, float] = Field(default_factory=dict)
 
 
@@ -197,9 +239,9 @@ class RunSummary(BaseModel):
     @classmethod
     def from_history(cls, history: list[RoundMetrics], stop_reason: str | None, selector: str,
                      budget: int) -> RunSummary:
-        keys = ("val_accuracy", "test_accuracy", "generic_accuracy")
-        rounds = [RoundSummary(round=m.round, selected=m.selected, seconds=m.seconds,
-                               **{k: getattr(m, k) for k in keys}) for m in history[1:]]
+        keys = ("val_accuracy", "test_accuracy", "generic_accuracy", "probe_accuracy", "forgetting")
+        rounds = [RoundSummary(round=m.round, selected=m.selected, seconds=m.seconds, alpha=m.alpha,
+                               kept_start=m.kept_start, **{k: getattr(m, k) for k in keys}) for m in history[1:]]
         return cls(initial=Accuracies(**{k: getattr(history[0], k) for k in keys}), rounds=rounds,
                    final=FinalSummary(**{k: getattr(history[-1], k) for k in keys}, rounds=len(rounds),
                                       selected=sum(r.selected for r in rounds)),

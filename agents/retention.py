@@ -78,10 +78,10 @@ def replay_share(base: float, history: Sequence[RoundMetrics], previous_share: f
     the last round measured on the generic split (points below the student as given)."""
     if previous_share is None or len(history) < 2:
         return base, f"configured share {base:.2f}"
-    before, after = history[0].generic_accuracy, history[-1].generic_accuracy
+    before, after = history[0].retention_accuracy, history[-1].retention_accuracy
     if before is None or after is None:
-        return previous_share, "no generic split to measure forgetting: share kept"
+        return previous_share, "no generic split or probe to measure forgetting: share kept"
     forgot = 100 * (before - after)
     share = min(MAX_SHARE, max(base, previous_share + SHARE_STEP * (forgot - FORGET_TOLERANCE)))
-    return share, (f"generic {100 * before:.1f} → {100 * after:.1f} % ({forgot:+.1f} points forgotten; tolerance "
+    return share, (f"retention {100 * before:.1f} → {100 * after:.1f} % ({forgot:+.1f} points forgotten; tolerance "
                    f"{FORGET_TOLERANCE:g}): share {previous_share:.3f} → {share:.3f}")

@@ -9,7 +9,9 @@
         candidates.jsonl  Candidate per retrieved hit   scored.jsonl     ScoredCandidate (selected or why not)
         selected.jsonl    SelectedSample (pool format + "selection")    adapter/  the LoRA adapter
         eval.jsonl / eval_test.jsonl / eval_generic.jsonl   EvalRecord per sample, after the round
+        eval_probe.jsonl  the probe's EvalRecords       front.json       RoundFront: operating points, the kept one
         seconds.json      seconds per stage             metrics.json     RoundMetrics (written last)
+    RUNDIR/round_00/probe.jsonl     the forgetting probe (pool samples; no --generic), drawn before round 1
 
 Every file is written atomically (retrieval/files.py), so "does the artefact exist" is how a resumed node
 knows its work is done. A node writes its "done" artefact last.
@@ -25,8 +27,16 @@ from typing import Any
 from pydantic import BaseModel
 
 from tutorloop.agents.planning import GapPlan
-from tutorloop.agents.records import DiagnosisLog, RoundMetrics, RunInfo, RunSummary, SelectedSample
+from tutorloop.agents.records import (
+    DiagnosisLog,
+    RoundFront,
+    RoundMetrics,
+    RunInfo,
+    RunSummary,
+    SelectedSample,
+)
 from tutorloop.retrieval.files import read_json, read_jsonl, write_json, write_jsonl
+from tutorloop.retrieval.records import Sample
 from tutorloop.retrieval.rerank import Candidate, ScoredCandidate
 from tutorloop.training.records import EvalRecord
 
@@ -46,9 +56,12 @@ CANDIDATES = Artefact("candidates.jsonl", Candidate, rows=True)
 SCORED = Artefact("scored.jsonl", ScoredCandidate, rows=True)
 SELECTED = Artefact("selected.jsonl", SelectedSample, rows=True)
 METRICS = Artefact("metrics.json", RoundMetrics, rows=False)
+FRONT = Artefact("front.json", RoundFront, rows=False)
+PROBE = Artefact("probe.jsonl", Sample, rows=True)  # round 0's: drawn once, before any training
 EVALS = {"val": Artefact("eval.jsonl", EvalRecord, rows=True),
          "test": Artefact("eval_test.jsonl", EvalRecord, rows=True),
-         "generic": Artefact("eval_generic.jsonl", EvalRecord, rows=True)}
+         "generic": Artefact("eval_generic.jsonl", EvalRecord, rows=True),
+         "probe": Artefact("eval_probe.jsonl", EvalRecord, rows=True)}
 SECONDS = "seconds.json"
 ADAPTER = "adapter"
 TRAINED = "training.json"  # written by training/lora.py last: a finished adapter
@@ -142,6 +155,13 @@ class RunDir:
 
     def has_adapter(self, number: int) -> bool:
         return number > 0 and (self.folder(number) / ADAPTER / TRAINED).exists()
+
+    def training(self, number: int) -> dict[str, Any]:
+        """The round's ``training.json`` (training/lora.py's TrainReport) as written; empty before round 1."""
+        return read_json(self.folder(number) / ADAPTER / TRAINED) if self.has_adapter(number) else {}
+
+    def probe_ids(self) -> frozenset[str]:
+        return frozenset(s.id for s in self.read(0, PROBE))
 
     def seconds(self, number: int) -> dict[str, float]:
         path = self.folder(number) / SECONDS

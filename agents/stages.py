@@ -57,12 +57,13 @@ def rerank_for_student(candidates: dict[str, list[Candidate]], shares: dict[str,
 
 def train_round(student: Student, selected: Sequence[Sample], replay: Sequence[Sample], image_root: Path | None,
                 config: LoraTrainConfig, adapter: Path, *, held_out: HeldOut | None = None,
-                anchors: Anchors | None = None) -> TrainReport:
-    """LoRA-train on the round's samples (+ replay of earlier rounds); the adapter appears whole or not at all."""
+                anchors: Anchors | None = None, finish: Callable[[Student, dict], None] | None = None) -> TrainReport:
+    """LoRA-train on the round's samples (+ replay of earlier rounds); the adapter appears whole or not at all.
+    ``finish``: what runs on the trained student before it is saved (the loop's operating point)."""
     staging = adapter.with_name(adapter.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     report = train_lora(student, selected, image_root, config, staging, replay=replay, held_out=held_out,
-                        anchors=anchors)
+                        anchors=anchors, finish=finish)
     shutil.rmtree(adapter, ignore_errors=True)
     staging.rename(adapter)
     return report

@@ -14,14 +14,23 @@ def pct(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:.1f}%"
 
 
+def points(value: float | None) -> str:
+    return "—" if value is None else f"{-value:+.1f}"
+
+
 def summary_table(summary: RunSummary) -> Table:
+    """A row per round: accuracy per split, forgetting (points lost on the generic split or the probe since the
+    student was given), the operating point kept (the share of the round's trained change) and seconds."""
+    probe = summary.initial.generic_accuracy is None and summary.initial.probe_accuracy is not None
+    splits = (*SPLITS[:2], "probe" if probe else "generic")
     table = Table(title=f"tutorloop run — {summary.selector}, budget {summary.budget}")
-    for column in ("round", "selected", "val acc", "test acc", "generic acc", "seconds"):
+    for column in ("round", "selected", "val acc", "test acc", f"{splits[2]} acc", "forgetting", "kept", "seconds"):
         table.add_column(column, justify="right")
-    table.add_row("0", "0", *(pct(getattr(summary.initial, f"{s}_accuracy")) for s in SPLITS), "")
+    table.add_row("0", "0", *(pct(getattr(summary.initial, f"{s}_accuracy")) for s in splits), "", "", "")
     for row in summary.rounds:
-        table.add_row(str(row.round), str(row.selected), *(pct(getattr(row, f"{s}_accuracy")) for s in SPLITS),
-                      " ".join(f"{k} {v:.0f}" for k, v in row.seconds.items()))
+        kept = "start" if row.kept_start else ("—" if row.alpha is None else f"{row.alpha:g}")
+        table.add_row(str(row.round), str(row.selected), *(pct(getattr(row, f"{s}_accuracy")) for s in splits),
+                      points(row.forgetting), kept, " ".join(f"{k} {v:.0f}" for k, v in row.seconds.items()))
     return table
 
 

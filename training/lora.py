@@ -9,9 +9,12 @@ Loss is on the answer tokens only (``training.student.build_inputs``).
 
 Length of training: a fixed number of ``epochs``, or (``early_stop``) epochs until the answer loss on
 held-out samples stops falling — the loop holds out the target's val split, so a round trains as long as
-its own data keeps helping the target, whatever the round's size (issue 14: a fixed 3 epochs under-trained
-rounds of a few hundred samples on a world the defaults were not tuned on). The best epoch's weights are
-kept.
+its own data keeps helping the target, whatever the round's size. The start is a candidate too: the best
+epoch's weights are kept, and when no epoch lowers the held-out loss the round keeps the weights it started
+from (``TrainReport.kept_start``), so a round never leaves the student worse on its own held-out split.
+
+Operating points: ``train_lora``'s ``finish`` receives the trainable weights as they were at the start and may
+move the trained ones anywhere between (``blend``: the trained delta scaled by alpha) before they are saved.
 
 Determinism: one seed drives the LoRA init, dropout and the shuffling (its own ``torch.Generator``), and
 deterministic kernels are requested while training, so the same call on CPU gives the same adapter.
@@ -144,7 +147,8 @@ class TrainReport(BaseModel):
     continued_adapter: bool = False
     projector: str | None = None
     held_out_losses: list[float] = Field(default_factory=list, description="before training, then after each epoch")
-    best_epoch: int | None = Field(None, description="the epoch whose weights were kept (early_stop)")
+    best_epoch: int | None = Field(None, description="the epoch whose weights were kept (early_stop; 0: the start)")
+    kept_start: bool = Field(False, description="no epoch lowered the held-out loss: the start's weights were kept")
     anchor_kl: list[float] = Field(default_factory=list, description="the anchor term per batch, before its weight")
     anchor_ids: list[str] = Field(default_factory=list)
     config: dict
@@ -350,7 +354,8 @@ class EarlyStop:
     def __init__(self, held_out: HeldOut, config: TrainConfig, student: Student, params: Sequence[torch.nn.Parameter]):
         self.held_out, self.config, self.student, self.params = held_out, config, student, list(params)
         self.losses = [held_out.loss(student, config.batch_size)]  # the start: what an epoch must beat
-        self.best_epoch, self.best = 0, None
+        # the start is epoch 0, a candidate like any other: an epoch that cannot beat it is not kept
+        self.best_epoch, self.best = 0, [p.detach().clone() for p in self.params]
 
     def after_epoch(self, epoch: int) -> bool:
         """Measure after ``epoch`` (1-based); True when training should stop."""
@@ -358,13 +363,20 @@ class EarlyStop:
         self.student.model.train()
         best = self.losses[self.best_epoch]
         self.losses.append(loss)
-        if loss < best or self.best is None:  # the first epoch is kept even without a gain: a round always trains
+        if loss < best:
             self.best_epoch, self.best = epoch, [p.detach().clone() for p in self.params]
         return not loss < best * (1 - self.config.min_gain)  # a gain below min_gain ends training
 
+    @property
+    def kept_start(self) -> bool:
+        return self.best_epoch == 0
+
     def restore(self) -> None:
+        if self.kept_start:
+            log.warning("no epoch lowered the held-out loss (%.4f at the start; %s after): the round keeps the "
+                        "weights it started from", self.losses[0], ", ".join(f"{x:.4f}" for x in self.losses[1:]))
         with torch.no_grad():
-            for param, value in zip(self.params, self.best or [], strict=False):
+            for param, value in zip(self.params, self.best, strict=True):
                 param.copy_(value)
 
 
@@ -448,7 +460,7 @@ def run_training(
         stop = None
     forward = dataclasses.replace(student, model=trained)
     losses: list[float] = []
-    seen, step, window, checked = 0, 0, [], False
+    seen, step, window, checked, measured = 0, 0, [], False, 0
     bar = tqdm(total=total, desc=desc, unit="step", disable=not progress or not group.is_main)
     start = time.perf_counter()
 
@@ -497,19 +509,23 @@ def run_training(
             elapsed = time.perf_counter() - start
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.4f}", epoch=epoch + 1, samples_s=f"{seen / elapsed:.1f}")
+            if stop is not None and number + 1 == per_epoch_batches:
+                measured = step
+                if stop.after_epoch(epoch + 1):
+                    break
             if step >= total:
-                break
-            if stop is not None and number + 1 == per_epoch_batches and stop.after_epoch(epoch + 1):
                 break
     bar.close()
     if stop is not None:
+        if step > measured:  # cut by max_steps inside an epoch: that part is a candidate too
+            stop.after_epoch(epoch + 1)
         stop.restore()
     model.eval()
     seconds = time.perf_counter() - start
     return {"losses": losses, "steps": step, "seconds": seconds,
             "samples_per_s": seen / seconds if seconds > 0 else 0.0, "epochs_run": seen / max(1, len(samples)),
             "held_out_losses": stop.losses if stop else [], "best_epoch": stop.best_epoch if stop else None,
-            "anchor_kl": kls}
+            "kept_start": bool(stop and stop.kept_start), "anchor_kl": kls}
 
 
 # --- LoRA ------------------------------------------------------------------------------------------
@@ -596,9 +612,12 @@ def train_lora(
     accelerator: Any = None,
     held_out: HeldOut | None = None,
     anchors: Anchors | None = None,
+    finish: Callable[[Student, dict[str, torch.Tensor]], None] | None = None,
 ) -> TrainReport:
     """LoRA-tune the student on ``samples`` + replay; continues its adapter if it has one; saves to ``out_dir``.
-    ``held_out``: what ``config.early_stop`` measures; ``anchors``: what ``config.anchor_weight`` keeps.
+    ``held_out``: what ``config.early_stop`` measures; ``anchors``: what ``config.anchor_weight`` keeps;
+    ``finish(student, start)``: called after training, before saving, with the trainable weights as they were at
+    the start (by name): it may move the weights (the loop chooses an operating point with ``blend``).
 
     A continued adapter keeps the LoRA settings it was created with (rank, targets, trained projector);
     ``config`` then only sets the optimisation (lr, epochs, batch, seed, replay). With an ``accelerator`` of
@@ -614,9 +633,12 @@ def train_lora(
             projector = _saved_projector(student.model)
         else:
             projector = attach_lora(student, config)
+        start = trainable_weights(student.model) if finish is not None else {}
         stats = (run_training(student, train_set, image_root, config, progress=progress, desc="lora",
                               accelerator=accelerator, held_out=held_out, anchors=anchors)
                  if train_set else _no_training())
+        if finish is not None:
+            finish(student, start)
     anchor_ids = [a.id for a in anchors.samples] if anchors and stats["anchor_kl"] else []
     report = _report(student, out, "lora", samples, replayed, stats, config, continued=continued, projector=projector,
                      anchor_ids=anchor_ids)
@@ -627,6 +649,23 @@ def train_lora(
         _write_report(out, report)
     group.barrier()  # the adapter is whole before any process returns
     return report
+
+
+def trainable_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of every trainable parameter (LoRA and the fully trained projector), by name."""
+    return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def blend(model: torch.nn.Module, start: dict[str, torch.Tensor], end: dict[str, torch.Tensor], alpha: float) -> None:
+    """Move the trainable weights between a round's start (``alpha`` 0) and its end (1): each weight to
+    ``start + alpha * (end - start)``. A LoRA pair whose B started at zero (a fresh adapter) keeps its trained A,
+    so its update B·A is scaled by exactly alpha, like the projector's; a continued adapter moves along the
+    straight line between its two sets of weights."""
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, first in start.items():
+            fresh_pair = ".lora_A." in name and not start[name.replace(".lora_A.", ".lora_B.")].any()
+            params[name].copy_(end[name] if fresh_pair else torch.lerp(first, end[name], alpha))
 
 
 def _saved_projector(model: torch.nn.Module) -> str | None:
@@ -668,7 +707,7 @@ def train_full(
 def _no_training() -> dict:
     log.warning("nothing to train on: the adapter is saved unchanged")
     return {"losses": [], "steps": 0, "seconds": 0.0, "samples_per_s": 0.0, "epochs_run": 0.0,
-            "held_out_losses": [], "best_epoch": None, "anchor_kl": []}
+            "held_out_losses": [], "best_epoch": None, "kept_start": False, "anchor_kl": []}
 
 
 def _report(student: Student, out: Path, mode: str, samples: Sequence[Sample], replayed: Sequence[Sample],
@@ -685,6 +724,7 @@ def _report(student: Student, out: Path, mode: str, samples: Sequence[Sample], r
         trainable_params=sum(p.numel() for p in params if p.requires_grad),
         total_params=sum(p.numel() for p in params), continued_adapter=continued, projector=projector,
         held_out_losses=[round(x, 6) for x in stats["held_out_losses"]], best_epoch=stats["best_epoch"],
+        kept_start=stats["kept_start"],
         anchor_kl=[round(x, 6) for x in stats["anchor_kl"]], anchor_ids=list(anchor_ids), config=config.model_dump(),
         selected_ids=[s.id for s in samples], replay_ids=[s.id for s in replayed],
     )

@@ -63,7 +63,7 @@ def test_random_selector_draws_the_budget_from_the_pool_without_repeats(tiny_wor
     assert not set(selections[0]) & set(selections[1])
     run_dir = RunDir(config.out)
     assert not run_dir.has(1, CANDIDATES) and not run_dir.has(1, DIAGNOSES), "random retrieves and diagnoses nothing"
-    assert {"draw", "train", "evaluate"} == run_dir.seconds(1).keys() - {"replay"}
+    assert {"draw", "train", "evaluate"} == run_dir.seconds(1).keys() - {"replay", "operating_point"}
     assert summary.final.selected == 12
 
 

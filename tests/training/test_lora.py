@@ -202,15 +202,55 @@ def test_early_stop_trains_while_the_held_out_loss_falls_and_keeps_the_best_epoc
     assert again == pytest.approx(losses[report.best_epoch], rel=1e-5)
 
 
-def test_early_stop_ends_after_one_epoch_that_does_not_help_the_held_out_task(colour_llava, tiny_data, tmp_path):
+def test_a_round_that_can_only_hurt_keeps_its_start(colour_llava, tiny_data, tmp_path):
     from tutorloop.training.lora import HeldOut
 
     # the student answers colours; training on yes/no with a high lr only hurts the colour answers
     config = LoraTrainConfig(**{**FAST, "epochs": 12, "lr": 2e-2}, early_stop=True)
+    held_out = HeldOut(tiny_data.samples[:16], tiny_data.root)
     report = train_lora(load_student(colour_llava, device="cpu"), tiny_data.yes_no, tiny_data.root, config,
-                        tmp_path / "a", held_out=HeldOut(tiny_data.samples[:16], tiny_data.root), progress=False)
-    assert report.epochs_run == 1 and report.best_epoch == 1
+                        tmp_path / "a", held_out=held_out, progress=False)
+    assert report.epochs_run == 1 and report.best_epoch == 0 and report.kept_start
     assert report.held_out_losses[1] > report.held_out_losses[0]
+    saved = json.loads((tmp_path / "a" / "training.json").read_text())
+    assert saved["kept_start"] is True
+    # the adapter saved is the start: the held-out loss with it is the untouched student's
+    after = held_out.loss(load_student(colour_llava, adapter=tmp_path / "a", device="cpu"), 16)
+    assert after == pytest.approx(report.held_out_losses[0], rel=1e-5)
+
+
+def test_max_steps_inside_an_epoch_still_measures_what_it_trained(tiny_llava, tiny_data, tmp_path):
+    from tutorloop.training.lora import HeldOut
+
+    config = LoraTrainConfig(**{**FAST, "epochs": 5, "max_steps": 1}, early_stop=True)
+    report = train_lora(load_student(tiny_llava, device="cpu"), tiny_data.yes_no, tiny_data.root, config,
+                        tmp_path / "a", held_out=HeldOut(tiny_data.samples[:8], tiny_data.root), progress=False)
+    assert report.steps == 1 and len(report.held_out_losses) == 2
+
+
+def test_blend_scales_a_fresh_adapter_exactly(tiny_llava, tiny_data, tmp_path):
+    """alpha 0 is the round's start (the untouched student for a fresh adapter), 1 its end, and in between the
+    fresh LoRA update B·A is scaled by exactly alpha."""
+    import torch
+
+    from tutorloop.training.lora import blend, trainable_weights
+
+    kept = {}
+
+    def finish(student, start):
+        kept["start"], kept["end"], kept["model"] = start, trainable_weights(student.model), student.model
+
+    train_lora(load_student(tiny_llava, device="cpu"), tiny_data.yes_no, tiny_data.root,
+               LoraTrainConfig(**{**FAST, "lr": 1e-2}), tmp_path / "a", finish=finish, progress=False)
+    start, end, model = kept["start"], kept["end"], kept["model"]
+    a = next(n for n in start if ".lora_A." in n)
+    b = a.replace(".lora_A.", ".lora_B.")
+    params = dict(model.named_parameters())
+    for alpha in (0.0, 0.25, 1.0):
+        blend(model, start, end, alpha)
+        torch.testing.assert_close(params[b] @ params[a], alpha * (end[b] @ end[a]))
+    blend(model, start, end, 0.0)
+    assert all(torch.equal(params[n], start[n]) for n in start if ".lora_A." not in n)
 
 
 def test_early_stop_without_held_out_samples_is_refused(tiny_llava, tiny_data, tmp_path):
