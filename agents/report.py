@@ -34,7 +34,7 @@ from typing import Any
 
 from PIL import Image
 
-from tutorloop.agents.run_dir import DIAGNOSES, EVALS, METRICS, PLAN, SCORED, SELECTED, RunDir
+from tutorloop.agents.run_dir import DIAGNOSES, EVALS, FRONT, METRICS, PLAN, SCORED, SELECTED, RunDir
 from tutorloop.retrieval.files import atomic_write_text
 from tutorloop.retrieval.images import open_image
 
@@ -107,7 +107,7 @@ def run_data(run: RunDir, images: ImageStore, name: str) -> dict[str, Any]:
                    "teacher_model": teacher.get("model") if config.get("selector") == "teacher" else None,
                    "student": config.get("student")},
         "stop_reason": summary.stop_reason if summary else None,
-        "accuracy": [{"round": m.round, **{s: m.accuracy(s) for s in ("val", "test", "generic")}}
+        "accuracy": [{"round": m.round, **{s: m.accuracy(s) for s in ("val", "test", "generic", "probe")}}
                      for m in (run.read(n, METRICS) for n in done)],
         "rounds": rounds,
     }
@@ -192,7 +192,12 @@ def _round_data(run: RunDir, number: int, evals: dict, val_root: Path, pool_root
         gaps.append({"skill": "no gap (reply rejected)", "aliases": [], "budget": 0, "n_errors": len(orphans),
                      "queries": [], "failures": [failure(s) for s in orphans], "selected": [], "not_picked": []})
     metrics = run.read(number, METRICS) if run.has(number, METRICS) else None
+    training = run.training(number)
     return {
+        "front": run.read(number, FRONT).model_dump() if run.has(number, FRONT) else None,
+        "forgetting": metrics.forgetting if metrics else None,
+        "kept": None if not metrics else ("start" if metrics.kept_start else metrics.alpha),
+        "training": {k: training.get(k) for k in ("epochs_run", "best_epoch", "held_out_losses", "n_train")},
         "round": number, "budget": plan.budget, "known": plan.known, "teacher": plan.teacher,
         "seconds": run.seconds(number), "selected": len(selected),
         "by_gap": dict(Counter(row.why.gap for row in selected).most_common()),
@@ -221,7 +226,7 @@ def _reason(error: str) -> str:
 
 def accuracy_svg(points: list[dict], width: int = 360, height: int = 180) -> str:
     """Accuracy per round for val / test / generic as an inline SVG line chart (numbers only: safe)."""
-    pad, colours = 30, {"val": "#1f77b4", "test": "#d62728", "generic": "#2ca02c"}
+    pad, colours = 30, {"val": "#1f77b4", "test": "#d62728", "generic": "#2ca02c", "probe": "#9467bd"}
     rounds = [p["round"] for p in points] or [0]
     span = max(max(rounds), 1)
 
@@ -249,6 +254,39 @@ def accuracy_svg(points: list[dict], width: int = 360, height: int = 180) -> str
     return "".join(parts)
 
 
+def front_svg(front: dict, width: int = 300, height: int = 170) -> str:
+    """A round's learning-forgetting front: target val accuracy against forgetting, one point per alpha (the kept
+    one filled), the forgetting bound as a dashed line (numbers only: safe)."""
+    pad = 30
+    points = [p for p in front["points"] if p.get("forgetting") is not None] or front["points"]
+    xs = [p.get("forgetting") or 0.0 for p in points] + [front.get("max_forgetting") or 0.0, 0.0]
+    lo, hi = min(xs), max(xs)
+    hi = hi if hi - lo > 1e-9 else lo + 1.0
+
+    def x(v: float) -> float:
+        return pad + (width - 2 * pad) * (v - lo) / (hi - lo)
+
+    def y(v: float) -> float:
+        return height - pad - (height - 2 * pad) * v
+
+    parts = [f'<svg class="plot" viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img">',
+             f'<line x1="{pad}" y1="{height - pad}" x2="{width - pad}" y2="{height - pad}" class="axis"/>',
+             f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{height - pad}" class="axis"/>',
+             f'<text x="{pad}" y="{height - 8}" class="tick">forgetting (points) {lo:.1f} … {hi:.1f}</text>',
+             f'<text x="2" y="{pad - 8}" class="tick">val acc</text>']
+    if front.get("max_forgetting") is not None:
+        bx = x(front["max_forgetting"])
+        parts.append(f'<line x1="{bx:.1f}" y1="{pad}" x2="{bx:.1f}" y2="{height - pad}" stroke="#999" '
+                     'stroke-dasharray="4 3"/>')
+    for p in points:
+        px, py = x(p.get("forgetting") or 0.0), y(p["val_accuracy"])
+        fill = "#1f77b4" if p["alpha"] == front["chosen"] else "none"
+        parts.append(f'<circle cx="{px:.1f}" cy="{py:.1f}" r="4" fill="{fill}" stroke="#1f77b4"/>'
+                     f'<text x="{px + 5:.1f}" y="{py - 4:.1f}" class="tick">{p["alpha"]:g}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
 def _overview(data: dict) -> str:
     esc = html.escape
     config = "".join(f"<tr><th>{esc(k)}</th><td>{esc(str(v))}</td></tr>" for k, v in data["config"].items()
@@ -262,13 +300,30 @@ def _overview(data: dict) -> str:
             ", ".join(f"{g} {n}" for g, n in r["by_gap"].items()) or "—",
             " ".join(f"{k} {v:.0f}" for k, v in r["seconds"].items()),
             f"{tokens.get('prompt', 0)} + {tokens.get('completion', 0)} ({teacher.get('http_requests', 0)} requests, {teacher.get('cached', 0)} cached)" if teacher else "—",
-            ", ".join(f"{k} {v}" for k, v in r["rejected_by_reason"].items()) or "none")) + "</tr>")
+            ", ".join(f"{k} {v}" for k, v in r["rejected_by_reason"].items()) or "none",
+            "—" if r["forgetting"] is None else f"{-r['forgetting']:+.1f}",
+            "—" if r["kept"] is None else str(r["kept"]), _epochs(r["training"]))) + "</tr>")
+    fronts = "".join(f'<figure>{front_svg(r["front"])}<figcaption>round {r["round"]}: {esc(r["front"]["reason"])}'
+                     "</figcaption></figure>" for r in data["rounds"] if r["front"])
     return (f'<section class="overview"><h2>{esc(data["name"])}</h2><p class="path">{esc(data["path"])}</p>'
             f'<p>stop: <b>{esc(str(data["stop_reason"]))}</b></p><div class="row"><table class="kv">{config}</table>'
             f'{accuracy_svg(data["accuracy"])}</div><table class="rounds"><tr><th>round</th><th>selected</th>'
             '<th>budget</th><th>replay share</th><th>samples per gap</th><th>seconds per stage</th>'
-            '<th>teacher tokens (prompt + completion)</th><th>rejected replies</th></tr>'
-            + "".join(rows) + "</table></section>")
+            '<th>teacher tokens (prompt + completion)</th><th>rejected replies</th><th>forgetting (points)</th>'
+            '<th>operating point kept</th><th>training (epochs; kept epoch; held-out loss per epoch)</th></tr>'
+            + "".join(rows) + "</table>"
+            + (f'<h3>learning–forgetting front per round</h3><div class="row">{fronts}</div>' if fronts else "")
+            + "</section>")
+
+
+def _epochs(training: dict) -> str:
+    if not training or training.get("epochs_run") is None:
+        return "—"
+    losses = " → ".join(f"{x:.3f}" for x in training.get("held_out_losses") or [])
+    kept = training.get("best_epoch")
+    return (f"{training['epochs_run']:g} epochs of {training.get('n_train')} samples"
+            + ("" if kept is None else f"; kept {'the start' if kept == 0 else f'epoch {kept}'}")
+            + (f"; {losses}" if losses else ""))
 
 
 def _json_for_script(data: Any) -> str:

@@ -294,8 +294,10 @@ def run_config(world: World, strategy: Strategy, fraction: float, seed: int, out
         lora={"epochs": settings.epochs, "early_stop": settings.early_stop, "batch_size": settings.batch_size,
               "seed": seed, "anchor_weight": 0.0, **strategy.lora},  # anchors pinned off: the -anchor rows set theirs
     )
-    # known_share pinned to the committed rows' 0 (the -known strategies set theirs in strategy.run)
-    return RunConfig.model_validate({**settings_of_run, "known_share": 0.0, **strategy.run})
+    # known_share pinned to the committed rows' 0 (the -known strategies set theirs in strategy.run), and the
+    # trained adapter kept whole (no operating point) unless a strategy asks for one
+    return RunConfig.model_validate({**settings_of_run, "known_share": 0.0, "operating_points": [],
+                                     "max_forgetting": None, **strategy.run})
 
 
 def run_complete(out: Path) -> bool:
