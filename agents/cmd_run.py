@@ -43,6 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="share of each round's budget replaying pool samples the untouched student already "
                              "knows, against forgetting (any selector; default 0.3, measured in README 'The round "
                              "recipe'; 0 switches it off)")
+    parser.add_argument("--known-on-top", action="store_true", default=None,
+                        help="known replay on top of the budget (--known-share known samples per budget sample) "
+                             "instead of out of it")
     parser.add_argument("--anchor-weight", type=float,
                         help="weight of the KL from the untouched student to the trained one on a pool draw outside "
                              "what the round teaches, against forgetting (default 1; 0 switches it off: about 3 "
@@ -81,6 +84,7 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
         "collection": args.collection, "budget": args.budget, "rounds": args.rounds,
         "selector": args.selector or ("failures" if args.teacher == "none" else None),
         "seed": args.seed, "out": args.out, "target_accuracy": args.target_accuracy, "known_share": args.known_share, "export": args.export,
+        "known_on_top": args.known_on_top,
         "max_forgetting": args.max_forgetting, "probe_size": args.probe_size,
         "teacher": {"base_url": teacher_url, "model": args.teacher_model, "dialect": args.teacher_dialect,
                     "concurrency": args.teacher_concurrency},

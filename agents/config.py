@@ -51,7 +51,10 @@ class RunConfig(BaseModel):
     candidates_factor: int = Field(4, ge=1, description="retrieve this many x a gap's share")
     # 0.3 by default: with the held-out round recipe it cut forgetting from -6.0 to -2.3 (corner-colour) and
     # from -8.4 to -3.2 (side-colour) at the same target accuracy (README, "The round recipe")
-    known_share: float = Field(0.3, ge=0, lt=1, description=(
+    known_on_top: bool = Field(False, description=(
+        "known replay comes on top of the budget (known_share known samples per budget sample, as general data is "
+        "mixed into a fine-tune) instead of out of it"))
+    known_share: float = Field(0.3, ge=0, le=1, description=(
         "share of each round's budget spent on pool samples the untouched student already knows (every "
         "selector): replay of the skills it has, so the gaps' samples do not erase them; after round 1 it "
         "follows the forgetting measured on the generic split (agents/retention.py); 0 switches it off"))
@@ -97,6 +100,13 @@ class RunConfig(BaseModel):
 
         if self.rerank.scorer not in scorer_choices():
             raise ValueError(f"unknown rerank.scorer {self.rerank.scorer!r}; known: {', '.join(scorer_choices())}")
+        return self
+
+    @model_validator(mode="after")
+    def _share_within_budget(self) -> RunConfig:
+        if not self.known_on_top and self.known_share >= 1:
+            raise ValueError(f"known_share {self.known_share} leaves nothing of the budget to the gaps; give a share "
+                             "below 1, or known_on_top: true to replay on top of the budget")
         return self
 
     @model_validator(mode="after")

@@ -122,7 +122,7 @@ def decide(state: LoopState, loop: Runtime) -> dict:
         reason = f"target reached: val accuracy {val[-1]:.3f} >= {config.target_accuracy}"
     elif number >= config.rounds:
         reason = f"rounds spent ({config.rounds})"
-    elif len(run.selected_ids(number)) >= config.budget:
+    elif _spent(loop, number) >= config.budget:
         reason = f"budget spent ({config.budget} samples)"
     elif number >= config.patience and max(val[-config.patience:]) <= max(val[: -config.patience]):
         reason = f"no val gain for {config.patience} round(s)"
@@ -142,21 +142,32 @@ def plan(state: LoopState, loop: Runtime) -> dict:
     if run.has(number, PLAN):
         return {}
     failures = [r for r in run.read(number - 1, EVALS["val"]) if not r.correct]
-    budget = min(config.per_round_budget(number), config.budget - len(run.selected_ids(number - 1)))
+    budget = min(config.per_round_budget(number), config.budget - _spent(loop, number - 1))
     ctx = _context(loop, number)
     previous = run.read(number - 1, PLAN) if number > 1 else None
     share, share_why = replay_share(config.known_share, [run.read(n, METRICS) for n in range(number)],
                                     previous.known_share if previous else None)
     wanted = round(share * budget)
     known = _known(loop, ctx, wanted)
-    # What replay could not fill goes to the gaps: the round spends its whole budget.
-    planned = get_selector(config.selector).plan(ctx, failures, budget - len(known.ids))
+    # Within the budget, what replay could not fill goes to the gaps: the round spends its whole budget.
+    gap_budget = budget if config.known_on_top else budget - len(known.ids)
+    planned = get_selector(config.selector).plan(ctx, failures, gap_budget)
     if planned.diagnoses:
         run.write(number, DIAGNOSES, planned.diagnoses)
     reason = f"{share_why}; {known.reason(wanted, config.known_quantile)}" if known.drawn else share_why
     run.write(number, PLAN, GapPlan(budget=budget, known=len(known.ids), known_ids=known.ids, known_share=share,
-                                    known_reason=reason, gaps=planned.gaps, teacher=planned.teacher))
+                                    known_reason=reason, known_on_top=config.known_on_top, gaps=planned.gaps,
+                                    teacher=planned.teacher))
     return {}
+
+
+def _spent(loop: Runtime, upto: int) -> int:
+    """Budget spent in rounds 1..upto: every sample selected, known replay left out when it comes on top."""
+    run = loop.run_dir
+    spent = len(run.selected_ids(upto))
+    if loop.config.known_on_top:
+        spent -= sum(run.read(n, PLAN).known for n in range(1, upto + 1) if run.has(n, PLAN))
+    return spent
 
 
 def _known(loop: Runtime, ctx: RoundContext, n: int) -> KnownDraw:

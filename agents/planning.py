@@ -53,12 +53,19 @@ class GapPlan(BaseModel):
     """``gaps.json`` of a round: its budget, the share kept for known-skill replay, and the gaps."""
 
     budget: int = Field(description="samples the round may select in all")
-    known: int = Field(0, description="of which replay of skills the untouched student has")
+    known: int = Field(0, description="replay of skills the untouched student has: of the budget, or on top of it "
+                       "(known_on_top)")
     known_ids: list[str] = Field(default_factory=list, description="the replayed samples (agents/retention.py)")
     known_share: float = Field(0.0, description="the replay share asked for this round (the unfilled part went "
                                                 "to the gaps)")
     known_reason: str = Field("", description="how the share was chosen and which samples count as known")
+    known_on_top: bool = False
     gaps: list[Gap] = Field(default_factory=list)
+
+    @property
+    def for_gaps(self) -> int:
+        """What the selector fills: the round's budget, less the replay when it comes out of it."""
+        return self.budget if self.known_on_top else self.budget - self.known
     teacher: dict[str, Any] | None = Field(None, description="the teacher's cost this round: requests, replies "
                                            "ok/rejected/cached, tokens, seconds (None without a teacher)")
 

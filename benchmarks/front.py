@@ -54,6 +54,11 @@ def _arms() -> tuple[Arm, ...]:
         Arm("anchors-1", NONE, {"anchor_weight": 1.0}, "KL to the untouched student on a pool draw, weight 1"),
         Arm("anchors-3", NONE, {"anchor_weight": 3.0}, "anchors, weight 3"),
         Arm("known-0.3+anchors-1", {"known_share": 0.3}, {"anchor_weight": 1.0}, "both"),
+        Arm("top-0.5", {"known_share": 0.5, "known_on_top": True}, NO_ANCHORS,
+            "known replay on top of the budget: 1 known sample per 2 selected"),
+        Arm("top-1", {"known_share": 1.0, "known_on_top": True}, NO_ANCHORS, "known replay on top, 1:1"),
+        Arm("top-1+anchors-1", {"known_share": 1.0, "known_on_top": True}, {"anchor_weight": 1.0},
+            "known replay on top 1:1, and anchors"),
         Arm("attention", NONE, {**NO_ANCHORS, "target": ATTENTION}, "LoRA on attention only, no retention"),
         Arm("rank-2", NONE, {**NO_ANCHORS, "rank": 2, "alpha": 4}, "LoRA rank 2, no retention"),
     ]

@@ -27,7 +27,7 @@ def uniform_choice(all_ids: Sequence[str], n: int, *, seed: int, round_number: i
 
 def choose(ctx: RoundContext, plan: GapPlan) -> Choice:
     with ctx.clock("draw"):
-        return Choice(scored=uniform_choice(ctx.services.pool_index().all_ids(), plan.budget - plan.known,
+        return Choice(scored=uniform_choice(ctx.services.pool_index().all_ids(), plan.for_gaps,
                                             seed=ctx.config.seed, round_number=ctx.number, exclude=ctx.exclude))
 
 

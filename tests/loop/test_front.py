@@ -108,3 +108,23 @@ def test_every_round_keeps_a_point_no_worse_than_its_start(tiny_world, loop_conf
         assert metrics.forgetting <= 0.0 + 1e-9
         assert run_dir.seconds(n)["operating_point"] == front.seconds
     assert summary.rounds[-1].forgetting is not None
+
+
+def test_known_replay_on_top_of_the_budget_leaves_the_gaps_their_whole_share(tiny_world, loop_config, tmp_path):
+    config = loop_config(tiny_world, tmp_path / "run", selector="random", known_share=0.5, known_on_top=True)
+    summary = run(config, run_id="test-on-top")
+    run_dir = RunDir(config.out)
+    for n in (1, 2):
+        plan, selected = run_dir.read(n, PLAN), run_dir.read(n, SELECTED)
+        assert plan.budget == 6 and plan.known == 3
+        assert sum(row.why.gap != "known" for row in selected) == 6 and len(selected) == 9
+    assert summary.stop_reason == "rounds spent (2)"
+
+
+def test_a_share_of_the_whole_budget_needs_replay_on_top(tiny_world, loop_config, tmp_path):
+    import pytest
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="known_on_top"):
+        loop_config(tiny_world, tmp_path / "run", known_share=1.0)
+    assert loop_config(tiny_world, tmp_path / "run", known_share=1.0, known_on_top=True).known_share == 1.0
