@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +78,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, help="seed of selection and training (default: 0)")
     parser.add_argument("--out", type=Path, required=True, help="run directory; an existing one is resumed")
     parser.add_argument("--config", type=Path, help="YAML/TOML/JSON config; flags override it")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (also TUTORLOOP_DEBUG=1)")
 
 
 def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
@@ -96,33 +101,91 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
-    from tutorloop.agents import api
-    from tutorloop.agents.config import build_config, merge
-    from tutorloop.agents.tables import summary_table
+    from tutorloop.agents.preflight import (
+        PreflightError,
+        check_paths,
+        check_resume,
+        check_teacher,
+        config_error,
+    )
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     run_dir = RunDir(args.out)
+    given = overrides_from(args)
     try:
+        from tutorloop.agents.config import build_config, merge
+
         if run_dir.exists():
             info = run_dir.read_info()
-            config = build_config(None, merge(info.config, overrides_from(args)))
-            print(f"resuming run {info.run_id} in {args.out}", file=sys.stderr)
+            check_resume(info.config, given, args.out)
+            config = build_config(None, merge(info.config, given))
+            summary = run_dir.read_summary() if run_dir.has_summary() else None
+            if summary is not None and summary.stop_reason:
+                print(f"run {info.run_id} in {args.out} has finished ({summary.stop_reason}); its results:",
+                      file=sys.stderr)
+            else:
+                round_number, stage = run_dir.position()
+                print(f"resuming run {info.run_id} in {args.out} at round {round_number}, {stage}", file=sys.stderr)
         else:
-            config = build_config(args.config, overrides_from(args))
-        if SELECTORS[config.selector].needs_teacher and args.teacher == "none":
-            raise ValueError(f"--selector {config.selector} needs a teacher endpoint; "
-                             "use --selector failures with --teacher none")
-    except (ValidationError, ValueError, OSError) as error:
-        print(f"tutorloop run: {error}", file=sys.stderr)
-        return 2
+            config = build_config(args.config, given)
+        needs_teacher = SELECTORS[config.selector].needs_teacher
+        if needs_teacher and args.teacher == "none":
+            raise PreflightError(f"--selector {config.selector} needs a teacher endpoint; "
+                                 "use --selector failures with --teacher none")
+        check_paths(config)
+        if needs_teacher:
+            check_teacher(config.teacher.base_url, config.teacher.api_key.get_secret_value() or None)
+    except ValidationError as error:
+        return _fail(config_error(error), args)
+    except (PreflightError, ValueError, OSError) as error:
+        return _fail(str(error), args)
+    return _run(config, run_dir, args)
+
+
+def _run(config: Any, run_dir: RunDir, args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from tutorloop.agents import api
+    from tutorloop.agents.selectors.teacher import TeacherFailed
+    from tutorloop.agents.tables import summary_table
+
     try:
-        summary = api.run(config)
+        with _terminate_as_interrupt():
+            summary = api.run(config)
+    except (KeyboardInterrupt, Terminated) as stop:
+        round_number, stage = run_dir.position()
+        print(f"tutorloop run: interrupted in round {round_number}, {stage}; resume with: tutorloop run --out "
+              f"{config.out}", file=sys.stderr)
+        return 143 if isinstance(stop, Terminated) else 130
+    except TeacherFailed as error:
+        return _fail(str(error), args, code=3)
     except (LookupError, ValueError) as error:  # an index that is missing, empty or of an older format
-        print(f"tutorloop run: {error}", file=sys.stderr)
-        return 2
+        return _fail(str(error), args)
     console = Console()
     console.print(summary_table(summary))
     console.print(f"stopped: {summary.stop_reason}. Diagnoses: tutorloop review {config.out}")
     return 0
+
+
+def _fail(message: str, args: argparse.Namespace, code: int = 2) -> int:
+    """One line, no traceback (``--debug`` or TUTORLOOP_DEBUG=1 shows it)."""
+    if args.debug or os.environ.get("TUTORLOOP_DEBUG") == "1":
+        raise
+    print(f"tutorloop run: {message}", file=sys.stderr)
+    return code
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised where the run is, so it stops like Ctrl-C (every artefact is written atomically)."""
+
+
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    def stop(_signum: int, _frame: object) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -160,6 +160,19 @@ class RunDir:
         """The round's ``training.json`` (training/lora.py's TrainReport) as written; empty before round 1."""
         return read_json(self.folder(number) / ADAPTER / TRAINED) if self.has_adapter(number) else {}
 
+    def position(self) -> tuple[int, str]:
+        """(round, stage) where the run stands: the first artefact of the latest round still missing."""
+        rounds = self.rounds() or [0]
+        number = rounds[-1]
+        if self.has(number, METRICS):
+            return number + 1, "plan"
+        if number == 0:
+            return 0, "evaluate (the student as given)"
+        for artefact, stage in ((PLAN, "plan"), (SELECTED, "select")):
+            if not self.has(number, artefact):
+                return number, stage
+        return number, "evaluate" if self.has_adapter(number) else "train"
+
     def probe_ids(self) -> frozenset[str]:
         return frozenset(s.id for s in self.read(0, PROBE))
 

@@ -10,6 +10,7 @@ either way the plan says which (``gaps.json`` → ``teacher.skill_map``) and the
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -68,8 +69,19 @@ def plan(ctx: RoundContext, failures: Sequence[EvalRecord], budget: int) -> Plan
     with ctx.clock("diagnose"):
         choices, status = map_choices(ctx, asked)
         planned = diagnose_into_gaps(asked, budget, teacher, config.image_root_of(config.val), choices)
-    planned.teacher = {**(planned.teacher or {}), "skill_map": status}
+    if asked and not any(row.diagnosis for row in planned.diagnoses):
+        reasons = Counter((row.error or "no reply").split(":", 1)[0] for row in planned.diagnoses)
+        raise TeacherFailed(
+            f"round {ctx.number}: the teacher at {teacher.base_url} diagnosed none of the {len(asked)} failures sent ("
+            + ", ".join(f"{reason} {n}" for reason, n in reasons.most_common(3))
+            + "); the round stopped before selecting. Resume with the same command once the teacher answers")
+    planned.teacher = {**(planned.teacher or {}), "skill_map": status, "failures": len(failures),
+                       "sent": len(asked)}
     return planned
+
+
+class TeacherFailed(RuntimeError):
+    """Every diagnosis of a round was rejected: training on replay alone would be a silent non-result."""
 
 
 SELECTOR = Selector(
