@@ -24,8 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="where the world, index and run go (default: runs/demo)")
     parser.add_argument("--target", default=None, help="target task of the demo world (default: the first one)")
     parser.add_argument("--pool-size", type=int, default=6000, help="samples in the generated pool (default: 6000)")
-    # 5 % of the default pool: the budget the product's defaults were measured at (README "The round
-    # recipe"); at 10 % the rounds forget more (stop 12's demo at 600: size -10 points)
+    # 5 % of the default pool: the budget the product's defaults are measured at (docs/results.md)
     parser.add_argument("--budget", type=int, default=300, help="samples selected over the run (default: 300)")
     parser.add_argument("--rounds", type=int, default=2, help="rounds of the loop (default: 2)")
     parser.add_argument("--selector", choices=list(SELECTORS),

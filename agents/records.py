@@ -52,7 +52,7 @@ class FreeDiagnosis(BaseModel):
                                min_length=1, max_length=80)
     explanation: str = Field(description="one or two sentences on why the answer is wrong", min_length=1)
     # Each query's min_length is in the JSON schema, so constrained decoding (llama.cpp, vLLM) cannot emit
-    # an empty one: SmolLM2 did in 198 of its 243 rejected replies before it was (stop 15's benchmark runs).
+    # an empty one (a small teacher otherwise does, and the reply is rejected).
     queries: list[Annotated[str, Field(min_length=1)]] = Field(
         description="1-3 short search queries for training data that teaches the skill", min_length=1, max_length=3)
 

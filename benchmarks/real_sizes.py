@@ -200,7 +200,7 @@ def make_processor(size: str) -> Any:
     (``training/architectures.py``), a word-level tokenizer over the benchmark's words."""
     from transformers import Qwen2VLProcessor
 
-    from tutorloop.training.architectures import (
+    from lab.architectures import (
         QWEN2_VL_TEMPLATE,
         _qwen_image_processor,
         _qwen_tokenizer,
@@ -218,7 +218,7 @@ def make_student(size: str, device: torch.device, seed: int = 0) -> Any:
     gives a shape-only student for measuring lengths), SDPA attention."""
     from transformers import Qwen2VLForConditionalGeneration
 
-    from tutorloop.training.architectures import _qwen_ids
+    from lab.architectures import _qwen_ids
     from tutorloop.training.student import Student
 
     processor = make_processor(size)

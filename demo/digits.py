@@ -1,5 +1,5 @@
-"""A second world, for checking that the loop's defaults transfer beyond the shapes world they were tuned on
-(issue 14): real handwritten digits, another student, a target asked in words the pool combines otherwise.
+"""A second world, for checking that the loop's defaults transfer beyond the shapes world they were tuned on:
+real handwritten digits, another student, a target asked in words the pool combines otherwise.
 
 Images: scikit-learn's bundled copy of the UCI handwritten digits (1,797 scans, 8x8, 17 grey levels; no
 download), drawn white on black at 32x32. The first 80 % of the scans feed the pool (and the student's

@@ -38,23 +38,18 @@ class PretrainSettings(BaseModel):
 
     skills: tuple[str, ...] = GENERIC_SKILLS
     n_train: int = Field(12000, gt=0, description="clean generic samples (images shared across skills)")
-    # Two epochs at 16 px patches left the student under-trained (colour 0.75, side 0.54), and an
-    # under-trained student is not the same on another CPU (issue 14: colour 0.41 there); three more epochs
-    # at 16 px still left colour 0.47 and side 0.37. With 8 px patches (64 image tokens: each quadrant is
-    # 4x4 patches, not 2x2) it converges (its per-epoch skill curve: the README of stop 11, in git history).
-    # Three epochs at lr 5e-4 ended side at 1.00 on AVX-512 and 0.87 on AVX2; a fourth took both paths
-    # to 0.98 / 1.00 and count to 0.76 / 0.79 (README "The demo's student"), for ~5 more build minutes.
+    # Trained to convergence on purpose: an under-trained student is a different student on another CPU's
+    # kernels. Four epochs at lr 5e-4 with 8 px patches converge on every kernel path measured
+    # (docs/results.md, "The demo's student"); three left side-of-image unsure on one of them.
     epochs: int = Field(4, gt=0)
-    # lr 1e-3 learnt left/right late and fragilely: skills flipped between half-epochs, and the same key
-    # built side 0.92 on AVX-512 and 0.88 on AVX2 (with sine-cosine positions and a side-heavier mix: 0.56
-    # and 0.97). Half the lr with sine-cosine positions converged (README "The demo's student": the builds
-    # per kernel path).
+    # At lr 1e-3 left/right is learnt late and flips between half-epochs, so where a build ends depends on
+    # the kernels' rounding; half that lr with sine-cosine positions converges.
     lr: float = Field(5e-4, gt=0)
     batch_size: int = Field(16, gt=0)
     warmup_ratio: float = Field(0.05, ge=0, le=1)
     n_eval_per_skill: int = Field(100, gt=0, description="samples per skill and per target when measuring")
-    # 8 px patches (64 image tokens). 16 px ones cost half as much per step but learned position and
-    # colour far slower (measured above): the cheaper step bought a student that never converged.
+    # 8 px patches (64 image tokens). 16 px ones cost half as much per step but learn position and
+    # colour far slower: the cheaper step buys a student that never converges.
     patch_size: int = Field(8, gt=0)
     # Fields added after the first cached students: at the value that reproduces the behaviour before them
     # they stay out of the cache key (``student_key``), so an existing student keeps its key.
@@ -62,18 +57,16 @@ class PretrainSettings(BaseModel):
     # read off the features instead of being discovered late (the side skill the random table learnt last).
     position_init: str = Field("sincos", pattern="^(random|sincos)$",
                                description="the vision tower's patch-position table at init")
-    # Twice the side share made side 1.00 on both kernel paths (equal shares: 0.87 on AVX2), but that student
-    # barely learnt side-colour from the pool (36.0 -> 37.5 % against 24.0 -> 44.6 %) and forgot more: not
-    # the default (README "The demo's student").
+    # Equal shares by default: a side-heavier mix learns side reliably but makes a student that learns
+    # side-colour from the pool far less (docs/results.md, "The demo's student").
     skill_weights: dict[str, float] = Field(default_factory=dict,
                                             description="relative share of each generic skill (1 if unnamed)")
 
 
 _KEYLESS_DEFAULTS = {"position_init": "random", "skill_weights": {}}
 
-# The student the selection and recipe rows committed before stop 12 stand on (key eef750345035).
+# Earlier students that committed benchmark rows stand on (keys eef750345035 and 6608026a2cba).
 FIRST_CONVERGED = PretrainSettings(lr=1e-3, position_init="random", epochs=3)
-# Stop 12's default, the replay curve's student (key 6608026a2cba): one epoch fewer than today's.
 THREE_EPOCHS = PretrainSettings(epochs=3)
 
 

@@ -6,7 +6,8 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("agents", "retrieval", "training", "prompts", "demo", "benchmarks", "tests")
+PRODUCT = ("agents", "retrieval", "training", "prompts", "demo")
+PACKAGES = (*PRODUCT, "lab", "benchmarks", "tests")
 
 
 def _python_files() -> list[Path]:
@@ -47,3 +48,19 @@ def test_one_atomic_writer():
     offenders = [str(p.relative_to(ROOT)) for p in _python_files() if "tests" not in p.relative_to(ROOT).parts
                  and p != ROOT / "retrieval" / "files.py" and pattern.search(p.read_text())]
     assert not offenders, f"atomic writes outside retrieval/files.py: {offenders}"
+
+
+def test_the_product_never_imports_the_lab():
+    pattern = re.compile(r"^\s*(from|import)\s+(lab|benchmarks|tests)\b", re.MULTILINE)
+    offenders = [str(p.relative_to(ROOT)) for package in PRODUCT for p in (ROOT / package).rglob("*.py")
+                 if pattern.search(p.read_text())]
+    assert not offenders, f"product modules importing the lab: {offenders}"
+
+
+def test_the_product_speaks_only_of_itself():
+    """No line of the product or its manual names an issue, a work period ("stop 14") or a session."""
+    pattern = re.compile(r"\bstop [0-9]+|\bissue [0-9]+|\bwork period", re.IGNORECASE)
+    files = [p for package in PRODUCT for p in (ROOT / package).rglob("*") if p.suffix in {".py", ".txt", ".yaml", ".html"}]
+    offenders = [f"{p.relative_to(ROOT)}:{i}" for p in [*files, ROOT / "README.md"]
+                 for i, line in enumerate(p.read_text().splitlines(), start=1) if pattern.search(line)]
+    assert not offenders, f"lines naming issues, stops or sessions: {offenders}"

@@ -24,7 +24,10 @@ def _wheel(out: Path) -> Path:
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     shutil.rmtree(ROOT / "build", ignore_errors=True)  # a stale build/ folder would leak old names into the wheel
-    return _wheel(tmp_path_factory.mktemp("wheel"))
+    try:
+        return _wheel(tmp_path_factory.mktemp("wheel"))
+    finally:
+        shutil.rmtree(ROOT / "build", ignore_errors=True)
 
 
 def test_the_wheel_holds_one_top_level_package(wheel):
@@ -34,7 +37,8 @@ def test_the_wheel_holds_one_top_level_package(wheel):
     for package in PRODUCT:
         assert f"tutorloop/{package}/__init__.py" in names
     assert "tutorloop/prompts/diagnose_system.txt" in names and "tutorloop/agents/report.html" in names
-    assert not any(n.startswith(("tutorloop/tests", "tutorloop/benchmarks")) for n in names)
+    assert not any(n.startswith(("tutorloop/tests", "tutorloop/benchmarks", "tutorloop/lab")) for n in names)
+    assert not any(n.endswith("architectures.py") for n in names), "tiny test architectures are the lab's"
 
 
 @pytest.mark.slow

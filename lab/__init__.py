@@ -1,0 +1,1 @@
+"""The lab: code that only tests and benchmarks use (never installed, never imported by the product)."""
