@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 from pathlib import Path
 
 from rich.console import Console
+from rich.table import Table
 
 from tutorloop.agents.selectors import SELECTORS
 
@@ -39,6 +41,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "tags (tags, the default: SmolLM2's own names for the clusters are not usable), "
                              "or let the teacher name skills freely (off)")
     parser.add_argument("--seed", type=int, default=0, help="seed of world, student and selection (default: 0)")
+    parser.add_argument("--rebuild-student", action="store_true",
+                        help="pre-train the demo student here (15-50 CPU minutes) instead of using the shipped "
+                             "weights, and say how close the rebuild is to them")
+
+
+def rebuilt_student_table(cache: Path, seed: int) -> Table:
+    """Pre-train the demo student into ``cache`` and compare its held-out accuracy per skill with the shipped one."""
+    from tutorloop.demo.student import SHIPPED, build_student
+
+    rebuilt = build_student(cache, seed, rebuild=True)
+    mine = json.loads((rebuilt / "skills.json").read_text())["accuracy"]
+    shipped_file = SHIPPED / rebuilt.name / "skills.json"
+    theirs = json.loads(shipped_file.read_text())["accuracy"] if shipped_file.is_file() else {}
+    table = Table(title=f"rebuilt student {rebuilt.name} against the shipped one (held-out accuracy per skill)")
+    for column in ("group", "skill", "shipped", "rebuilt", "change"):
+        table.add_column(column, justify="left" if column in {"group", "skill"} else "right")
+    for group in ("generic", "targets"):
+        for skill, value in sorted(mine.get(group, {}).items()):
+            old = theirs.get(group, {}).get(skill)
+            table.add_row(group, skill, "—" if old is None else f"{old:.2f}", f"{value:.2f}",
+                          "—" if old is None else f"{100 * (value - old):+.0f}")
+    return table
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
     from tutorloop.demo.build import build_world
 
     console = Console()
+    if args.rebuild_student:
+        console.print(rebuilt_student_table(args.out / "world" / "students", args.seed))  # build_world's cache
     world = build_world(args.out / "world", pool_size=args.pool_size, seed=args.seed)
     target = args.target or next(iter(world.targets))
     val, test = world.targets[target]

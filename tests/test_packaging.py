@@ -37,6 +37,7 @@ def test_the_wheel_holds_one_top_level_package(wheel):
     for package in PRODUCT:
         assert f"tutorloop/{package}/__init__.py" in names
     assert "tutorloop/prompts/diagnose_system.txt" in names and "tutorloop/agents/report.html" in names
+    assert any(n.startswith("tutorloop/demo/students/") and n.endswith("model.safetensors") for n in names)
     assert not any(n.startswith(("tutorloop/tests", "tutorloop/benchmarks", "tutorloop/lab")) for n in names)
     assert not any(n.endswith("architectures.py") for n in names), "tiny test architectures are the lab's"
 

@@ -78,3 +78,16 @@ def test_pretrained_student_is_good_at_generic_skills_and_weak_on_targets(tmp_pa
     assert not missed, f"generic skills under their bars {SKILL_BARS}: {missed}"
     for name, target_acc in acc["targets"].items():
         assert target_acc <= 0.65, (name, target_acc)
+
+
+def test_the_shipped_student_is_used_without_pre_training(tmp_path):
+    """The default demo student ships with the package: the demo starts from its weights, not 15+ CPU minutes."""
+    import time
+
+    from tutorloop.demo.student import SHIPPED, build_student
+
+    start = time.perf_counter()
+    folder = build_student(tmp_path)
+    assert time.perf_counter() - start < 10
+    assert (SHIPPED / folder.name).is_dir()
+    assert (folder / "model.safetensors").read_bytes() == (SHIPPED / folder.name / "model.safetensors").read_bytes()
