@@ -110,6 +110,7 @@ class DiagnosisLog(BaseModel):
     raw: str | None = Field(None, description="the teacher's raw reply, kept when it was rejected")
     attempts: int = 0
     cached: bool = False
+    transport: bool = Field(False, description="given up because the teacher did not answer (asked again on resume)")
     warnings: list[str] = Field(default_factory=list)
     selected_ids: list[str] = Field(default_factory=list, description="samples the diagnosis led to")
 

@@ -29,6 +29,7 @@ import io
 import json
 import logging
 import os
+import random
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -87,7 +88,13 @@ class TeacherConfig(BaseModel):
     strict: bool = Field(True, description="json_schema 'strict' flag")
     concurrency: int = Field(16, ge=1, description="requests in flight")
     timeout_s: float = Field(120.0, gt=0, description="per request")
-    max_retries: int = Field(3, ge=0, description="re-asks after the first attempt")
+    max_retries: int = Field(3, ge=0, description="re-asks after an invalid or truncated reply")
+    outage_wait_s: float = Field(300.0, ge=0, description=(
+        "while the endpoint does not answer (connection refused, timeouts, HTTP 429/5xx) requests are re-sent with "
+        "jittered backoff for up to this many seconds of outage; then they are given up as transport failures"))
+    min_diagnosed: float = Field(0.8, ge=0, le=1, description=(
+        "a round whose diagnoses a teacher outage cut below this share of the failures sent stops before "
+        "selecting (resumable); bad replies do not count against it"))
     backoff_s: float = Field(1.0, ge=0, description="first retry delay; doubles each retry")
     max_tokens: int = Field(512, gt=0)
     temperature: float = Field(0.0, ge=0)
@@ -154,6 +161,7 @@ class Reply:
     error: str | None = None
     attempts: int = 0
     cached: bool = False
+    transport: bool = False  # given up because the endpoint did not answer, not for what it answered
 
 
 @dataclass(frozen=True)
@@ -405,6 +413,7 @@ class TeacherClient:
         self.tokens = {"prompt": 0, "completion": 0}  # as the server reports them: the round's teacher cost
         self._endpoint = (config.base_url, config.model)
         self._client: openai.AsyncOpenAI | None = None
+        self._down_since: float | None = None  # when the endpoint stopped answering (None: it answers)
 
     @property
     def dialect(self) -> Dialect | None:
@@ -439,6 +448,7 @@ class TeacherClient:
             return row
         reply = await self.ask(request, label=record.id)
         row.attempts, row.cached, row.error, row.raw = reply.attempts, reply.cached, reply.error, reply.raw
+        row.transport = reply.transport
         if reply.value is not None:
             row.diagnosis = _check_step(reply.value, row.steps, row.warnings)
         return row
@@ -482,38 +492,70 @@ class TeacherClient:
         return False
 
     async def _ask(self, request: StructuredRequest, reply: Reply, label: str) -> None:
+        """Bad replies (invalid, truncated) are re-asked ``max_retries`` times; transport failures are re-sent
+        while the endpoint has been down for less than ``outage_wait_s`` (a request that fails while the endpoint
+        answers ``GET /models`` has a trouble of its own: it gets ``max_retries`` re-sends)."""
         config = self.config
+        bad, lost = 0, 0
         vary = False  # set once a reply came back unusable: re-asking it verbatim would repeat it
-        for attempt in range(1, config.max_retries + 2):
-            reply.attempts = attempt
-            sampling = {"temperature": max(config.temperature, config.retry_temperature), "seed": attempt} if vary else {}
+        while True:
+            reply.attempts += 1
+            sampling = {"temperature": max(config.temperature, config.retry_temperature), "seed": bad + 1} if vary else {}
             try:
                 content, finish, dialect = await self._complete(request, sampling)
-            except (openai.APITimeoutError, openai.APIConnectionError) as error:
-                reply.error = f"{type(error).__name__}: {error}"
-            except openai.APIStatusError as error:
-                reply.error = _status_text(error)
-                if not _retryable_status(error.status_code):
+            except (openai.APITimeoutError, openai.APIConnectionError, openai.APIStatusError) as error:
+                reply.error = _status_text(error) if isinstance(error, openai.APIStatusError) else \
+                    f"{type(error).__name__}: {error}"
+                if isinstance(error, openai.APIStatusError) and not _retryable_status(error.status_code):
                     break
-            else:
-                reply.raw = content
-                try:
-                    if finish == "length":
-                        raise ReplyError(f"truncated: finish_reason 'length' at max_tokens={config.max_tokens}")
-                    value = request.parse(content)
-                except ReplyError as error:
-                    reply.error = str(error)
-                    vary = True
-                else:
-                    reply.value, reply.error, reply.raw = value, None, None
-                    if self.cache is not None:
-                        key = request_key(config, request.messages, dialect, request.schema)
-                        self.cache.put(key, content, config.model, dialect)
-                    return
-            if attempt <= config.max_retries:
-                log.info("teacher: %s attempt %d failed (%s); retrying", label, attempt, reply.error)
-                await asyncio.sleep(config.backoff_s * 2 ** (attempt - 1))
+                lost += 1
+                if not await self._wait_for_endpoint(lost):
+                    reply.transport = True
+                    break
+                await asyncio.sleep(min(15.0, config.backoff_s * 2 ** min(lost - 1, 8)) * random.uniform(0.5, 1.5))
+                continue
+            self._answered()
+            reply.raw = content
+            try:
+                if finish == "length":
+                    raise ReplyError(f"truncated: finish_reason 'length' at max_tokens={config.max_tokens}")
+                value = request.parse(content)
+            except ReplyError as error:
+                reply.error, vary, bad = str(error), True, bad + 1
+                if bad > config.max_retries:
+                    break
+                log.info("teacher: %s reply %d unusable (%s); asking again", label, bad, reply.error)
+                await asyncio.sleep(config.backoff_s * 2 ** (bad - 1))
+                continue
+            reply.value, reply.error, reply.raw = value, None, None
+            if self.cache is not None:
+                key = request_key(config, request.messages, dialect, request.schema)
+                self.cache.put(key, content, config.model, dialect)
+            return
         log.warning("teacher: rejected %s after %d attempt(s): %s", label, reply.attempts, reply.error)
+
+    def _answered(self) -> None:
+        if self._down_since is not None:
+            log.warning("teacher: %s answers again after %.0f s", self.config.base_url,
+                        time.monotonic() - self._down_since)
+        self._down_since = None
+
+    async def _wait_for_endpoint(self, lost: int) -> bool:
+        """After a transport failure: True while re-sending is worth it. An endpoint that answers ``GET /models``
+        is up, so the failure is this request's own; one that does not is waited for (said once, with the URL)."""
+        assert self._client is not None
+        try:
+            await self._client.models.list(timeout=min(10.0, self.config.timeout_s))
+        except (openai.APITimeoutError, openai.APIConnectionError, openai.APIStatusError):
+            pass
+        else:
+            self._answered()
+            return lost <= self.config.max_retries
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+            log.warning("teacher: %s does not answer; waiting up to %.0f s for it", self.config.base_url,
+                        self.config.outage_wait_s)
+        return time.monotonic() - self._down_since < self.config.outage_wait_s
 
     async def _complete(self, request: StructuredRequest, sampling: dict) -> tuple[str, str | None, Dialect]:
         dialect = self.dialect

@@ -61,9 +61,9 @@ class ChatHandler(BaseHTTPRequestHandler):
         self._send(*self.chat(request))
 
 
-def serve(handler: type[ChatHandler]) -> ChatServer:
-    """``handler`` answering on a free port of 127.0.0.1, in a daemon thread."""
-    server = ChatServer(("127.0.0.1", 0), handler)
+def serve(handler: type[ChatHandler], port: int = 0) -> ChatServer:
+    """``handler`` answering on ``port`` (0: a free one) of 127.0.0.1, in a daemon thread."""
+    server = ChatServer(("127.0.0.1", port), handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server

@@ -69,12 +69,15 @@ def plan(ctx: RoundContext, failures: Sequence[EvalRecord], budget: int) -> Plan
     with ctx.clock("diagnose"):
         choices, status = map_choices(ctx, asked)
         planned = diagnose_into_gaps(asked, budget, teacher, config.image_root_of(config.val), choices)
-    if asked and not any(row.diagnosis for row in planned.diagnoses):
-        reasons = Counter((row.error or "no reply").split(":", 1)[0] for row in planned.diagnoses)
+    diagnosed = sum(row.diagnosis is not None for row in planned.diagnoses)
+    unanswered = sum(row.transport for row in planned.diagnoses)
+    if asked and (not diagnosed or unanswered > (1 - teacher.min_diagnosed) * len(asked)):
+        reasons = Counter((row.error or "no reply").split(":", 1)[0] for row in planned.diagnoses if not row.diagnosis)
         raise TeacherFailed(
-            f"round {ctx.number}: the teacher at {teacher.base_url} diagnosed none of the {len(asked)} failures sent ("
-            + ", ".join(f"{reason} {n}" for reason, n in reasons.most_common(3))
-            + "); the round stopped before selecting. Resume with the same command once the teacher answers")
+            f"round {ctx.number}: the teacher at {teacher.base_url} diagnosed {diagnosed} of the {len(asked)} failures "
+            f"sent ({unanswered} unanswered; " + ", ".join(f"{reason} {n}" for reason, n in reasons.most_common(3))
+            + "); the round stopped before selecting. Resume with: tutorloop run --out "
+            f"{config.out} once the teacher answers (replies already valid are cached)")
     planned.teacher = {**(planned.teacher or {}), "skill_map": status, "failures": len(failures),
                        "sent": len(asked)}
     return planned

@@ -142,8 +142,9 @@ class ScriptedOpenAI:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
-    def start(self) -> None:
-        self._server = serve(type("Handler", (_Handler,), {"scripted": self}))
+    def start(self, port: int = 0) -> None:
+        """Serve on ``port`` (0: a free one); a stopped server restarts on its old port with ``start(port)``."""
+        self._server = serve(type("Handler", (_Handler,), {"scripted": self}), port)
 
     def stop(self) -> None:
         shut(self._server)

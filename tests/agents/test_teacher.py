@@ -257,3 +257,28 @@ def test_sync_wrapper_works_inside_a_running_event_loop(scripted, image_root, ma
         return diagnose_failures([make_failure(0)], image_root, config_for(server))
 
     assert asyncio.run(caller()).ok == 1
+
+
+def test_a_teacher_outage_is_waited_out_and_nothing_is_lost(scripted, image_root, make_failure, caplog):
+    """The endpoint is down when the round starts and comes back 2 s later: every failure is diagnosed, none is
+    given up for a transport error that the wait cured, and the outage is said once with the URL."""
+    import threading
+    from types import SimpleNamespace
+
+    server = scripted()
+    url, port = server.base_url, int(server.base_url.rsplit(":", 1)[1].split("/")[0])
+    server.stop()
+    threading.Timer(2.0, server.start, kwargs={"port": port}).start()
+    records = [make_failure(i) for i in range(6)]
+    with caplog.at_level(logging.WARNING, logger="tutorloop.agents.teacher"):
+        result = diagnose_failures(records, image_root, config_for(SimpleNamespace(base_url=url), outage_wait_s=60,
+                                                                   backoff_s=0.2, concurrency=3))
+    assert reconciles(result) and result.ok == 6 and not any(row.transport for row in result.logs)
+    assert caplog.text.count(f"{url} does not answer") == 1 and "answers again" in caplog.text
+
+
+def test_a_teacher_down_for_good_gives_up_after_the_outage_budget(image_root, make_failure):
+    records = [make_failure(i) for i in range(3)]
+    config = TeacherConfig(base_url="http://127.0.0.1:9/v1", outage_wait_s=1.0, backoff_s=0.1, progress=False)
+    result = diagnose_failures(records, image_root, config)
+    assert result.ok == 0 and all(row.transport and row.error.startswith("APIConnectionError") for row in result.logs)

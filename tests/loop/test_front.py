@@ -9,7 +9,7 @@ from tutorloop.agents.api import run
 from tutorloop.agents.operating_point import choose_point, make_point
 from tutorloop.agents.probe import cluster_order
 from tutorloop.agents.records import OperatingPoint, RoundFront
-from tutorloop.agents.run_dir import EVALS, FRONT, METRICS, PLAN, PROBE, SELECTED, RunDir
+from tutorloop.agents.run_dir import DIAGNOSES, EVALS, FRONT, METRICS, PLAN, PROBE, SELECTED, RunDir
 from tutorloop.retrieval.index import PoolIndex
 
 
@@ -128,3 +128,29 @@ def test_a_share_of_the_whole_budget_needs_replay_on_top(tiny_world, loop_config
     with pytest.raises(ValidationError, match="known_on_top"):
         loop_config(tiny_world, tmp_path / "run", known_share=1.0)
     assert loop_config(tiny_world, tmp_path / "run", known_share=1.0, known_on_top=True).known_share == 1.0
+
+
+def test_a_round_the_teacher_outage_emptied_stops_before_selecting_and_resumes(tiny_world, loop_config,
+                                                                                scripted_openai, tmp_path):
+    import pytest
+
+    from tutorloop.agents.selectors.teacher import TeacherFailed
+
+    server = scripted_openai.ScriptedOpenAI()
+    server.start()
+    url, port = server.base_url, int(server.base_url.rsplit(":", 1)[1].split("/")[0])
+    server.stop()  # down for good, as far as this round can wait
+    config = loop_config(tiny_world, tmp_path / "run", selector="teacher", rounds=1,
+                         teacher={"base_url": url, "dialect": "json_schema", "progress": False, "outage_wait_s": 0.5,
+                                  "backoff_s": 0.1})
+    with pytest.raises(TeacherFailed, match=r"diagnosed 0 of the \d+ failures sent \(\d+ unanswered"):
+        run(config, run_id="test-outage")
+    run_dir = RunDir(config.out)
+    assert not run_dir.has(1, PLAN) and not run_dir.has(1, SELECTED), "nothing selected on an emptied plan"
+    server.start(port)
+    try:
+        summary = run(config, run_id="test-outage")
+    finally:
+        server.stop()
+    assert summary.stop_reason == "rounds spent (1)" and run_dir.read(1, SELECTED)
+    assert all(row.diagnosis for row in run_dir.read(1, DIAGNOSES)), "every failure asked again and diagnosed"
