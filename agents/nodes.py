@@ -94,6 +94,7 @@ def evaluate(state: LoopState, loop: Runtime) -> dict:
                                         progress=False)
         for name, result in results.items():
             run.write(number, EVALS[name], result.records)
+    loop.release_index()  # the probe was the only reader here
     per_split = {}
     for name, result in results.items():
         per_split[f"{name}_accuracy"] = result.summary["accuracy"]
@@ -233,7 +234,9 @@ def train(state: LoopState, loop: Runtime) -> dict:
     with _clock(loop, number)("train"):
         anchors = _anchors(loop, number) if config.lora.anchor_weight > 0 else None
         finish = _operating_point(loop, number) if config.operating_points and selected else None
-        train_round(student, selected, replay, loop.pool_image_root,
+        image_root = loop.pool_image_root
+        loop.release_index()  # training reads no index: another run may use the store meanwhile
+        train_round(student, selected, replay, image_root,
                     config.lora.model_copy(update={"seed": config.lora.seed + number}), run.adapter(number),
                     held_out=held_out, anchors=anchors, finish=finish)
     return {}

@@ -1,12 +1,18 @@
 """What the loop's nodes share besides the graph state: the config, the run directory and the
 external services (pool index, query embedder, student), opened lazily and once.
 
+The embedded store admits one process at a time, so a run holds it only while it reads it (the probe, the
+plan, the selection, the anchors' draw) and releases it before training and evaluation: several runs share
+one index, each waiting its turn when another holds it.
+
 Injecting these (rather than building them inside nodes) is what lets tests hand the loop a tiny
 student, an embedded Qdrant and a scripted teacher.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +23,14 @@ from tutorloop.retrieval.embed import load_embedder
 from tutorloop.retrieval.index import PoolIndex
 from tutorloop.training.student import Student, load_student
 
+log = logging.getLogger(__name__)
+STORE_WAIT_S = 3600.0  # another run's plan and selection take minutes, not hours
+
+
+def _held_by_another(error: Exception) -> bool:
+    text = str(error)
+    return "WouldBlock" in text or "Resource temporarily unavailable" in text
+
 
 @dataclass
 class Runtime:
@@ -25,13 +39,38 @@ class Runtime:
     index: PoolIndex | None = None
     embedder: Any = None
     _student: tuple[Path | None, Student] | None = field(default=None, repr=False)
+    _image_root: Path | None = field(default=None, repr=False)
 
     def pool_index(self) -> PoolIndex:
         if self.index is None:
-            self.index = PoolIndex.open(
-                store=self.config.store, url=self.config.qdrant_url, collection=self.config.collection
-            )
+            self.index = self._open_index()
         return self.index
+
+    def _open_index(self) -> PoolIndex:
+        """Open the pool index; an embedded store held by another run is waited for (said once)."""
+        waited_since = None
+        while True:
+            try:
+                return PoolIndex.open(store=self.config.store, url=self.config.qdrant_url,
+                                      collection=self.config.collection)
+            except Exception as error:  # qdrant-edge reports a held lock as a generic runtime error
+                if not _held_by_another(error):
+                    raise
+                if waited_since is None:
+                    waited_since = time.monotonic()
+                    log.warning("store %s is in use by another process; waiting up to %.0f s for it",
+                                self.config.store, STORE_WAIT_S)
+                if time.monotonic() - waited_since > STORE_WAIT_S:
+                    raise LookupError(f"store {self.config.store} stayed in use by another process for "
+                                      f"{STORE_WAIT_S:.0f} s; try again when it is free") from None
+                time.sleep(0.5)
+
+    def release_index(self) -> None:
+        """Let another run use the embedded store (a server index stays open: it is shared anyway)."""
+        if self.index is not None and self.config.store is not None:
+            self._image_root = self._image_root or Path(self.index.manifest.image_root)
+            self.index.close()
+            self.index = None
 
     def query_embedder(self) -> Any:
         """The embedder the index was built with (recorded in its manifest), so queries match it."""
@@ -41,7 +80,9 @@ class Runtime:
 
     @property
     def pool_image_root(self) -> Path:
-        return Path(self.pool_index().manifest.image_root)
+        if self._image_root is None:
+            self._image_root = Path(self.pool_index().manifest.image_root)
+        return self._image_root
 
     def student(self, adapter: Path | None) -> Student:
         """The student (for inference) with a round's adapter; the last one loaded is kept for the next node."""
