@@ -33,9 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="default: teacher when the CPU teacher is installed, else failures")
     parser.add_argument("--max-diagnoses", type=int, default=8,
                         help="failures the CPU teacher diagnoses per round (SmolLM2 takes ~10 s each; default: 8)")
-    parser.add_argument("--known-share", type=float, default=0.3,
-                        help="share of each round replaying pool samples the student already answers right, "
-                             "against forgetting (default: 0.3; 0 for the plain loop)")
+    parser.add_argument("--known-share", type=float,
+                        help="known samples replayed per selected sample, on top of the budget, against forgetting "
+                             "(default: tutorloop run's, 1; 0 for the plain loop)")
     parser.add_argument("--skill-map", choices=["tags", "off"], default="tags",
                         help="teacher runs: ground the diagnoses in a skill map named by the pool's own source "
                              "tags (tags, the default: SmolLM2's own names for the clusters are not usable), "
@@ -102,7 +102,8 @@ def run(args: argparse.Namespace) -> int:
             teacher["base_url"] = teacher_url
         config = api.RunConfig(student=world.student, val=val, test=test, generic=world.generic, store=store,
                                budget=args.budget, rounds=args.rounds, selector=selector, seed=args.seed, out=out,
-                               teacher=teacher, max_diagnoses=args.max_diagnoses, known_share=args.known_share)
+                               teacher=teacher, max_diagnoses=args.max_diagnoses,
+                               **({} if args.known_share is None else {"known_share": args.known_share}))
         summary = api.run(config, run_id=f"demo-{target}-{selector}-{args.seed}")
     console.print(summary_table(summary))
     console.print(before_after_table(RunDir(out)))

@@ -44,16 +44,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="; ".join(f"{s.name}: {s.help}" for s in SELECTORS.values()))
     parser.add_argument("--target-accuracy", type=float, help="stop once val accuracy reaches this (0..1)")
     parser.add_argument("--known-share", type=float,
-                        help="share of each round's budget replaying pool samples the untouched student already "
-                             "knows, against forgetting (any selector; default 0.3, measured in README 'The round "
-                             "recipe'; 0 switches it off)")
-    parser.add_argument("--known-on-top", action="store_true", default=None,
-                        help="known replay on top of the budget (--known-share known samples per budget sample) "
-                             "instead of out of it")
+                        help="known samples replayed per budget sample: pool samples the untouched student already "
+                             "knows, against forgetting (any selector; default 1, on top of the budget; 0 switches "
+                             "it off)")
+    parser.add_argument("--known-within-budget", dest="known_on_top", action="store_false", default=None,
+                        help="take known replay out of the budget instead of adding it on top")
     parser.add_argument("--anchor-weight", type=float,
                         help="weight of the KL from the untouched student to the trained one on a pool draw outside "
-                             "what the round teaches, against forgetting (default 1; 0 switches it off: about 3 "
-                             "target points more, 1-5 generic points less, README 'Anchors')")
+                             "what the round teaches, against forgetting (default 0: off)")
     parser.add_argument("--max-forgetting", type=float,
                         help="accuracy points the student may lose on --generic (else on a probe of pool samples it "
                              "answers right) since it was given; each round keeps the share of its trained change with "

@@ -20,7 +20,7 @@ from tutorloop.agents.operating_point import make_point, measure_front
 from tutorloop.agents.planning import GapPlan
 from tutorloop.agents.probe import draw_probe
 from tutorloop.agents.records import RoundMetrics, RunSummary, SelectedSample
-from tutorloop.agents.retention import KnownDraw, draw_known, replay_share
+from tutorloop.agents.retention import MAX_SHARE, MAX_SHARE_ON_TOP, KnownDraw, draw_known, replay_share
 from tutorloop.agents.retrieve import random_selection
 from tutorloop.agents.run_dir import (
     CANDIDATES,
@@ -147,7 +147,8 @@ def plan(state: LoopState, loop: Runtime) -> dict:
     ctx = _context(loop, number)
     previous = run.read(number - 1, PLAN) if number > 1 else None
     share, share_why = replay_share(config.known_share, [run.read(n, METRICS) for n in range(number)],
-                                    previous.known_share if previous else None)
+                                    previous.known_share if previous else None,
+                                    cap=MAX_SHARE_ON_TOP if config.known_on_top else MAX_SHARE)
     wanted = round(share * budget)
     known = _known(loop, ctx, wanted)
     # Within the budget, what replay could not fill goes to the gaps: the round spends its whole budget.

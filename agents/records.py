@@ -249,8 +249,9 @@ class RunSummary(BaseModel):
                    stop_reason=stop_reason, selector=selector, budget=budget)
 
 
-# LoRA fields whose default changed what a round does, with the value of every run before the field existed
+# Fields whose default changed what a round does, with the value of every run before the field existed
 LORA_BEFORE_IT_EXISTED = {"early_stop": False, "anchor_weight": 0.0}
+RUN_BEFORE_IT_EXISTED = {"known_on_top": False, "max_forgetting": None, "operating_points": [], "probe_size": 0}
 
 
 class RunInfo(BaseModel):
@@ -272,4 +273,6 @@ class RunInfo(BaseModel):
         lora = config.get("lora")
         if isinstance(lora, dict) and "epochs" in lora:
             config = {**config, "lora": {**LORA_BEFORE_IT_EXISTED, **lora}}
+        if "known_share" in config:  # a whole config of its time
+            config = {**RUN_BEFORE_IT_EXISTED, **config}
         return config

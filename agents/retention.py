@@ -34,6 +34,7 @@ from tutorloop.training.student import Student
 FORGET_TOLERANCE = 1.0  # accuracy points of generic forgetting a round may cost before replay grows
 SHARE_STEP = 0.02  # replay share added per point forgotten beyond the tolerance (0.1 for 5 points)
 MAX_SHARE = 0.6  # never more than this of a round's budget: the round must still teach the target
+MAX_SHARE_ON_TOP = 2.0  # on top of the budget: at most two known samples per selected one
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,8 @@ def draw_known(untouched: Student, index: PoolIndex, image_root: Path | None, n:
                          seed=seed + round_number, batch_size=batch_size)
 
 
-def replay_share(base: float, history: Sequence[RoundMetrics], previous_share: float | None) -> tuple[float, str]:
+def replay_share(base: float, history: Sequence[RoundMetrics], previous_share: float | None, *,
+                 cap: float = MAX_SHARE) -> tuple[float, str]:
     """The round's replay share and why: ``base`` at first; then the previous share moved by the forgetting
     the last round measured on the generic split (points below the student as given)."""
     if previous_share is None or len(history) < 2:
@@ -82,6 +84,6 @@ def replay_share(base: float, history: Sequence[RoundMetrics], previous_share: f
     if before is None or after is None:
         return previous_share, "no generic split or probe to measure forgetting: share kept"
     forgot = 100 * (before - after)
-    share = min(MAX_SHARE, max(base, previous_share + SHARE_STEP * (forgot - FORGET_TOLERANCE)))
+    share = min(cap, max(base, previous_share + SHARE_STEP * (forgot - FORGET_TOLERANCE)))
     return share, (f"retention {100 * before:.1f} → {100 * after:.1f} % ({forgot:+.1f} points forgotten; tolerance "
                    f"{FORGET_TOLERANCE:g}): share {previous_share:.3f} → {share:.3f}")

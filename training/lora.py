@@ -114,17 +114,15 @@ class LoraTrainConfig(TrainConfig):
 class RoundLoraConfig(LoraTrainConfig):
     """The loop's rounds: epochs until the target val split's answer loss stops falling, at most 20.
 
-    A fixed 3 epochs was tuned on the demo world; on a world it was not tuned on (demo/digits.py) it left the
-    rounds under-trained, and on both worlds the held-out stop reached a higher target accuracy, for more
-    forgetting (benchmarks/recipe.py, README "The round recipe"). ``early_stop: false`` with ``epochs: 3`` is
-    the old recipe."""
+    A fixed number of epochs suits one round size and one world; the held-out stop trains each round as long as
+    its own data helps the target (benchmarks/recipe.py, docs/results.md). ``early_stop: false`` with
+    ``epochs: 3`` trains a fixed 3 epochs."""
 
     epochs: int = Field(20, gt=0, description="the most epochs a round trains (it stops on the held-out loss)")
     early_stop: bool = Field(True, description=TrainConfig.model_fields["early_stop"].description)
-    # Anchoring cut the forgetting of 5 % side-colour rounds from -5.1 to -1.8 points (5 seeds) and of
-    # corner-colour from -7.2 to -1.9 (3 seeds), for 3 points of target accuracy (README "Anchors"): keeping what
-    # the student knows comes first; 0 gives the recipe before.
-    anchor_weight: float = Field(1.0, ge=0, description=LoraTrainConfig.model_fields["anchor_weight"].description)
+    # Off by default: on the learning-forgetting front anchors cost target accuracy that known replay on top of
+    # the budget and the operating point keep at the same forgetting (benchmarks/front.py, docs/results.md)
+    anchor_weight: float = Field(0.0, ge=0, description=LoraTrainConfig.model_fields["anchor_weight"].description)
     anchor_samples: int = Field(512, gt=0, description=(
         "anchors the loop draws per round (uniformly from the pool samples not trained on) when anchor_weight > 0"))
 

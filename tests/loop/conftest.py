@@ -72,5 +72,5 @@ def _settings(world: TinyWorld, out: Path) -> dict:
         student=world.student, val=world.val, test=world.test, generic=world.generic, store=world.store,
         out=out, budget=12, rounds=2, patience=5, eval_batch_size=16, max_new_tokens=4,
         rerank={"perturbation_draws": 1}, lora={"epochs": 1, "batch_size": 8},
-        teacher={"progress": False}, known_share=0.0,  # the tests of known replay set their own
+        teacher={"progress": False}, known_share=0.0, known_on_top=False,  # known replay's tests set their own
     )

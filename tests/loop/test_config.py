@@ -74,7 +74,7 @@ def test_rounds_stop_on_the_held_out_loss_and_anchor_unless_the_flags_say_otherw
     assert (lora("--epochs", "6").early_stop, lora("--epochs", "6").epochs) == (True, 6)
     assert (lora("--fixed-epochs").early_stop, lora("--fixed-epochs").epochs) == (False, 3)
     assert lora("--fixed-epochs", "--epochs", "5").epochs == 5
-    assert (lora().anchor_weight, lora("--anchor-weight", "0").anchor_weight) == (1.0, 0.0)
+    assert (lora().anchor_weight, lora("--anchor-weight", "1").anchor_weight) == (0.0, 1.0)
     # a file's lora section keeps the loop's defaults for the keys it does not name
     assert build_config(None, {"student": "s", "val": "v", "store": "i", "out": "o", "budget": 1,
                                "lora": {"lr": 1e-3}}).lora.early_stop is True

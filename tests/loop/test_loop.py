@@ -84,7 +84,7 @@ def test_run_command_resumes_a_finished_run_without_recomputing(tiny_world, loop
     stamp = selected.stat().st_mtime_ns
     assert main(["run", "--out", str(config.out)]) == 0  # only --out: config comes from run.json
     assert selected.stat().st_mtime_ns == stamp
-    assert "resuming run" in capsys.readouterr().err
+    assert "has finished (rounds spent (1)); its results" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("flags", [["--budget", "5"], ["--store", "x", "--qdrant-url", "http://y"]])

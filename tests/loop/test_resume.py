@@ -149,7 +149,20 @@ def test_a_run_from_before_anchoring_resumes_without_anchors(tiny_world, loop_co
     from tutorloop.agents.config import RunConfig
     from tutorloop.agents.records import RunInfo
 
-    config = loop_config(tiny_world, tmp_path / "run").model_dump(mode="json")
+    config = loop_config(tiny_world, tmp_path / "run", lora={"anchor_weight": 1.0}).model_dump(mode="json")
     old = {**config, "lora": {k: v for k, v in config["lora"].items() if not k.startswith("anchor")}}
     assert RunConfig.model_validate(RunInfo(run_id="r", config=old).config).lora.anchor_weight == 0.0
     assert RunConfig.model_validate(RunInfo(run_id="r", config=config).config).lora.anchor_weight == 1.0
+
+
+def test_a_run_from_before_the_forgetting_bound_resumes_with_its_whole_adapters(tiny_world, loop_config, tmp_path):
+    from tutorloop.agents.config import RunConfig
+    from tutorloop.agents.records import RunInfo
+
+    config = loop_config(tiny_world, tmp_path / "run").model_dump(mode="json")
+    old = {k: v for k, v in config.items() if k not in ("known_on_top", "max_forgetting", "operating_points",
+                                                         "probe_size")}
+    resumed = RunConfig.model_validate(RunInfo(run_id="r", config=old).config)
+    assert (resumed.known_on_top, resumed.operating_points, resumed.max_forgetting, resumed.probe_size) == \
+        (False, [], None, 0)
+    assert RunConfig.model_validate(RunInfo(run_id="r", config=config).config).operating_points
