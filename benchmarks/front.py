@@ -94,26 +94,50 @@ def settings_for(rounds: int) -> Settings:
                     early_stop=True, scorer="none")
 
 
-def run_arm(world: World, arm: Arm, seed: int, budget: float, rounds: int, out: Path) -> dict:
+def run_arm(world: World, arm: Arm, seed: int, budget: float, rounds: int, out: Path, probe: bool = False) -> dict:
+    """One run of ``arm``. ``probe``: the loop gets no generic split (it measures forgetting on its own pool probe,
+    as a user without one runs it) and the generic split is measured here, after the run: the forgetting
+    reported is then on a split the operating point was not chosen on."""
     from tutorloop.agents.run_dir import FRONT, METRICS, RunDir
 
-    strategy = Strategy(arm.name, "failures", run=arm.run, lora=arm.lora)
-    task_dir = out / f"{world.task}-r{rounds}"
+    strategy = Strategy(arm.name, "failures", run={**arm.run, **({"generic": None} if probe else {})}, lora=arm.lora)
+    task_dir = out / f"{world.task}-r{rounds}{'-probe' if probe else ''}"
     began = time.perf_counter()
     run_dir = RunDir(run_strategy(world, strategy, budget, seed, task_dir, settings_for(rounds), None))
     rounds_done = run_dir.rounds_done()
     history = [run_dir.read(n, METRICS) for n in rounds_done]
+    generic = [m.generic_accuracy for m in history]
+    if probe:
+        generic = [generic_accuracy(world, None, task_dir / "zero-shot"), generic_accuracy(
+            world, run_dir.adapter(rounds_done[-1]), run_dir.root)]
     fronts = [run_dir.read(n, FRONT).model_dump() if run_dir.has(n, FRONT) else None for n in rounds_done[1:]]
     train = [run_dir.training(n) for n in rounds_done[1:]]
     return {
         "world": world.task, "arm": arm.name, "seed": seed, "rounds": rounds, "budget": budget,
         "test": [m.test_accuracy for m in history], "val": [m.val_accuracy for m in history],
-        "generic": [m.generic_accuracy for m in history],
+        "generic": generic, "probe": probe, "probe_accuracy": [m.probe_accuracy for m in history],
         "alpha": [m.alpha for m in history[1:]], "kept_start": [m.kept_start for m in history[1:]],
         "train_s": [t.get("seconds", 0.0) for t in train],
         "operating_point_s": [run_dir.seconds(n).get("operating_point", 0.0) for n in rounds_done[1:]],
         "fronts": fronts, "wall_s": round(time.perf_counter() - began, 1),
     }
+
+
+def generic_accuracy(world: World, adapter: Path | None, folder: Path) -> float:
+    """The world's generic split measured on the student (with ``adapter``), cached in ``folder``."""
+    from tutorloop.retrieval.ingest import load_samples
+    from tutorloop.training.evaluate import evaluate
+    from tutorloop.training.student import load_student
+
+    cache = folder / "benchmark_generic.json"
+    if cache.exists():
+        return json.loads(cache.read_text())["accuracy"]
+    student = load_student(world.student, adapter=adapter)
+    result = evaluate(student, load_samples(world.generic), world.generic.parent, batch_size=32, max_new_tokens=16,
+                      progress=False)
+    folder.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps({"accuracy": result.summary["accuracy"], "adapter": str(adapter)}) + "\n")
+    return result.summary["accuracy"]
 
 
 # --- the report ----------------------------------------------------------------------------------------
@@ -127,15 +151,15 @@ def table(rows: list[dict]) -> list[dict]:
     """Per world, rounds and arm: target test accuracy and forgetting after the last round (mean, sd over seeds),
     the lowest round-over-round change of target val, and the operating-point cost against training."""
     out = []
-    for key in sorted({(r["world"], r["rounds"], r["arm"]) for r in rows}):
-        group = [r for r in rows if (r["world"], r["rounds"], r["arm"]) == key]
+    for key in sorted({(r["world"], r["rounds"], r["arm"], r.get("probe", False)) for r in rows}):
+        group = [r for r in rows if (r["world"], r["rounds"], r["arm"], r.get("probe", False)) == key]
         test = mean_sd([100 * r["test"][-1] for r in group])
         forgetting = mean_sd([100 * (r["generic"][0] - r["generic"][-1]) for r in group])
         worst_round = min(100 * (b - a) for r in group for a, b in zip(r["val"][1:], r["val"][2:], strict=False)) \
             if key[1] > 1 else None
         op = sum(sum(r["operating_point_s"]) for r in group)
         train = sum(sum(r["train_s"]) for r in group)
-        out.append({"world": key[0], "rounds": key[1], "arm": key[2], "n": len(group), "test": test,
+        out.append({"world": key[0], "rounds": key[1], "arm": key[2], "probe": key[3], "n": len(group), "test": test,
                     "forgetting": forgetting, "zero_shot_test": 100 * group[0]["test"][0],
                     "worst_round_val_change": worst_round, "op_over_train": op / train if train else None,
                     "alphas": [r["alpha"] for r in group]})
@@ -148,10 +172,13 @@ def markdown(entries: list[dict], command: str, machine: str, budget: float) -> 
              "differs. Mean ± sample sd over seeds. Forgetting = generic accuracy points lost against the student as "
              f"given (lower is better). Machine: {machine}.", "",
              f"Tuning worlds: {', '.join(TUNING)}; held-out worlds: {', '.join(HELD_OUT)}.", ""]
-    for world, rounds in sorted({(e["world"], e["rounds"]) for e in entries}):
-        group = [e for e in entries if (e["world"], e["rounds"]) == (world, rounds)]
+    for world, rounds, probe in sorted({(e["world"], e["rounds"], e["probe"]) for e in entries}):
+        group = [e for e in entries if (e["world"], e["rounds"], e["probe"]) == (world, rounds, probe)]
         kind = "held-out" if world in HELD_OUT or world.startswith("next-digit") else "tuning"
+        how = ("operating point chosen on the loop's pool probe; forgetting measured on the generic split after the "
+               "run" if probe else "operating point chosen and forgetting measured on the same generic split")
         lines += [f"## {world} ({kind}), {rounds} round(s); zero-shot target test {group[0]['zero_shot_test']:.1f}", "",
+                  how, "",
                   "| arm | n | target test | forgetting | worst round-over-round val change | operating point s / training s | alpha kept (per seed) |",
                   "|---|---|---|---|---|---|---|"]
         for e in sorted(group, key=lambda e: -e["test"][0]):
@@ -170,17 +197,17 @@ def plot(entries: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = sorted({(e["world"], e["rounds"]) for e in entries})
+    panels = sorted({(e["world"], e["rounds"], e["probe"]) for e in entries})
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.5), squeeze=False)
-    for ax, (world, rounds) in zip(axes[0], panels, strict=True):
-        for e in (e for e in entries if (e["world"], e["rounds"]) == (world, rounds)):
+    for ax, (world, rounds, probe) in zip(axes[0], panels, strict=True):
+        for e in (e for e in entries if (e["world"], e["rounds"], e["probe"]) == (world, rounds, probe)):
             marker = "o" if e["arm"].endswith("-op") else "s"
             ax.errorbar(e["forgetting"][0], e["test"][0], xerr=e["forgetting"][1], yerr=e["test"][1], fmt=marker,
                         capsize=2)
             ax.annotate(e["arm"], (e["forgetting"][0], e["test"][0]), fontsize=6, xytext=(3, 3),
                         textcoords="offset points")
         ax.axvline(1.0, color="grey", linestyle=":", linewidth=1)
-        ax.set_title(f"{world}, {rounds} round(s)", fontsize=9)
+        ax.set_title(f"{world}, {rounds} round(s){', probe-chosen' if probe else ''}", fontsize=9)
         ax.set_xlabel("forgetting (generic points lost)")
         ax.set_ylabel("target test accuracy (%)")
     fig.suptitle("learning–forgetting front (o: operating point within 1 point; s: trained adapter kept whole)",
@@ -197,6 +224,10 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, torch threads 1"
 
 
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--worlds", default=",".join((*TUNING, *HELD_OUT)))
@@ -208,11 +239,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--students", type=Path, default=ROOT / "runs" / "students")
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "front")
     parser.add_argument("--report", action="store_true", help="only rebuild the tables from the rows saved")
+    parser.add_argument("--probe", action="store_true", help="the loop chooses on its pool probe; the generic split "
+                        "is measured after the run (an unbiased forgetting)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     args.results.mkdir(parents=True, exist_ok=True)
     rows_path = args.results / "rows.jsonl"
-    rows = [json.loads(line) for line in rows_path.read_text().splitlines()] if rows_path.exists() else []
+    rows = _rows(rows_path)
     if not args.report:
         import torch
 
@@ -225,10 +258,11 @@ def main(argv: list[str] | None = None) -> int:
             for rounds in (int(r) for r in args.rounds.split(",")):
                 for seed in (int(s) for s in args.seeds.split(",")):
                     for arm_name in args.arms.split(","):
-                        done = {(r["world"], r["arm"], r["seed"], r["rounds"]) for r in rows}
-                        if (world.task, arm_name, seed, rounds) in done:
+                        rows = _rows(rows_path)  # another process may share the file: never run a row twice
+                        done = {(r["world"], r["arm"], r["seed"], r["rounds"], r.get("probe", False)) for r in rows}
+                        if (world.task, arm_name, seed, rounds, args.probe) in done:
                             continue
-                        row = run_arm(world, ARMS[arm_name], seed, args.budget, rounds, args.out)
+                        row = run_arm(world, ARMS[arm_name], seed, args.budget, rounds, args.out, args.probe)
                         rows.append(row)
                         with rows_path.open("a") as f:
                             f.write(json.dumps(row) + "\n")
