@@ -36,7 +36,9 @@ log = logging.getLogger(__name__)
 
 REASONS = (
     "bad_json",
+    "not_utf8",
     "invalid_record",
+    "text_too_long",
     "image_tag_mismatch",
     "duplicate_id",
     "image_outside_root",
@@ -47,6 +49,9 @@ REASONS = (
 # PIL's own default (~89 Mpx); anything larger is treated as a decompression bomb, not an image.
 DEFAULT_MAX_PIXELS = 89_478_485
 RAW_KEEP_CHARS = 20_000  # a quarantine row keeps at most this much of the offending text
+# An instruction sample's text beyond this is a broken record (a pasted file, a base64 blob), not an instruction:
+# embedding it would cost seconds and gigabytes for nothing.
+MAX_TEXT_CHARS = 65_536
 _CHUNK_CHARS = 1 << 20
 _MAX_RECORD_CHARS = 64 << 20  # one JSON-array element larger than this is treated as unreadable
 
@@ -145,7 +150,7 @@ def iter_samples(
     seen_ids: set[str] = set()
     rows = iter_table_rows(path, root) if is_table(path) else _iter_raw_records(path)
     for line, raw, parsed in rows:
-        yield _validate(line, raw, parsed, seen_ids, checker)
+        yield _validate(line, raw, parsed, seen_ids, checker, stem=path.stem)
 
 
 def load_samples(path: Path | str, image_root: Path | str | None = None, *, check_images: bool = True) -> list[Sample]:
@@ -164,13 +169,21 @@ def load_samples(path: Path | str, image_root: Path | str | None = None, *, chec
 # ---------------------------------------------------------------------------------------------- validation
 
 _NOT_PARSED = object()
+_NOT_UTF8 = object()
 
 
 def _validate(
-    line: int, raw: str | Callable[[], str], parsed: object, seen_ids: set[str], checker: _ImageChecker | None
+    line: int, raw: str | Callable[[], str], parsed: object, seen_ids: set[str], checker: _ImageChecker | None,
+    stem: str | None = None,
 ) -> Accepted | Rejected:
+    """One record validated; one without an ``id`` gets ``<file stem>-<line>`` (stable for the same file, as table
+    rows get theirs), so files written without ids (LLaMA-Factory's own) index as they are."""
+    if parsed is _NOT_UTF8:
+        return Rejected(line, "not_utf8", "the line is not valid UTF-8", _clip(_text(raw)))
     if parsed is _NOT_PARSED:
         return Rejected(line, "bad_json", _json_error(_text(raw)), _clip(_text(raw)))
+    if stem is not None and isinstance(parsed, dict) and "id" not in parsed:
+        parsed = {**parsed, "id": f"{stem}-{line}"}
     try:
         canonical = to_canonical(parsed)  # any supported form (retrieval/formats.py) -> LLaVA's
         sample = Sample.model_validate(canonical)
@@ -178,6 +191,10 @@ def _validate(
         return Rejected(line, error.reason, error.detail, _clip(_text(raw)))
     except ValidationError as error:
         return Rejected(line, "invalid_record", _summarise(error), _clip(_text(raw)))
+    chars = sum(len(turn.value) for turn in sample.conversations)
+    if chars > MAX_TEXT_CHARS:
+        return Rejected(line, "text_too_long", f"{chars} characters of text (at most {MAX_TEXT_CHARS})",
+                        _clip(_text(raw)))
     if sample.id in seen_ids:
         return Rejected(line, "duplicate_id", f"id {sample.id!r} already seen earlier in the file", _clip(_text(raw)))
     for image in sample.images if checker is not None else []:
@@ -300,7 +317,7 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[int, str, object]]:
             try:
                 text = data.decode("utf-8")
             except UnicodeDecodeError as error:
-                yield number, data.decode("utf-8", "replace").rstrip("\r\n"), _NOT_PARSED
+                yield number, data.decode("utf-8", "replace").rstrip("\r\n"), _NOT_UTF8
                 log.debug("line %d is not UTF-8: %s", number, error)
                 continue
             text = text.rstrip("\r\n")

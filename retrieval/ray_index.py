@@ -172,7 +172,7 @@ def _validated_blocks(path: Path, root: Path, check_images: bool, unit: tuple) -
     checker = _ImageChecker(root.resolve(), 89_478_485) if check_images else None
     rows = []
     for line, raw, parsed in _unit_records(path, root, unit):
-        result = _validate(line, raw, parsed, set(), checker)  # duplicates: judged by the driver, in order
+        result = _validate(line, raw, parsed, set(), checker, stem=path.stem)  # duplicates: the driver's, in order
         if isinstance(result, Accepted):
             rows.append({"line": line, "reason": "", "detail": "", "raw": _text(raw),  # the driver may find a duplicate
                          "record": json.dumps(result.sample.to_record()), "text": sample_text(result.sample)})

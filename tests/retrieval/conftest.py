@@ -89,11 +89,12 @@ def bad_pool(root: Path, outside: Path) -> tuple[list, dict[str, int]]:
         record("garbage", image="images/garbage.png"),                 # image_unreadable
         record("truncated", image="images/truncated.png"),             # image_unreadable
         record("bomb", image="images/bomb.png"),                       # image_too_large
+        record("huge", question="x " * 40_000),                        # text_too_long
         record("good-1", question=QUESTIONS[1]),
         record("text-only", image=None, question=QUESTIONS[2]),
         record("good-2", question=QUESTIONS[3]),
     ]
-    expected = {"bad_json": 1, "invalid_record": 3, "image_tag_mismatch": 1, "duplicate_id": 1, "image_outside_root": 3,
+    expected = {"bad_json": 1, "not_utf8": 0, "text_too_long": 1, "invalid_record": 3, "image_tag_mismatch": 1, "duplicate_id": 1, "image_outside_root": 3,
                 "image_missing": 1, "image_unreadable": 2, "image_too_large": 1}
     return rows, expected
 

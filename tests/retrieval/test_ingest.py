@@ -160,12 +160,12 @@ def test_compact_json_array_and_blank_lines(tmp_path, kit):
     assert [(r.line, r.sample.id) for r in _results(tmp_path / "b.jsonl")] == [(2, "a"), (4, "b")]
 
 
-def test_non_utf8_line_is_bad_json(tmp_path, kit):
+def test_non_utf8_line_is_not_utf8(tmp_path, kit):
     kit.write_png(tmp_path / "images" / "ok.png")
     good = json.dumps(kit.record("a")).encode()
     (tmp_path / "p.jsonl").write_bytes(good + b"\n" + b'{"id": "\xff\xfe"}\n')
     result = _only_rejection(_results(tmp_path / "p.jsonl"))
-    assert (result.line, result.reason) == (2, "bad_json")
+    assert (result.line, result.reason) == (2, "not_utf8")
 
 
 def test_quarantine_rows(tmp_path):
@@ -195,3 +195,19 @@ def test_explicit_image_root(tmp_path, kit):
     pool = kit.write_jsonl(tmp_path / "data" / "pool.jsonl", [kit.record("a")])
     assert isinstance(_results(pool)[0], Rejected)  # default root: the pool's folder, where the image is not
     assert isinstance(_results(pool, image_root=tmp_path / "imgs")[0], Accepted)
+
+
+def test_pools_as_users_have_them_get_named_reasons_and_stable_ids(tmp_path):
+    """A record without an id gets ``<file stem>-<line>``; bytes that are not UTF-8 are ``not_utf8``; a record with
+    a huge text field is ``text_too_long``; read = accepted + rejected."""
+    good = {"conversations": [{"from": "human", "value": "Which colour?"}, {"from": "gpt", "value": "red"}]}
+    huge = {"id": "huge", "conversations": [{"from": "human", "value": "x" * (ingest.MAX_TEXT_CHARS + 1)},
+                                           {"from": "gpt", "value": "y"}]}
+    path = tmp_path / "mine.jsonl"
+    path.write_bytes(json.dumps(good).encode() + b"\n" + b'{"id": "bad\xff"}\n' + json.dumps(huge).encode() + b"\n")
+    results = list(ingest.iter_samples(path, check_images=False))
+    assert len(results) == 3
+    assert isinstance(results[0], ingest.Accepted) and results[0].sample.id == "mine-1"
+    assert [r.reason for r in results[1:]] == ["not_utf8", "text_too_long"]
+    again = next(iter(ingest.iter_samples(path, check_images=False)))
+    assert again.sample.id == "mine-1", "stable: the same file gives the same id"
