@@ -16,6 +16,7 @@ COMMANDS = {
     "skills": "tutorloop.agents.cmd_skills",
     "eval": "tutorloop.agents.cmd_eval",
     "run": "tutorloop.agents.cmd_run",
+    "approve": "tutorloop.agents.cmd_approve",
     "review": "tutorloop.agents.cmd_review",
     "export": "tutorloop.agents.cmd_export",
     "demo": "tutorloop.agents.cmd_demo",
@@ -28,6 +29,8 @@ HELPS = {
     "eval": "evaluate a student (optionally with a LoRA adapter) on a LLaVA-format data file",
     "run": "run the adaptation loop: evaluate, plan the gaps (teacher diagnoses), select (retrieve + re-rank), "
            "LoRA-train, repeat",
+    "approve": "record a person's decision on the plan a round waits with (--approve runs), with edits "
+               "(--drop GAP, --weight GAP=W), and resume the run",
     "review": "the teacher's diagnoses and accuracy per round of a run (--html: a report with the images, "
               "side by side for two runs)",
     "export": "write a run's selected samples with every image as a file (table images decoded) into one "

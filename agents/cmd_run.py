@@ -76,6 +76,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, help="seed of selection and training (default: 0)")
     parser.add_argument("--out", type=Path, required=True, help="run directory; an existing one is resumed")
     parser.add_argument("--config", type=Path, help="YAML/TOML/JSON config; flags override it")
+    parser.add_argument("--approve", action="store_true", default=None,
+                        help="stop after each round's plan, with a preview of what each gap would buy, until "
+                             "`tutorloop approve RUNDIR` records a decision")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error (also TUTORLOOP_DEBUG=1)")
 
 
@@ -88,7 +91,7 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
         "selector": args.selector or ("failures" if args.teacher == "none" else None),
         "seed": args.seed, "out": args.out, "target_accuracy": args.target_accuracy, "known_share": args.known_share, "export": args.export,
         "known_on_top": args.known_on_top,
-        "max_forgetting": args.max_forgetting, "probe_size": args.probe_size,
+        "max_forgetting": args.max_forgetting, "probe_size": args.probe_size, "approve": args.approve,
         "teacher": {"base_url": teacher_url, "model": args.teacher_model, "dialect": args.teacher_dialect,
                     "concurrency": args.teacher_concurrency},
         "rerank": {"use_perturbation": False if args.no_perturbation else None,
@@ -160,6 +163,11 @@ def _run(config: Any, run_dir: RunDir, args: argparse.Namespace) -> int:
     except (LookupError, ValueError) as error:  # an index that is missing, empty or of an older format
         return _fail(str(error), args)
     console = Console()
+    waiting = run_dir.waiting_for_approval()
+    if waiting is not None:
+        console.print(f"round {waiting} waits for approval: tutorloop review {config.out} --html; then "
+                      f"tutorloop approve {config.out} [--drop GAP] [--weight GAP=W] [--note TEXT]")
+        return 0
     console.print(summary_table(summary))
     console.print(f"stopped: {summary.stop_reason}. Diagnoses: tutorloop review {config.out}")
     return 0

@@ -62,6 +62,9 @@ class RunConfig(BaseModel):
     known_quantile: float = Field(0.5, gt=0, le=1, description=(
         "a pool sample counts as known when the untouched student's answer perplexity on it is at most this "
         "quantile of its perplexity over a uniform draw of the pool"))
+    approve: bool = Field(False, description=(
+        "stop after each round's plan, with a preview of what each gap would buy, until `tutorloop approve` records "
+        "a person's decision (and its edits)"))
     max_forgetting: float | None = Field(1.0, ge=0, description=(
         "accuracy points the student may lose on the retention split (the generic split, else the probe) since it "
         "was given; after each round the operating point with the best target val accuracy within it is kept "

@@ -16,6 +16,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TypedDict
 
+from langgraph.types import interrupt
+
 from tutorloop.agents.operating_point import make_point, measure_front
 from tutorloop.agents.planning import GapPlan
 from tutorloop.agents.probe import draw_probe
@@ -23,6 +25,7 @@ from tutorloop.agents.records import RoundMetrics, RunSummary, SelectedSample
 from tutorloop.agents.retention import MAX_SHARE, MAX_SHARE_ON_TOP, KnownDraw, draw_known, replay_share
 from tutorloop.agents.retrieve import random_selection
 from tutorloop.agents.run_dir import (
+    APPROVAL,
     CANDIDATES,
     DIAGNOSES,
     EVALS,
@@ -108,6 +111,7 @@ def evaluate(state: LoopState, loop: Runtime) -> dict:
             "forgetting": None if before is None or metrics.retention_accuracy is None
             else round(100 * (before - metrics.retention_accuracy), 3),
             "alpha": front.chosen if front else None,
+            "approval": run.read(number, APPROVAL).status if run.has(number, APPROVAL) else None,
             "kept_start": run.training(number).get("kept_start", False) or (front is not None and front.chosen == 0)})
     run.write(number, METRICS, metrics)
     return {}
@@ -190,6 +194,9 @@ def select(state: LoopState, loop: Runtime) -> dict:
     gap_plan = run.read(number, PLAN)
     base = _context(loop, number)
     ctx = replace(base, exclude=base.exclude | set(gap_plan.known_ids))  # replay is drawn first (plan)
+    if config.approve and not run.has(number, APPROVAL):
+        _wait_for_approval(loop, number, ctx, gap_plan)
+        gap_plan = run.read(number, PLAN)  # as the person left it
     choice = get_selector(config.selector).choose(ctx, gap_plan)
     scored = list(choice.scored) + [
         ScoredCandidate(sample_id=i, gap="known", query="", relevance=0.0, score=1.0, selected=True,
@@ -204,6 +211,19 @@ def select(state: LoopState, loop: Runtime) -> dict:
     _link_diagnoses(loop, number, gap_plan, chosen)
     run.write(number, SELECTED, [SelectedSample(sample=s, why=c.why()) for s, c in zip(samples, chosen, strict=True)])
     return {}
+
+
+def _wait_for_approval(loop: Runtime, number: int, ctx: RoundContext, gap_plan: GapPlan) -> None:
+    """Preview what each gap would buy (scored candidates, nothing selected) and stop the graph until
+    ``tutorloop approve`` records a decision; the resumed node finds ``approval.json`` and goes on."""
+    run = loop.run_dir
+    if not run.has(number, SCORED):
+        preview = get_selector(loop.config.selector).choose(ctx, gap_plan)
+        if preview.candidates:
+            run.write(number, CANDIDATES, preview.candidates)
+        run.write(number, SCORED, list(preview.scored))
+    loop.release_index()
+    interrupt({"round": number, "waiting": "approval", "run": str(run.root)})  # a resume re-runs the node
 
 
 def _link_diagnoses(loop: Runtime, number: int, gap_plan: GapPlan, chosen: list[ScoredCandidate]) -> None:

@@ -184,6 +184,7 @@ class RoundMetrics(BaseModel):
     forgetting: float | None = None
     alpha: float | None = Field(None, description="the operating point kept (front.json)")
     kept_start: bool | None = Field(None, description="the round kept the weights it started from")
+    approval: str | None = Field(None, description="approve runs: 'approved' as planned or 'edited' (approval.json)")
     selected: int = 0
     seconds: dict[str, float] = Field(default_factory=dict)
 
@@ -219,6 +220,7 @@ class RoundSummary(BaseModel):
     forgetting: float | None = None
     alpha: float | None = None
     kept_start: bool | None = None
+    approval: str | None = None
     seconds: dict[str, float] = Field(default_factory=dict)
 
 
@@ -242,7 +244,8 @@ class RunSummary(BaseModel):
                      budget: int) -> RunSummary:
         keys = ("val_accuracy", "test_accuracy", "generic_accuracy", "probe_accuracy", "forgetting")
         rounds = [RoundSummary(round=m.round, selected=m.selected, seconds=m.seconds, alpha=m.alpha,
-                               kept_start=m.kept_start, **{k: getattr(m, k) for k in keys}) for m in history[1:]]
+                               kept_start=m.kept_start, approval=m.approval, **{k: getattr(m, k) for k in keys})
+                  for m in history[1:]]
         return cls(initial=Accuracies(**{k: getattr(history[0], k) for k in keys}), rounds=rounds,
                    final=FinalSummary(**{k: getattr(history[-1], k) for k in keys}, rounds=len(rounds),
                                       selected=sum(r.selected for r in rounds)),

@@ -34,7 +34,17 @@ from typing import Any
 
 from PIL import Image
 
-from tutorloop.agents.run_dir import DIAGNOSES, EVALS, FRONT, METRICS, PLAN, SCORED, SELECTED, RunDir
+from tutorloop.agents.run_dir import (
+    APPROVAL,
+    DIAGNOSES,
+    EVALS,
+    FRONT,
+    METRICS,
+    PLAN,
+    SCORED,
+    SELECTED,
+    RunDir,
+)
 from tutorloop.retrieval.files import atomic_write_text
 from tutorloop.retrieval.images import open_image
 
@@ -195,6 +205,8 @@ def _round_data(run: RunDir, number: int, evals: dict, val_root: Path, pool_root
     training = run.training(number)
     return {
         "front": run.read(number, FRONT).model_dump() if run.has(number, FRONT) else None,
+        "approval": (run.read(number, APPROVAL).model_dump() if run.has(number, APPROVAL)
+                     else "waiting" if run.waiting_for_approval() == number else None),
         "forgetting": metrics.forgetting if metrics else None,
         "kept": None if not metrics else ("start" if metrics.kept_start else metrics.alpha),
         "training": {k: training.get(k) for k in ("epochs_run", "best_epoch", "held_out_losses", "n_train")},
@@ -302,7 +314,7 @@ def _overview(data: dict) -> str:
             f"{tokens.get('prompt', 0)} + {tokens.get('completion', 0)} ({teacher.get('http_requests', 0)} requests, {teacher.get('cached', 0)} cached)" if teacher else "—",
             ", ".join(f"{k} {v}" for k, v in r["rejected_by_reason"].items()) or "none",
             "—" if r["forgetting"] is None else f"{-r['forgetting']:+.1f}",
-            "—" if r["kept"] is None else str(r["kept"]), _epochs(r["training"]))) + "</tr>")
+            "—" if r["kept"] is None else str(r["kept"]), _epochs(r["training"]), _approval(r["approval"]))) + "</tr>")
     fronts = "".join(f'<figure>{front_svg(r["front"])}<figcaption>round {r["round"]}: {esc(r["front"]["reason"])}'
                      "</figcaption></figure>" for r in data["rounds"] if r["front"])
     return (f'<section class="overview"><h2>{esc(data["name"])}</h2><p class="path">{esc(data["path"])}</p>'
@@ -310,10 +322,24 @@ def _overview(data: dict) -> str:
             f'{accuracy_svg(data["accuracy"])}</div><table class="rounds"><tr><th>round</th><th>selected</th>'
             '<th>budget</th><th>replay share</th><th>samples per gap</th><th>seconds per stage</th>'
             '<th>teacher tokens (prompt + completion)</th><th>rejected replies</th><th>forgetting (points)</th>'
-            '<th>operating point kept</th><th>training (epochs; kept epoch; held-out loss per epoch)</th></tr>'
+            '<th>operating point kept</th><th>training (epochs; kept epoch; held-out loss per epoch)</th>'
+            '<th>plan approval</th></tr>'
             + "".join(rows) + "</table>"
             + (f'<h3>learning–forgetting front per round</h3><div class="row">{fronts}</div>' if fronts else "")
             + "</section>")
+
+
+def _approval(approval: dict | str | None) -> str:
+    if approval is None:
+        return "—"
+    if approval == "waiting":
+        return "waiting: tutorloop approve RUNDIR [--drop GAP] [--weight GAP=W] [--note TEXT]"
+    changes = ", ".join(f"{gap} {approval['budgets_before'].get(gap, 0)} → {budget}"
+                        for gap, budget in approval["budgets_after"].items()
+                        if budget != approval["budgets_before"].get(gap))
+    dropped = f"; dropped {', '.join(approval['dropped'])}" if approval["dropped"] else ""
+    note = f"; “{approval['note']}”" if approval["note"] else ""
+    return f"{approval['status']} by {approval['by']} at {approval['at']}{': ' + changes if changes else ''}{dropped}{note}"
 
 
 def _epochs(training: dict) -> str:

@@ -10,6 +10,7 @@
         selected.jsonl    SelectedSample (pool format + "selection")    adapter/  the LoRA adapter
         eval.jsonl / eval_test.jsonl / eval_generic.jsonl   EvalRecord per sample, after the round
         eval_probe.jsonl  the probe's EvalRecords       front.json       RoundFront: operating points, the kept one
+        approval.json     Approval (with approve: who decided the plan, what changed)
         seconds.json      seconds per stage             metrics.json     RoundMetrics (written last)
     RUNDIR/round_00/probe.jsonl     the forgetting probe (pool samples; no --generic), drawn before round 1
 
@@ -26,6 +27,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from tutorloop.agents.approval import Approval
 from tutorloop.agents.planning import GapPlan
 from tutorloop.agents.records import (
     DiagnosisLog,
@@ -57,6 +59,7 @@ SCORED = Artefact("scored.jsonl", ScoredCandidate, rows=True)
 SELECTED = Artefact("selected.jsonl", SelectedSample, rows=True)
 METRICS = Artefact("metrics.json", RoundMetrics, rows=False)
 FRONT = Artefact("front.json", RoundFront, rows=False)
+APPROVAL = Artefact("approval.json", Approval, rows=False)  # with approve: a person's decision on the plan
 PROBE = Artefact("probe.jsonl", Sample, rows=True)  # round 0's: drawn once, before any training
 EVALS = {"val": Artefact("eval.jsonl", EvalRecord, rows=True),
          "test": Artefact("eval_test.jsonl", EvalRecord, rows=True),
@@ -172,6 +175,13 @@ class RunDir:
             if not self.has(number, artefact):
                 return number, stage
         return number, "evaluate" if self.has_adapter(number) else "train"
+
+    def waiting_for_approval(self) -> int | None:
+        """The round whose plan waits for a person's decision (previewed, not approved), if any."""
+        number = (self.rounds() or [0])[-1]
+        waiting = number > 0 and self.has(number, PLAN) and not self.has(number, SELECTED) \
+            and not self.has(number, APPROVAL) and self.has(number, SCORED)
+        return number if waiting else None
 
     def probe_ids(self) -> frozenset[str]:
         return frozenset(s.id for s in self.read(0, PROBE))
