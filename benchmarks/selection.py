@@ -296,8 +296,8 @@ def run_config(world: World, strategy: Strategy, fraction: float, seed: int, out
     )
     # known_share pinned to the committed rows' 0 (the -known strategies set theirs in strategy.run), and the
     # trained adapter kept whole (no operating point) unless a strategy asks for one
-    return RunConfig.model_validate({**settings_of_run, "known_share": 0.0, "operating_points": [],
-                                     "max_forgetting": None, **strategy.run})
+    return RunConfig.model_validate({**settings_of_run, "known_share": 0.0, "known_on_top": False,
+                                     "operating_points": [], "max_forgetting": None, **strategy.run})
 
 
 def run_complete(out: Path) -> bool:
