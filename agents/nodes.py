@@ -112,9 +112,19 @@ def evaluate(state: LoopState, loop: Runtime) -> dict:
             else round(100 * (before - metrics.retention_accuracy), 3),
             "alpha": front.chosen if front else None,
             "approval": run.read(number, APPROVAL).status if run.has(number, APPROVAL) else None,
+            "diagnoses": _diagnosis_counts(run.read(number, PLAN).teacher if run.has(number, PLAN) else None),
             "kept_start": run.training(number).get("kept_start", False) or (front is not None and front.chosen == 0)})
     run.write(number, METRICS, metrics)
     return {}
+
+
+def _diagnosis_counts(teacher: dict | None) -> dict[str, int] | None:
+    """What the teacher did with the round's failures: sent of all (the rest capped by max_diagnoses),
+    diagnosed, rejected."""
+    if not teacher or "sent" not in teacher:
+        return None
+    return {"failures": teacher["failures"], "sent": teacher["sent"], "not_sent": teacher["failures"] - teacher["sent"],
+            "diagnosed": teacher.get("ok", 0), "rejected": teacher.get("rejected", 0)}
 
 
 def decide(state: LoopState, loop: Runtime) -> dict:

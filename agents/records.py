@@ -185,6 +185,8 @@ class RoundMetrics(BaseModel):
     alpha: float | None = Field(None, description="the operating point kept (front.json)")
     kept_start: bool | None = Field(None, description="the round kept the weights it started from")
     approval: str | None = Field(None, description="approve runs: 'approved' as planned or 'edited' (approval.json)")
+    diagnoses: dict[str, int] | None = Field(None, description="teacher runs: failures, sent (the rest not sent: "
+                                             "max_diagnoses), diagnosed, rejected")
     selected: int = 0
     seconds: dict[str, float] = Field(default_factory=dict)
 
@@ -221,6 +223,7 @@ class RoundSummary(BaseModel):
     alpha: float | None = None
     kept_start: bool | None = None
     approval: str | None = None
+    diagnoses: dict[str, int] | None = None
     seconds: dict[str, float] = Field(default_factory=dict)
 
 
@@ -244,7 +247,8 @@ class RunSummary(BaseModel):
                      budget: int) -> RunSummary:
         keys = ("val_accuracy", "test_accuracy", "generic_accuracy", "probe_accuracy", "forgetting")
         rounds = [RoundSummary(round=m.round, selected=m.selected, seconds=m.seconds, alpha=m.alpha,
-                               kept_start=m.kept_start, approval=m.approval, **{k: getattr(m, k) for k in keys})
+                               kept_start=m.kept_start, approval=m.approval, diagnoses=m.diagnoses,
+                               **{k: getattr(m, k) for k in keys})
                   for m in history[1:]]
         return cls(initial=Accuracies(**{k: getattr(history[0], k) for k in keys}), rounds=rounds,
                    final=FinalSummary(**{k: getattr(history[-1], k) for k in keys}, rounds=len(rounds),

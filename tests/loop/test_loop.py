@@ -38,6 +38,9 @@ def test_teacher_loop_runs_two_rounds_and_logs_every_diagnosis(tiny_world, loop_
     assert len(diagnoses) == len(failures)
     asked = len(diagnoses) + len(run_dir.read(2, DIAGNOSES))
     assert requests == asked, "one request per failure, none lost, none repeated"
+    counts = summary.rounds[0].diagnoses
+    assert counts["failures"] == len(failures) == counts["sent"] + counts["not_sent"]
+    assert counts["sent"] == counts["diagnosed"] + counts["rejected"] == len(diagnoses)
     assert all(d.diagnosis is not None for d in diagnoses)
     assert set().union(*(d.selected_ids for d in diagnoses)) == set(selections[0])
     for line in run_dir.path(1, SELECTED).read_text().splitlines():  # the pool's own format + "selection"
