@@ -169,6 +169,10 @@ def _run(config: Any, run_dir: RunDir, args: argparse.Namespace) -> int:
                       f"tutorloop approve {config.out} [--drop GAP] [--weight GAP=W] [--note TEXT]")
         return 0
     console.print(summary_table(summary))
+    for row in summary.rounds:
+        if row.short:
+            console.print(f"round {row.round}: {row.short} samples of its budget were left unspent: the pool has no "
+                          "more that were not trained on (a smaller --budget, or a larger pool)")
     console.print(f"stopped: {summary.stop_reason}. Diagnoses: tutorloop review {config.out}")
     return 0
 

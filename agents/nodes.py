@@ -35,6 +35,7 @@ from tutorloop.agents.run_dir import (
     PROBE,
     SCORED,
     SELECTED,
+    RunDir,
 )
 from tutorloop.agents.runtime import Runtime
 from tutorloop.agents.selectors import RoundContext, get_selector
@@ -113,9 +114,18 @@ def evaluate(state: LoopState, loop: Runtime) -> dict:
             "alpha": front.chosen if front else None,
             "approval": run.read(number, APPROVAL).status if run.has(number, APPROVAL) else None,
             "diagnoses": _diagnosis_counts(run.read(number, PLAN).teacher if run.has(number, PLAN) else None),
+            "short": _short(run, number),
             "kept_start": run.training(number).get("kept_start", False) or (front is not None and front.chosen == 0)})
     run.write(number, METRICS, metrics)
     return {}
+
+
+def _short(run: RunDir, number: int) -> int | None:
+    """Samples the round's gaps asked for that the pool could not give (None when it gave them all)."""
+    if not run.has(number, PLAN):
+        return None
+    bought = sum(row.why.gap != "known" for row in run.read(number, SELECTED))
+    return max(0, run.read(number, PLAN).for_gaps - bought) or None
 
 
 def _diagnosis_counts(teacher: dict | None) -> dict[str, int] | None:
@@ -212,6 +222,10 @@ def select(state: LoopState, loop: Runtime) -> dict:
         ScoredCandidate(sample_id=i, gap="known", query="", relevance=0.0, score=1.0, selected=True,
                         reason=gap_plan.known_reason) for i in gap_plan.known_ids]
     chosen = [c for c in scored if c.selected]
+    bought = sum(c.gap != "known" for c in chosen)
+    if bought < gap_plan.for_gaps:
+        log.warning("round %d: %d of the %d samples the gaps asked for were left to select (the pool has no more "
+                    "that were not trained on, probed or replayed)", number, bought, gap_plan.for_gaps)
     samples = loop.pool_index().fetch([c.sample_id for c in chosen])
     if config.export:  # selected.jsonl in the form the user's trainer takes, not the pool's own
         samples = [s.model_copy(update={"form": config.export}) for s in samples]

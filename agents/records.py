@@ -187,6 +187,7 @@ class RoundMetrics(BaseModel):
     approval: str | None = Field(None, description="approve runs: 'approved' as planned or 'edited' (approval.json)")
     diagnoses: dict[str, int] | None = Field(None, description="teacher runs: failures, sent (the rest not sent: "
                                              "max_diagnoses), diagnosed, rejected")
+    short: int | None = Field(None, description="samples the gaps asked for that the pool could not give")
     selected: int = 0
     seconds: dict[str, float] = Field(default_factory=dict)
 
@@ -224,6 +225,7 @@ class RoundSummary(BaseModel):
     kept_start: bool | None = None
     approval: str | None = None
     diagnoses: dict[str, int] | None = None
+    short: int | None = None
     seconds: dict[str, float] = Field(default_factory=dict)
 
 
@@ -247,7 +249,7 @@ class RunSummary(BaseModel):
                      budget: int) -> RunSummary:
         keys = ("val_accuracy", "test_accuracy", "generic_accuracy", "probe_accuracy", "forgetting")
         rounds = [RoundSummary(round=m.round, selected=m.selected, seconds=m.seconds, alpha=m.alpha,
-                               kept_start=m.kept_start, approval=m.approval, diagnoses=m.diagnoses,
+                               kept_start=m.kept_start, approval=m.approval, diagnoses=m.diagnoses, short=m.short,
                                **{k: getattr(m, k) for k in keys})
                   for m in history[1:]]
         return cls(initial=Accuracies(**{k: getattr(history[0], k) for k in keys}), rounds=rounds,

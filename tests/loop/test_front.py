@@ -154,3 +154,10 @@ def test_a_round_the_teacher_outage_emptied_stops_before_selecting_and_resumes(t
         server.stop()
     assert summary.stop_reason == "rounds spent (1)" and run_dir.read(1, SELECTED)
     assert all(row.diagnosis for row in run_dir.read(1, DIAGNOSES)), "every failure asked again and diagnosed"
+
+
+def test_a_pool_smaller_than_the_budget_is_said(tiny_world, loop_config, tmp_path):
+    config = loop_config(tiny_world, tmp_path / "run", selector="random", rounds=1, budget=1000)
+    summary = run(config, run_id="test-short")
+    row = summary.rounds[0]
+    assert row.short and row.selected + row.short == 1000
