@@ -66,6 +66,7 @@ log = logging.getLogger(__name__)
 
 # The dialect "auto" settled on, per (base_url, model): asked once per process, not once per round.
 _RESOLVED_DIALECTS: dict[tuple[str, str], Dialect] = {}
+DIALECT_WAIT_S = 10.0  # the most a request waits on another's dialect probe before probing itself
 
 
 def _env_base_url() -> str:
@@ -560,10 +561,18 @@ class TeacherClient:
     async def _complete(self, request: StructuredRequest, sampling: dict) -> tuple[str, str | None, Dialect]:
         dialect = self.dialect
         if dialect is None:
-            async with self._dialect_lock:  # one request finds the dialect out; the others wait for it
+            # One request finds the dialect out and the others wait for it, but not on a probe that hangs: after
+            # DIALECT_WAIT_S a waiting request probes alongside it.
+            try:
+                await asyncio.wait_for(self._dialect_lock.acquire(), DIALECT_WAIT_S)
+            except TimeoutError:
+                return await self._probe_dialect(request, sampling)
+            try:
                 if self.dialect is None:
                     return await self._probe_dialect(request, sampling)
                 dialect = self.dialect
+            finally:
+                self._dialect_lock.release()
         return await self._send(request, dialect, sampling)
 
     async def _probe_dialect(self, request: StructuredRequest, sampling: dict) -> tuple[str, str | None, Dialect]:

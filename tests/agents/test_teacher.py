@@ -282,3 +282,20 @@ def test_a_teacher_down_for_good_gives_up_after_the_outage_budget(image_root, ma
     config = TeacherConfig(base_url="http://127.0.0.1:9/v1", outage_wait_s=1.0, backoff_s=0.1, progress=False)
     result = diagnose_failures(records, image_root, config)
     assert result.ok == 0 and all(row.transport and row.error.startswith("APIConnectionError") for row in result.logs)
+
+
+def test_a_hung_dialect_probe_does_not_hold_the_other_requests(scripted, image_root, make_failure, monkeypatch):
+    from tutorloop.agents import teacher as teacher_module
+
+    monkeypatch.setattr(teacher_module, "DIALECT_WAIT_S", 0.3)
+    monkeypatch.setattr(teacher_module, "_RESOLVED_DIALECTS", {})
+    import time
+
+    server = scripted(faults={"HANGS": ["delay"]}, delay_s=3.0)
+    arrivals, answer = [], server.answer
+    server.answer = lambda request, auth: (arrivals.append(time.monotonic()), answer(request, auth))[1]
+    records = [make_failure(0, question="HANGS how many?")] + [make_failure(i) for i in range(1, 5)]
+    result = diagnose_failures(records, image_root, config_for(server, dialect="auto", timeout_s=10.0,
+                                                               concurrency=1 + 4))
+    assert reconciles(result) and result.ok == 5
+    assert arrivals[1] - arrivals[0] < 2.0, "the others went out while the first probe hung (3 s)"
