@@ -502,6 +502,7 @@ class TeacherClient:
         while True:
             reply.attempts += 1
             sampling = {"temperature": max(config.temperature, config.retry_temperature), "seed": bad + 1} if vary else {}
+            sent_at = time.monotonic()
             try:
                 content, finish, dialect = await self._complete(request, sampling)
             except (openai.APITimeoutError, openai.APIConnectionError, openai.APIStatusError) as error:
@@ -515,7 +516,7 @@ class TeacherClient:
                     break
                 await asyncio.sleep(min(15.0, config.backoff_s * 2 ** min(lost - 1, 8)) * random.uniform(0.5, 1.5))
                 continue
-            self._answered()
+            self._answered(sent_at)
             reply.raw = content
             try:
                 if finish == "length":
@@ -535,7 +536,11 @@ class TeacherClient:
             return
         log.warning("teacher: rejected %s after %d attempt(s): %s", label, reply.attempts, reply.error)
 
-    def _answered(self) -> None:
+    def _answered(self, sent_at: float) -> None:
+        """A reply to a request sent at ``sent_at``: the endpoint answers, unless the request went out before the
+        outage began (a reply already on its way then says nothing about now)."""
+        if self._down_since is not None and sent_at < self._down_since:
+            return
         if self._down_since is not None:
             log.warning("teacher: %s answers again after %.0f s", self.config.base_url,
                         time.monotonic() - self._down_since)
@@ -550,7 +555,7 @@ class TeacherClient:
         except (openai.APITimeoutError, openai.APIConnectionError, openai.APIStatusError):
             pass
         else:
-            self._answered()
+            self._answered(time.monotonic())
             return lost <= self.config.max_retries
         if self._down_since is None:
             self._down_since = time.monotonic()

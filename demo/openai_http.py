@@ -31,6 +31,17 @@ class ChatHandler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # quiet: tests read counts, not access logs
         pass
 
+    def serving(self) -> bool:
+        """False once this handler's server was stopped: a kept-alive connection then drops without an answer,
+        as a killed server's would."""
+        return True
+
+    def _drop(self) -> bool:
+        if self.serving():
+            return False
+        self.close_connection = True
+        return True
+
     def _send(self, status: int, body: dict) -> None:
         data = json.dumps(body).encode()
         try:
@@ -43,6 +54,8 @@ class ChatHandler(BaseHTTPRequestHandler):
             pass  # the client gave up (a timeout): nothing to answer
 
     def do_GET(self) -> None:
+        if self._drop():
+            return
         if self.path.rstrip("/") == "/v1/models":
             self._send(200, {"object": "list", "data": [{"id": self.model_name(), "object": "model"}]})
         else:
@@ -50,6 +63,8 @@ class ChatHandler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        if self._drop():
+            return
         if self.path.rstrip("/") != "/v1/chat/completions":
             self._send(404, {"error": {"message": f"no route {self.path}"}})
             return

@@ -215,6 +215,9 @@ class _Handler(ChatHandler):
     def model_name(self) -> str:
         return self.scripted.model
 
+    def serving(self) -> bool:
+        return self.server is self.scripted._server  # stopped, or restarted since this connection was opened
+
     def chat(self, request: dict) -> tuple[int, dict]:
         scripted = self.scripted
         with scripted._lock:
