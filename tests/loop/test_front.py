@@ -161,3 +161,18 @@ def test_a_pool_smaller_than_the_budget_is_said(tiny_world, loop_config, tmp_pat
     summary = run(config, run_id="test-short")
     row = summary.rounds[0]
     assert row.short and row.selected + row.short == 1000
+
+
+def test_a_lucky_guess_is_not_probed():
+    """A right answer in a cluster the student mostly gets wrong would flip with any training and read as
+    forgetting: only the right answers of clusters it mostly answers right make the probe."""
+    from tutorloop.agents.probe import _known_right
+    from tutorloop.retrieval.records import Sample
+
+    def sample(i: int) -> Sample:
+        return Sample.model_validate({"id": f"s{i}", "conversations": [{"from": "human", "value": "q"},
+                                                                       {"from": "gpt", "value": "a"}]})
+
+    answered = [(sample(i), i != 3) for i in range(4)] + [(sample(i), i == 4) for i in range(4, 8)]
+    clusters = {f"s{i}": 0 if i < 4 else 1 for i in range(8)}
+    assert [s.id for s in _known_right(answered, clusters)] == ["s0", "s1", "s2"]
