@@ -19,17 +19,13 @@ from typing import Any
 
 from tutorloop.agents.config import RunConfig
 from tutorloop.agents.run_dir import RunDir
+from tutorloop.retrieval.edge_index import StoreInUse
 from tutorloop.retrieval.embed import load_embedder
 from tutorloop.retrieval.index import PoolIndex
 from tutorloop.training.student import Student, load_student
 
 log = logging.getLogger(__name__)
 STORE_WAIT_S = 3600.0  # another run's plan and selection take minutes, not hours
-
-
-def _held_by_another(error: Exception) -> bool:
-    text = str(error)
-    return "WouldBlock" in text or "Resource temporarily unavailable" in text
 
 
 @dataclass
@@ -53,13 +49,10 @@ class Runtime:
             try:
                 return PoolIndex.open(store=self.config.store, url=self.config.qdrant_url,
                                       collection=self.config.collection)
-            except Exception as error:  # qdrant-edge reports a held lock as a generic runtime error
-                if not _held_by_another(error):
-                    raise
+            except StoreInUse as error:
                 if waited_since is None:
                     waited_since = time.monotonic()
-                    log.warning("store %s is in use by another process; waiting up to %.0f s for it",
-                                self.config.store, STORE_WAIT_S)
+                    log.warning("%s; waiting up to %.0f s for it", error, STORE_WAIT_S)
                 if time.monotonic() - waited_since > STORE_WAIT_S:
                     raise LookupError(f"store {self.config.store} stayed in use by another process for "
                                       f"{STORE_WAIT_S:.0f} s; try again when it is free") from None

@@ -14,14 +14,17 @@ milliseconds there and gives the same neighbours as any exact search — and HNS
 
 from __future__ import annotations
 
+import os
 import shutil
+import sys
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from tutorloop.retrieval.files import atomic_write_text, read_json
+from tutorloop.retrieval.files import atomic_write_text, read_json, write_json
 from tutorloop.retrieval.index import (
     _RETRIEVE_BATCH,
     DEFAULT_COLLECTION,
@@ -47,6 +50,18 @@ class LegacyStoreError(ValueError):
     """The folder holds a store of qdrant-client's local mode, which tutorloop no longer writes."""
 
 
+class StoreInUse(RuntimeError):
+    """Another process holds the embedded store (the engine admits one at a time)."""
+
+
+HOLDER = "holder.json"  # who holds the store now: pid, command, since (removed on close)
+
+
+def _held(error: Exception) -> bool:
+    text = str(error)
+    return "WouldBlock" in text or "Resource temporarily unavailable" in text
+
+
 def is_legacy_store(store: Path) -> bool:
     return all((Path(store) / name).exists() for name in LEGACY_MARKERS)
 
@@ -70,7 +85,15 @@ class EdgeIndex:
                 f"this version uses Qdrant's embedded engine: re-run `tutorloop index --store {self.store}` "
                 "into a new folder (or delete this one first)")
         self.store.mkdir(parents=True, exist_ok=True)
-        self.shard = edge.EdgeShard.load(str(self.shard_path)) if self.exists() else None
+        try:
+            self.shard = edge.EdgeShard.load(str(self.shard_path)) if self.exists() else None
+        except Exception as error:  # the engine reports a held lock as a generic runtime error
+            if not _held(error):
+                raise
+            raise StoreInUse(f"store {self.store} is in use by {self._holder()}; wait for it to finish (a run holds "
+                             "it only while it reads the pool)") from None
+        write_json(self.store / HOLDER, {"pid": os.getpid(), "command": " ".join(sys.argv)[:300],
+                                          "since": time.strftime("%Y-%m-%dT%H:%M:%S")})
         self._count: int | None = None
 
     @property
@@ -231,6 +254,14 @@ class EdgeIndex:
         if self.shard is not None:
             self.shard.close()
             self.shard = None
+        (self.store / HOLDER).unlink(missing_ok=True)
+
+    def _holder(self) -> str:
+        try:
+            holder = read_json(self.store / HOLDER)
+        except (OSError, ValueError):
+            return "another process"
+        return f"pid {holder.get('pid')} ({holder.get('command', '?')}, since {holder.get('since', '?')})"
 
     # ------------------------------------------------------------------------------------------- writing
 

@@ -167,3 +167,29 @@ def test_a_store_of_the_old_local_mode_gets_a_clear_message(tmp_path):
     val.write_text("")
     assert main(["run", "--student", "s", "--val", str(val), "--store", str(old), "--budget", "2",
                  "--selector", "random", "--out", str(tmp_path / "run")]) == 2
+
+
+def test_a_store_held_by_another_process_names_the_holder(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tutorloop.retrieval.edge_index import EdgeIndex, StoreInUse
+
+    store = tmp_path / "store"
+    first = EdgeIndex(store)
+    first.prepare(4, "test-embedder")
+    first.close()
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from tutorloop.retrieval.edge_index import EdgeIndex; "
+        f"index = EdgeIndex(__import__('pathlib').Path({str(store)!r})); print('held', flush=True); time.sleep(60)")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(StoreInUse, match=rf"in use by pid {holder.pid} "):
+            EdgeIndex(store)
+        assert json.loads((store / "holder.json").read_text())["pid"] == holder.pid != os.getpid()
+    finally:
+        holder.kill()
+        holder.wait()
