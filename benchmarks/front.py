@@ -198,8 +198,12 @@ def plot(entries: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     panels = sorted({(e["world"], e["rounds"], e["probe"]) for e in entries})
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.5), squeeze=False)
-    for ax, (world, rounds, probe) in zip(axes[0], panels, strict=True):
+    columns = min(3, len(panels))
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(5.5 * columns, 4.5 * rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, (world, rounds, probe) in zip(axes.flat, panels, strict=False):
         for e in (e for e in entries if (e["world"], e["rounds"], e["probe"]) == (world, rounds, probe)):
             marker = "o" if e["arm"].endswith("-op") else "s"
             ax.errorbar(e["forgetting"][0], e["test"][0], xerr=e["forgetting"][1], yerr=e["test"][1], fmt=marker,
