@@ -93,9 +93,9 @@ def evaluate(state: LoopState, loop: Runtime) -> dict:
         results = evaluate_splits(student, splits, matcher=config.matcher, batch_size=config.eval_batch_size,
                                   max_new_tokens=config.max_new_tokens)
         if _uses_probe(loop):
-            results["probe"] = evaluate_samples(student, run.read(0, PROBE), loop.pool_image_root, matcher=config.matcher,
-                                        batch_size=config.eval_batch_size, max_new_tokens=config.max_new_tokens,
-                                        progress=False)
+            results["probe"] = evaluate_samples(student, run.read(0, PROBE), loop.pool_image_root,
+                                                matcher=config.matcher, batch_size=config.eval_batch_size,
+                                                max_new_tokens=config.max_new_tokens, progress=False)
         for name, result in results.items():
             run.write(number, EVALS[name], result.records)
     loop.release_index()  # the probe was the only reader here
@@ -105,19 +105,23 @@ def evaluate(state: LoopState, loop: Runtime) -> dict:
         per_split[f"{name}_by_source"] = result.summary["by_source"]
     metrics = RoundMetrics(round=number, **per_split, selected=len(run.read(number, SELECTED)),
                            seconds=run.seconds(number))
-    if number > 0:
-        before = run.read(0, METRICS).retention_accuracy
-        front = run.read(number, FRONT) if run.has(number, FRONT) else None
-        metrics = metrics.model_copy(update={
-            "forgetting": None if before is None or metrics.retention_accuracy is None
-            else round(100 * (before - metrics.retention_accuracy), 3),
-            "alpha": front.chosen if front else None,
-            "approval": run.read(number, APPROVAL).status if run.has(number, APPROVAL) else None,
-            "diagnoses": _diagnosis_counts(run.read(number, PLAN).teacher if run.has(number, PLAN) else None),
-            "short": _short(run, number),
-            "kept_start": run.training(number).get("kept_start", False) or (front is not None and front.chosen == 0)})
-    run.write(number, METRICS, metrics)
+    run.write(number, METRICS, _what_the_round_did(run, number, metrics) if number > 0 else metrics)
     return {}
+
+
+def _what_the_round_did(run: RunDir, number: int, metrics: RoundMetrics) -> RoundMetrics:
+    """A trained round's metrics with what it cost (forgetting since round 0), the operating point it kept, the
+    plan's approval, what the teacher did with its failures and what the pool could not give."""
+    before = run.read(0, METRICS).retention_accuracy
+    front = run.read(number, FRONT) if run.has(number, FRONT) else None
+    return metrics.model_copy(update={
+        "forgetting": None if before is None or metrics.retention_accuracy is None
+        else round(100 * (before - metrics.retention_accuracy), 3),
+        "alpha": front.chosen if front else None,
+        "kept_start": run.training(number).get("kept_start", False) or (front is not None and front.chosen == 0),
+        "approval": run.read(number, APPROVAL).status if run.has(number, APPROVAL) else None,
+        "diagnoses": _diagnosis_counts(run.read(number, PLAN).teacher if run.has(number, PLAN) else None),
+        "short": _short(run, number)})
 
 
 def _short(run: RunDir, number: int) -> int | None:
