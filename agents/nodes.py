@@ -13,12 +13,11 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import replace
-from pathlib import Path
 from typing import TypedDict
 
 from langgraph.types import interrupt
 
-from tutorloop.agents.operating_point import make_point, measure_front
+from tutorloop.agents.operating_point import measure_front
 from tutorloop.agents.planning import GapPlan
 from tutorloop.agents.probe import draw_probe
 from tutorloop.agents.records import RoundMetrics, RunSummary, SelectedSample
@@ -277,12 +276,13 @@ def train(state: LoopState, loop: Runtime) -> dict:
         log.warning("round %d selected nothing; the adapter is carried over unchanged", number)
     replay = [row.sample for n in range(1, number) for row in run.read(n, SELECTED)]
     student = loop.trainable_student(run.adapter(number - 1))
-    # the target's val split tells a round when to stop (lora.early_stop); it is never trained on
-    root = config.image_root_of(config.val)
-    held_out = HeldOut(load_samples(config.val, root), root) if config.lora.early_stop else None
+    # the target's val split tells a round when to stop (lora.early_stop) and which operating point to keep; it is
+    # never trained on
+    val = HeldOut(load_samples(config.val, config.image_root_of(config.val)), config.image_root_of(config.val))
+    held_out = val if config.lora.early_stop else None
     with _clock(loop, number)("train"):
         anchors = _anchors(loop, number) if config.lora.anchor_weight > 0 else None
-        finish = _operating_point(loop, number) if config.operating_points and selected else None
+        finish = _operating_point(loop, number, val) if config.operating_points and selected else None
         image_root = loop.pool_image_root
         loop.release_index()  # training reads no index: another run may use the store meanwhile
         train_round(student, selected, replay, image_root,
@@ -291,33 +291,31 @@ def train(state: LoopState, loop: Runtime) -> dict:
     return {}
 
 
-def _operating_point(loop: Runtime, number: int) -> Callable[[Student, dict], None]:
-    """What runs after the round trains: measure the front between its start and its end on the target val split
-    and the retention split, keep the chosen point in the student, write ``front.json``."""
+def _operating_point(loop: Runtime, number: int, val: HeldOut) -> Callable[[Student, dict], None]:
+    """What runs after the round trains: measure the front between its start and its end on the target ``val``
+    split and the retention split, keep the chosen point in the student, write ``front.json``."""
     run, config = loop.run_dir, loop.config
-    val_root = config.image_root_of(config.val)
-    val = load_samples(config.val, val_root)
+    retention_split, retention = None, None
     if config.generic is not None:
-        retention_split, retention = "generic", (load_samples(config.generic, config.image_root_of(config.generic)),
-                                                 config.image_root_of(config.generic))
+        root = config.image_root_of(config.generic)
+        retention_split, retention = "generic", HeldOut(load_samples(config.generic, root), root)
     elif _uses_probe(loop) and run.read(0, PROBE):
-        retention_split, retention = "probe", (run.read(0, PROBE), loop.pool_image_root)
-    else:
-        retention_split, retention = None, None
+        retention_split, retention = "probe", HeldOut(run.read(0, PROBE), loop.pool_image_root)
 
-    def accuracy(student: Student, samples: list, root: Path | None) -> float:
-        return evaluate_samples(student, samples, root, matcher=config.matcher, batch_size=config.eval_batch_size,
-                        max_new_tokens=config.max_new_tokens, progress=False).summary["accuracy"]
+    def accuracy(student: Student, split: HeldOut) -> float:
+        return evaluate_samples(student, list(split.samples), split.image_root, matcher=config.matcher,
+                                batch_size=config.eval_batch_size, max_new_tokens=config.max_new_tokens,
+                                progress=False).summary["accuracy"]
 
     def measure(student: Student) -> tuple[float, float | None]:
-        return accuracy(student, val, val_root), accuracy(student, *retention) if retention else None
+        return accuracy(student, val), accuracy(student, retention) if retention else None
 
     def finish(student: Student, start: dict) -> None:
         first, last = run.read(0, METRICS), run.read(number - 1, METRICS)
         bound = config.max_forgetting if retention else None
-        start_point = make_point(0.0, last.val_accuracy or 0.0, last.retention_accuracy, first.retention_accuracy, bound)
-        front = measure_front(student, start, number=number, alphas=config.operating_points, start_point=start_point,
-                              measure=measure, retention_before=first.retention_accuracy, max_forgetting=bound,
+        front = measure_front(student, start, number=number, alphas=config.operating_points,
+                              measured_start=(last.val_accuracy or 0.0, last.retention_accuracy), measure=measure,
+                              retention_before=first.retention_accuracy, max_forgetting=bound,
                               retention_split=retention_split)
         log.info("round %d operating point: %s (%.1f s)", number, front.reason, front.seconds)
         run.write(number, FRONT, front)

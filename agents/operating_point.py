@@ -47,13 +47,14 @@ def choose_point(points: Sequence[OperatingPoint]) -> tuple[OperatingPoint, str]
 
 
 def measure_front(student: Student, start: dict[str, torch.Tensor], *, number: int, alphas: Sequence[float],
-                  start_point: OperatingPoint, measure: Measure, retention_before: float | None,
+                  measured_start: tuple[float, float | None], measure: Measure, retention_before: float | None,
                   max_forgetting: float | None, retention_split: str | None) -> RoundFront:
     """Measure the points ``alphas`` between ``start`` and the student's trained weights, keep the chosen one in
-    the student (in place) and return the front. ``start_point``: the round's start as already measured."""
+    the student (in place) and return the front. ``measured_start``: (val, retention) accuracy of the round's start,
+    as the previous round's evaluation already measured it."""
     began = time.perf_counter()
     end = trainable_weights(student.model)
-    points = [start_point]
+    points = [make_point(0.0, *measured_start, retention_before, max_forgetting)]
     if any(not torch.equal(start[name], end[name]) for name in start):  # else training kept its start
         for alpha in sorted({a for a in alphas if a > 0}):
             blend(student.model, start, end, alpha)

@@ -40,13 +40,9 @@ class Probe:
                 f"clusters it mostly answers right ({self.answered} pool samples answered, spread over clusters)")
 
 
-def cluster_order(index: PoolIndex, seed: int) -> list[str]:
-    """Every retrievable id, one cluster after another: the first of each cluster, then the second, ..."""
-    return list(clustered_order(index, seed))
-
-
 def clustered_order(index: PoolIndex, seed: int) -> dict[str, int]:
-    """``cluster_order``'s ids, each with its cluster."""
+    """Every retrievable id with its cluster, one cluster after another: the first of each cluster (in a seeded
+    order), then the second, ..."""
     retrievable = set(index.all_ids())
     by_cluster: dict[int, list[str]] = defaultdict(list)
     for payload in index.payloads(["sample_id", "cluster"]):

@@ -7,7 +7,7 @@ import json
 
 from tutorloop.agents.api import run
 from tutorloop.agents.operating_point import choose_point, make_point
-from tutorloop.agents.probe import cluster_order
+from tutorloop.agents.probe import clustered_order
 from tutorloop.agents.records import OperatingPoint, RoundFront
 from tutorloop.agents.run_dir import DIAGNOSES, EVALS, FRONT, METRICS, PLAN, PROBE, SELECTED, RunDir
 from tutorloop.retrieval.index import PoolIndex
@@ -52,7 +52,7 @@ def test_the_probe_is_spread_over_clusters(tiny_world):
     index = PoolIndex.open(store=tiny_world.store)
     try:
         cluster_of = {p["sample_id"]: p["cluster"] for p in index.payloads(["sample_id", "cluster"])}
-        order = cluster_order(index, seed=0)
+        order = list(clustered_order(index, seed=0))
         assert sorted(order) == index.all_ids()
     finally:
         index.close()
@@ -64,7 +64,7 @@ def test_the_probe_is_spread_over_clusters(tiny_world):
 def cluster_order_again(tiny_world) -> list[str]:
     index = PoolIndex.open(store=tiny_world.store)
     try:
-        return cluster_order(index, seed=0)
+        return list(clustered_order(index, seed=0))
     finally:
         index.close()
 
