@@ -31,10 +31,10 @@ def config_error(error: ValidationError) -> str:
     parts = []
     for item in error.errors():
         where = ".".join(str(p) for p in item["loc"]) or "config"
-        name = flag(where) if "." not in where and item["type"] != "missing" else where
         if item["type"] == "missing":
             parts.append(f"{flag(where)} is required")
             continue
+        name = where if "." in where else flag(where)  # a nested setting has no flag: its config path
         message = item["msg"].removeprefix("Value error, ")
         got = item.get("input")
         shown = "" if isinstance(got, dict) or got is None else f" (got {got!r})"
