@@ -16,7 +16,7 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from tutorloop.training.evaluate import DEFAULT_BATCH_SIZE, DEFAULT_MATCHER, DEFAULT_MAX_NEW_TOKENS
+    from tutorloop.training.configs import DEFAULT_BATCH_SIZE, DEFAULT_MATCHER, DEFAULT_MAX_NEW_TOKENS
     from tutorloop.training.matching import MATCHERS
 
     parser.add_argument("--student", required=True, metavar="DIR",

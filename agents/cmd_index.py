@@ -27,7 +27,7 @@ STAGE_LABELS = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from tutorloop.retrieval.index import DEFAULT_COLLECTION
+    from tutorloop.retrieval.defaults import DEFAULT_COLLECTION
 
     parser.add_argument("--pool", type=Path,
                         help="pool: LLaVA / sharegpt / messages JSON array or JSONL, a Parquet file, a folder of "

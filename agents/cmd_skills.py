@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         load_skill_map,
         map_path,
     )
-    from tutorloop.agents.teacher import TeacherConfig
+    from tutorloop.agents.teacher_config import TeacherConfig
     from tutorloop.retrieval.index import PoolIndex
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

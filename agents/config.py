@@ -18,13 +18,17 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from tutorloop.agents.selectors import SELECTORS
-from tutorloop.agents.teacher import TeacherConfig
+from tutorloop.agents.teacher_config import TeacherConfig
+from tutorloop.retrieval.defaults import DEFAULT_COLLECTION
 from tutorloop.retrieval.embed import DEFAULT_EMBEDDER
-from tutorloop.retrieval.index import DEFAULT_COLLECTION
 from tutorloop.retrieval.rerank import RerankConfig
 from tutorloop.retrieval.semdedup import DEFAULT_THRESHOLD as SEMDEDUP_THRESHOLD
-from tutorloop.training.evaluate import DEFAULT_BATCH_SIZE, DEFAULT_MATCHER, DEFAULT_MAX_NEW_TOKENS
-from tutorloop.training.lora import RoundLoraConfig
+from tutorloop.training.configs import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_MATCHER,
+    DEFAULT_MAX_NEW_TOKENS,
+    RoundLoraConfig,
+)
 
 DEFAULT_STORE = Path(".tutorloop/index")
 

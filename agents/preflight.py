@@ -30,14 +30,17 @@ def config_error(error: ValidationError) -> str:
     """``--budget: Input should be greater than 0 (got 0)``, one clause per failing field."""
     parts = []
     for item in error.errors():
-        where = ".".join(str(p) for p in item["loc"]) or "config"
+        where = ".".join(str(p) for p in item["loc"])
         if item["type"] == "missing":
             parts.append(f"{flag(where)} is required")
             continue
-        name = where if "." in where else flag(where)  # a nested setting has no flag: its config path
         message = item["msg"].removeprefix("Value error, ")
         got = item.get("input")
         shown = "" if isinstance(got, dict) or got is None else f" (got {got!r})"
+        if not where:  # a rule over several settings: its message names them
+            parts.append(message)
+            continue
+        name = where if "." in where else flag(where)  # a nested setting has no flag: its config path
         parts.append(f"{name}: {message}{shown}")
     return "; ".join(parts)
 

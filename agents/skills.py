@@ -54,12 +54,12 @@ from tutorloop.agents.teacher import (
     SkillChoice,
     StructuredRequest,
     TeacherClient,
-    TeacherConfig,
     image_note,
     parse_model,
     png_data_url,
     run_sync,
 )
+from tutorloop.agents.teacher_config import TeacherConfig
 from tutorloop.prompts.render import data_tag, render
 from tutorloop.retrieval.embed import embed_texts
 from tutorloop.retrieval.files import atomic_write_text
@@ -167,7 +167,7 @@ class SkillMapError(ValueError):
 def map_path(store: Path | None, collection: str, *, qdrant_url: str | None = None) -> Path:
     """``skills.json`` beside the embedded index (``<collection>.skills.json`` for another collection);
     for a server, ``.tutorloop/skills-<collection>.json`` in the working folder."""
-    from tutorloop.retrieval.index import DEFAULT_COLLECTION
+    from tutorloop.retrieval.defaults import DEFAULT_COLLECTION
 
     if store is None:
         return Path(".tutorloop") / f"skills-{collection}.json"

@@ -18,8 +18,9 @@ from tutorloop.retrieval.index import PoolIndex
 from tutorloop.retrieval.ingest import load_samples
 from tutorloop.retrieval.records import Sample
 from tutorloop.retrieval.rerank import Candidate, RerankConfig, ScoredCandidate, StudentScores, rerank
+from tutorloop.training.configs import LoraTrainConfig
 from tutorloop.training.evaluate import EvalResult, evaluate
-from tutorloop.training.lora import Anchors, HeldOut, LoraTrainConfig, TrainReport, train_lora
+from tutorloop.training.lora import Anchors, HeldOut, TrainReport, train_lora
 from tutorloop.training.scorers import SCORERS, ScoreCache, ScoreSettings, ScoringSession
 from tutorloop.training.student import Student
 

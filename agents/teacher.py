@@ -28,7 +28,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 import random
 import re
 import time
@@ -39,7 +38,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import openai
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, create_model, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from tutorloop.agents.records import (
     Diagnosis,
@@ -49,13 +48,12 @@ from tutorloop.agents.records import (
     WeightedSkill,
     normalise_skill,
 )
+from tutorloop.agents.teacher_config import TeacherConfig
 from tutorloop.prompts.render import data_tag, render
 from tutorloop.retrieval.files import atomic_write_text
 from tutorloop.retrieval.images import open_image
 from tutorloop.training.records import EvalRecord
 
-DEFAULT_TEACHER_URL = "http://127.0.0.1:8000/v1"
-DEFAULT_TEACHER_MODEL = "teacher"
 Dialect = Literal["json_schema", "json_object"]
 DIAGNOSIS_SCHEMA: dict[str, Any] = FreeDiagnosis.model_json_schema()  # a teacher without a skill map
 CACHE_FORMAT = 1
@@ -67,61 +65,6 @@ log = logging.getLogger(__name__)
 # The dialect "auto" settled on, per (base_url, model): asked once per process, not once per round.
 _RESOLVED_DIALECTS: dict[tuple[str, str], Dialect] = {}
 DIALECT_WAIT_S = 10.0  # the most a request waits on another's dialect probe before probing itself
-
-
-def _env_base_url() -> str:
-    return os.environ.get("OPENAI_BASE_URL") or DEFAULT_TEACHER_URL
-
-
-def _env_api_key() -> SecretStr:
-    # vLLM and llama.cpp accept any key unless started with one; the client insists on a non-empty one.
-    return SecretStr(os.environ.get("OPENAI_API_KEY") or "EMPTY")
-
-
-class TeacherConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    base_url: str = Field(default_factory=_env_base_url, description="OpenAI-compatible endpoint ($OPENAI_BASE_URL)")
-    model: str = Field(DEFAULT_TEACHER_MODEL, description="model name the endpoint serves")
-    api_key: SecretStr = Field(default_factory=_env_api_key, exclude=True, repr=False,
-                               description="$OPENAI_API_KEY; never stored in run.json nor logged")
-    dialect: Literal["json_schema", "json_object", "auto"] = "auto"
-    strict: bool = Field(True, description="json_schema 'strict' flag")
-    concurrency: int = Field(16, ge=1, description="requests in flight")
-    timeout_s: float = Field(120.0, gt=0, description="per request")
-    max_retries: int = Field(3, ge=0, description="re-asks after an invalid or truncated reply")
-    outage_wait_s: float = Field(300.0, ge=0, description=(
-        "while the endpoint does not answer (connection refused, timeouts, HTTP 429/5xx) requests are re-sent with "
-        "jittered backoff for up to this many seconds of outage; then they are given up as transport failures"))
-    min_diagnosed: float = Field(0.8, ge=0, le=1, description=(
-        "a round whose diagnoses a teacher outage cut below this share of the failures sent stops before "
-        "selecting (resumable); bad replies do not count against it"))
-    backoff_s: float = Field(1.0, ge=0, description="first retry delay; doubles each retry")
-    max_tokens: int = Field(512, gt=0)
-    temperature: float = Field(0.0, ge=0)
-    retry_temperature: float = Field(0.7, ge=0, description="re-asks after a truncated/invalid reply; "
-                                     "at temperature 0 the same request would get the same reply")
-    send_images: bool = Field(True, description="False for text-only teachers (the CPU demo teacher)")
-    skill_map: str = Field("auto", description="ground diagnoses in the pool's skill map: 'auto' (skills.json "
-                           "beside the index, when there is one), 'off' (free diagnosis), or a skills.json path")
-    map_skills_shown: int = Field(24, ge=1, le=64, description="map skills listed per failure (nearest first)")
-    cache_dir: Path | None = Field(None, description="reply cache; None: no cache")
-    progress: bool = True
-
-    @field_validator("base_url", mode="before")
-    @classmethod
-    def _default_url(cls, value: object) -> object:
-        return _env_base_url() if value is None else value
-
-    @field_validator("model", mode="before")
-    @classmethod
-    def _default_model(cls, value: object) -> object:
-        return DEFAULT_TEACHER_MODEL if value is None else value
-
-    @field_validator("api_key", mode="before")
-    @classmethod
-    def _default_key(cls, value: object) -> object:
-        return _env_api_key() if value in (None, "") else value
 
 
 class DiagnoseResult(BaseModel):

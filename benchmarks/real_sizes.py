@@ -118,7 +118,8 @@ def parameter_groups(model: torch.nn.Module) -> dict[str, int]:
 
 def attach_default_lora(model: torch.nn.Module, name: str) -> Any:
     """The product's default adapter on ``model`` through ``attach_lora`` (new tensors on the meta device too)."""
-    from tutorloop.training.lora import LoraTrainConfig, attach_lora
+    from tutorloop.training.configs import LoraTrainConfig
+    from tutorloop.training.lora import attach_lora
     from tutorloop.training.student import Student
 
     device = next(model.parameters()).device
@@ -281,7 +282,7 @@ def peak_gb(device: torch.device) -> float | None:
 
 
 def lora_config(args: argparse.Namespace, steps: int) -> Any:
-    from tutorloop.training.lora import LoraTrainConfig
+    from tutorloop.training.configs import LoraTrainConfig
 
     return LoraTrainConfig(lr=1e-4, epochs=1000, max_steps=steps, batch_size=args.train_batch, warmup_ratio=0.1,
                            max_grad_norm=1.0, seed=0)

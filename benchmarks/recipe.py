@@ -64,7 +64,8 @@ def one_shot(world: World, loop_dir: Path, recipe: dict, seed: int, out: Path, s
     from tutorloop.agents.run_dir import SELECTED, RunDir
     from tutorloop.retrieval.files import write_json
     from tutorloop.retrieval.ingest import load_samples
-    from tutorloop.training.lora import HeldOut, LoraTrainConfig
+    from tutorloop.training.configs import LoraTrainConfig
+    from tutorloop.training.lora import HeldOut
 
     result_path = out / "result.json"
     if result_path.exists():

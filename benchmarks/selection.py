@@ -346,7 +346,7 @@ def once_dir(task_dir: Path, seed: int, name: str, fraction: float | None = None
 def run_full_pool(world: World, seed: int, task_dir: Path, settings: Settings) -> Path:
     """Train on every accepted pool sample with the loop's round-1 LoRA settings, then evaluate (timed)."""
     from tutorloop.retrieval.ingest import Accepted, iter_samples
-    from tutorloop.training.lora import LoraTrainConfig
+    from tutorloop.training.configs import LoraTrainConfig
 
     out = once_dir(task_dir, seed, "full-pool")
     if (out / "result.json").exists():
@@ -365,7 +365,8 @@ def run_target_data(world: World, fraction: float, seed: int, task_dir: Path, se
     from tutorloop.demo.pool import write_clean
     from tutorloop.demo.targets import TARGETS
     from tutorloop.retrieval.ingest import load_samples
-    from tutorloop.training.lora import HeldOut, LoraTrainConfig
+    from tutorloop.training.configs import LoraTrainConfig
+    from tutorloop.training.lora import HeldOut
 
     out = once_dir(task_dir, seed, "target-data", fraction)
     if (out / "result.json").exists():
@@ -435,7 +436,7 @@ def map_store(world: World, kind: str, teacher: dict | None) -> tuple[Path, Any]
     resumes. Returns the store and its SkillMap."""
     from tutorloop.agents import api
     from tutorloop.agents.skills import load_skill_map, map_path
-    from tutorloop.agents.teacher import TeacherConfig
+    from tutorloop.agents.teacher_config import TeacherConfig
 
     store = world.root / f"index-map-{kind}"
     if not map_path(store, "pool").is_file():  # no map yet (or a copy cut short): copy the index afresh

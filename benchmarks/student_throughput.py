@@ -90,7 +90,7 @@ def vocabulary() -> list[str]:
 
 
 def lora_config(args, steps: int):
-    from tutorloop.training.lora import LoraTrainConfig
+    from tutorloop.training.configs import LoraTrainConfig
 
     return LoraTrainConfig(rank=8, alpha=16, dropout=0.05, lr=1e-3, epochs=1000, max_steps=steps,
                            batch_size=args.batch_size, warmup_ratio=0.1, train_projector=True, seed=0)
@@ -181,7 +181,8 @@ def eval_rate(student, samples: list, root: Path, batch_size: int, max_new_token
 
 def scoring_fraction(student_dir: Path, samples: list, root: Path, args) -> dict:
     """Seconds of the perturbation score on ``samples`` vs one LoRA epoch over the same samples."""
-    from tutorloop.training.lora import LoraTrainConfig, attach_lora, deterministic, run_training
+    from tutorloop.training.configs import LoraTrainConfig
+    from tutorloop.training.lora import attach_lora, deterministic, run_training
     from tutorloop.training.scores import perturbation_distance
     from tutorloop.training.student import load_student
 

@@ -42,7 +42,8 @@ def failures(n: int, folder: Path) -> list:
 
 
 def one_case(down: float | None, outage_wait: float, n: int, folder: Path) -> dict:
-    from tutorloop.agents.teacher import TeacherConfig, diagnose_failures
+    from tutorloop.agents.teacher import diagnose_failures
+    from tutorloop.agents.teacher_config import TeacherConfig
 
     scripted = scripted_module()
     server = scripted.ScriptedOpenAI(latency_s=0.5, faults={"BADJSON": ["invalid_json"] * 9,

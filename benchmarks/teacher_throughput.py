@@ -35,7 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tutorloop.agents.cpu_teacher import cpu_teacher_available, serve_cpu_teacher  # noqa: E402
-from tutorloop.agents.teacher import TeacherConfig, diagnose_failures  # noqa: E402
+from tutorloop.agents.teacher import diagnose_failures  # noqa: E402
+from tutorloop.agents.teacher_config import TeacherConfig  # noqa: E402
 from tutorloop.training.records import EvalRecord  # noqa: E402
 
 QUESTIONS = ["How many circles are there?", "What color is the square?", "Is the triangle left of the star?",

@@ -41,8 +41,9 @@ def main(argv: list[str] | None = None) -> int:
 def check(out: Path, target: str, *, pool_size: int, n_train: int, replay: float, epochs: int, lr: float,
           seed: int, student_cache: Path | None = None, student_settings=None) -> dict:
     from tutorloop.retrieval.ingest import load_samples
+    from tutorloop.training.configs import LoraTrainConfig
     from tutorloop.training.evaluate import evaluate
-    from tutorloop.training.lora import LoraTrainConfig, train_lora
+    from tutorloop.training.lora import train_lora
     from tutorloop.training.student import load_student
 
     world = build_world(out / "world", pool_size=pool_size, seed=seed, targets=[target], student_cache=student_cache,

@@ -225,7 +225,8 @@ def build_digits_student(cache_dir: Path | str, seed: int = 0, settings: DigitsP
     """A tiny LLaVA pre-trained on reading the digit (cached); ``skills.json`` holds its accuracy per skill."""
     from tutorloop.demo.student import one_torch_thread
     from tutorloop.retrieval.ingest import load_samples
-    from tutorloop.training.lora import TrainConfig, train_full
+    from tutorloop.training.configs import TrainConfig
+    from tutorloop.training.lora import train_full
     from tutorloop.training.student import load_student
     from tutorloop.training.tiny import build_tiny_llava
 

@@ -136,7 +136,8 @@ def one_torch_thread() -> Iterator[None]:
 
 def _pretrain(model_dir: Path, work: Path, seed: int, settings: PretrainSettings, progress: bool) -> dict:
     from tutorloop.retrieval.ingest import load_samples
-    from tutorloop.training.lora import TrainConfig, train_full
+    from tutorloop.training.configs import TrainConfig
+    from tutorloop.training.lora import train_full
     from tutorloop.training.student import load_student
     from tutorloop.training.tiny import build_tiny_llava
 

@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
+from tutorloop.retrieval.defaults import DEFAULT_COLLECTION
 from tutorloop.retrieval.files import atomic_write_text, read_json, write_json
 from tutorloop.retrieval.index import (
     _RETRIEVE_BATCH,
-    DEFAULT_COLLECTION,
     DUP_OF,
     Arm,
     FusedHit,

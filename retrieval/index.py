@@ -30,13 +30,11 @@ from pydantic import BaseModel
 from qdrant_client import QdrantClient, models
 
 from tutorloop.retrieval.clusters import ClusterFit, ClusterSpec, fit_clusters
+from tutorloop.retrieval.defaults import DEFAULT_COLLECTION
 from tutorloop.retrieval.embed import embed_texts, embedding_dim, sample_text
 from tutorloop.retrieval.ingest import Accepted, IngestTally, QuarantineWriter, iter_samples
 from tutorloop.retrieval.records import Sample
 
-DEFAULT_QDRANT_PORT = 6333
-DEFAULT_QDRANT_URL = f"http://127.0.0.1:{DEFAULT_QDRANT_PORT}"
-DEFAULT_COLLECTION = "pool"
 MANIFEST_KEY = "tutorloop"
 # A fixed namespace so the same sample id maps to the same point id on every machine.
 POINT_NAMESPACE = uuid.UUID("6f2b3c1e-5a7d-4e2b-9c1a-7d3e0f4b8a21")

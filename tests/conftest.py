@@ -101,7 +101,8 @@ def tiny_student_dir(request: pytest.FixtureRequest) -> Path:
 @pytest.fixture(scope="session")
 def colour_llava(tmp_path_factory: pytest.TempPathFactory, tiny_data: TinyData, tiny_llava: Path) -> Path:
     """The tiny LLaVA after a short full pre-training on the colour question: it answers every colour right."""
-    from tutorloop.training.lora import TrainConfig, train_full
+    from tutorloop.training.configs import TrainConfig
+    from tutorloop.training.lora import train_full
     from tutorloop.training.student import load_student
 
     student = load_student(tiny_llava, device="cpu")

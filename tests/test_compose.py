@@ -9,7 +9,7 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 
-from tutorloop.retrieval.index import DEFAULT_QDRANT_PORT, DEFAULT_QDRANT_URL
+from tutorloop.retrieval.defaults import DEFAULT_QDRANT_PORT, DEFAULT_QDRANT_URL
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,7 +72,7 @@ def test_loop_waits_for_both_and_points_at_them(services):
 def test_teacher_port_matches_the_client_default(services):
     if importlib.util.find_spec("tutorloop.agents.teacher") is None:
         pytest.skip("agents/teacher.py (DEFAULT_TEACHER_URL) is not written yet")
-    from tutorloop.agents.teacher import DEFAULT_TEACHER_URL
+    from tutorloop.agents.teacher_config import DEFAULT_TEACHER_URL
 
     default = urlparse(DEFAULT_TEACHER_URL)
     compose = urlparse(services["tutorloop"]["environment"]["OPENAI_BASE_URL"])

@@ -118,7 +118,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def load_config(path: Path | None, overrides: list[str]) -> Any:
     import yaml
 
-    from tutorloop.training.lora import LoraTrainConfig
+    from tutorloop.training.configs import LoraTrainConfig
 
     values: dict = yaml.safe_load(path.read_text()) or {} if path else {}
     for item in overrides:

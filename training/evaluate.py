@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from tutorloop.retrieval.records import Sample
+from tutorloop.training.configs import DEFAULT_BATCH_SIZE, DEFAULT_MATCHER, DEFAULT_MAX_NEW_TOKENS
 from tutorloop.training.matching import get_matcher
 from tutorloop.training.records import EvalRecord
 from tutorloop.training.student import Student, build_inputs, items_from_samples, length_order, stop_token_ids
@@ -81,12 +82,6 @@ def generate(student: Student, samples: list[Sample], image_root: Path | None, *
             pad_token_id=tokenizer.pad_token_id, eos_token_id=stop_token_ids(student),
         )
     return tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-
-
-# The evaluation defaults, defined once: the loop's config, `tutorloop eval` and every caller take these.
-DEFAULT_MATCHER = "vqa"
-DEFAULT_BATCH_SIZE = 32
-DEFAULT_MAX_NEW_TOKENS = 16
 
 
 def evaluate(

@@ -8,7 +8,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from tutorloop.agents.planning import GapPlan
-from tutorloop.agents.retrieve import random_selection
 from tutorloop.agents.selectors.base import Choice, Planned, RoundContext, Selector
 from tutorloop.retrieval.rerank import ScoredCandidate
 from tutorloop.training.records import EvalRecord
@@ -20,6 +19,8 @@ def plan(ctx: RoundContext, failures: Sequence[EvalRecord], budget: int) -> Plan
 
 def uniform_choice(all_ids: Sequence[str], n: int, *, seed: int, round_number: int,
                    exclude: frozenset[str]) -> list[ScoredCandidate]:
+    from tutorloop.agents.retrieve import random_selection  # here: the CLI lists selectors before torch loads
+
     ids = random_selection(all_ids, n, seed=seed, round_number=round_number, exclude=exclude)
     return [ScoredCandidate(sample_id=i, gap="random", query="", relevance=0.0, score=0.0, selected=True,
                             reason=f"uniform draw (seed {seed}, round {round_number})") for i in ids]

@@ -13,13 +13,17 @@ import logging
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from tutorloop.agents.planning import plan_gaps
 from tutorloop.agents.selectors.base import Planned, RoundContext, Selector, choose_by_retrieval
-from tutorloop.agents.teacher import ChoicesFn, TeacherConfig, diagnose_failures
+from tutorloop.agents.teacher_config import TeacherConfig
 from tutorloop.training.records import EvalRecord
+
+if TYPE_CHECKING:
+    from tutorloop.agents.teacher import ChoicesFn
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +40,8 @@ def diagnose_into_gaps(failures: Sequence[EvalRecord], budget: int, teacher: Tea
                        image_root: Path, choices: ChoicesFn | None = None) -> Planned:
     """Diagnose every failure given (grounded in ``choices`` when given); the diagnosed ones become gaps
     sharing ``budget``."""
+    from tutorloop.agents.teacher import diagnose_failures  # here: listing the selectors must not load openai
+
     result = diagnose_failures(list(failures), image_root, teacher, choices)
     diagnosed = [row for row in result.logs if row.diagnosis]
     # the failed questions join the teacher's queries: a weak teacher's skill names alone can miss

@@ -8,7 +8,8 @@ import shutil
 import pytest
 
 from tutorloop.agents.cli import main
-from tutorloop.training.lora import LoraTrainConfig, train_lora
+from tutorloop.training.configs import LoraTrainConfig
+from tutorloop.training.lora import train_lora
 from tutorloop.training.records import EvalRecord
 from tutorloop.training.student import load_student
 from tutorloop.training.tiny import build_tiny_idefics3

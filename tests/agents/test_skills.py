@@ -24,7 +24,7 @@ from tutorloop.agents.skills import (
     merge_named,
     open_map,
 )
-from tutorloop.agents.teacher import TeacherConfig
+from tutorloop.agents.teacher_config import TeacherConfig
 from tutorloop.demo.oracle_teacher import OracleTeacher
 from tutorloop.retrieval.index import PoolIndex
 from tutorloop.training.records import EvalRecord

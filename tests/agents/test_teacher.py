@@ -13,11 +13,11 @@ from tutorloop.agents.records import Diagnosis
 from tutorloop.agents.teacher import (
     DIAGNOSIS_SCHEMA,
     ReplyError,
-    TeacherConfig,
     build_messages,
     diagnose_failures,
     parse_reply,
 )
+from tutorloop.agents.teacher_config import TeacherConfig
 
 
 def config_for(server, tmp_path=None, **overrides) -> TeacherConfig:

@@ -6,14 +6,8 @@ from __future__ import annotations
 import pytest
 
 from tutorloop.agents.skills import ClusterSamples, naming_request
-from tutorloop.agents.teacher import (
-    NONE_OF_THESE,
-    SkillChoice,
-    TeacherClient,
-    TeacherConfig,
-    diagnose_failures,
-    run_sync,
-)
+from tutorloop.agents.teacher import NONE_OF_THESE, SkillChoice, TeacherClient, diagnose_failures, run_sync
+from tutorloop.agents.teacher_config import TeacherConfig
 from tutorloop.demo.oracle_teacher import LABEL, OracleTeacher, name_cluster
 from tutorloop.retrieval.records import Sample
 from tutorloop.training.records import EvalRecord

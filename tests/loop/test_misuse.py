@@ -91,3 +91,13 @@ def test_ctrl_c_stops_at_once_and_says_where_to_resume(tiny_world, tmp_path):
     resumed = _run("--out", str(out))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "at round 1, train" in resumed.stderr
+
+
+def test_argument_errors_are_answered_before_torch_loads(tmp_path):
+    """What makes an argument error take seconds is importing the model stack; the check must come first."""
+    code = ("import sys; from tutorloop.agents.cli import main; "
+            f"rc = main(['run', '--budget', '0', '--out', {str(tmp_path / 'run')!r}]); "
+            "heavy = sorted(m for m in ('torch', 'transformers', 'qdrant_client', 'sklearn', 'openai') "
+            "if m in sys.modules); print('rc', rc, 'loaded', heavy)")
+    result = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "rc 2 loaded []", result.stdout + result.stderr[-2000:]

@@ -10,7 +10,7 @@ import shutil
 from tutorloop.agents.api import run
 from tutorloop.agents.run_dir import DIAGNOSES, PLAN, SELECTED, RunDir
 from tutorloop.agents.skills import build_skill_map, map_path
-from tutorloop.agents.teacher import TeacherConfig
+from tutorloop.agents.teacher_config import TeacherConfig
 from tutorloop.demo.oracle_teacher import OracleTeacher
 from tutorloop.retrieval.index import PoolIndex
 

@@ -19,7 +19,7 @@ from tutorloop.retrieval.embed import load_embedder
 from tutorloop.retrieval.index import PoolIndex
 from tutorloop.retrieval.ingest import load_samples
 from tutorloop.retrieval.rerank import RerankConfig
-from tutorloop.training.lora import LoraTrainConfig
+from tutorloop.training.configs import LoraTrainConfig
 from tutorloop.training.student import load_student
 
 
@@ -52,7 +52,7 @@ def test_evaluate_splits_gives_one_record_per_sample_per_split(tiny_world, stude
 
 
 def test_teacher_diagnoses_become_gaps_sharing_the_budget(tiny_world, failures, scripted_openai):
-    from tutorloop.agents.teacher import TeacherConfig
+    from tutorloop.agents.teacher_config import TeacherConfig
 
     asked = sample_failures(failures, 4, seed=1)
     assert len(asked) == min(4, len(failures)) and asked == sample_failures(failures, 4, seed=1)

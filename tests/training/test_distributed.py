@@ -13,8 +13,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tutorloop.training.configs import LoraTrainConfig
 from tutorloop.training.distributed import launch_command, share_loss, share_of
-from tutorloop.training.lora import LoraTrainConfig, attach_lora, train_lora
+from tutorloop.training.lora import attach_lora, train_lora
 from tutorloop.training.student import (
     IGNORE_INDEX,
     answer_nll,

@@ -10,10 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tutorloop.training.configs import LoraTrainConfig, TrainConfig
 from tutorloop.training.lora import (
     DEFAULT_TARGET,
-    LoraTrainConfig,
-    TrainConfig,
     find_projector,
     lora_targets,
     mix_replay,

@@ -21,8 +21,9 @@ from PIL import Image
 from lab.architectures import ARCHITECTURES, build
 from tutorloop.retrieval.records import Sample
 from tutorloop.training.anatomy import anatomy, vision_parameters
+from tutorloop.training.configs import LoraTrainConfig
 from tutorloop.training.evaluate import evaluate
-from tutorloop.training.lora import LoraTrainConfig, lora_targets, train_lora
+from tutorloop.training.lora import lora_targets, train_lora
 from tutorloop.training.scores import answer_perplexity, image_grounding, perturbation_distance
 from tutorloop.training.student import (
     IGNORE_INDEX,

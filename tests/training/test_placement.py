@@ -8,7 +8,8 @@ import logging
 import pytest
 import torch
 
-from tutorloop.training.lora import LoraTrainConfig, attach_lora, train_lora
+from tutorloop.training.configs import LoraTrainConfig
+from tutorloop.training.lora import attach_lora, train_lora
 from tutorloop.training.placement import (
     GIB,
     StudentDoesNotFit,

@@ -19,8 +19,9 @@ from PIL import Image, ImageDraw
 from lab.architectures import SMOLLM2_GGUF, build_smollm2_student, smollm2_dir
 from tutorloop.retrieval.records import Sample
 from tutorloop.training.anatomy import anatomy
+from tutorloop.training.configs import LoraTrainConfig
 from tutorloop.training.evaluate import evaluate
-from tutorloop.training.lora import LoraTrainConfig, train_lora
+from tutorloop.training.lora import train_lora
 from tutorloop.training.student import build_prompt, load_student
 
 pytestmark = pytest.mark.slow

@@ -7,8 +7,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tutorloop.training.configs import LoraTrainConfig
 from tutorloop.training.lora import (
-    LoraTrainConfig,
     autocast_dtype,
     cut_by_budget,
     plan_batches,
