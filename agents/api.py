@@ -11,7 +11,9 @@ benchmarks call these; so can a notebook:
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import sys
 import uuid
 from pathlib import Path
@@ -20,6 +22,8 @@ from typing import Any
 from tutorloop.agents.config import IndexConfig, RunConfig, merge
 from tutorloop.agents.records import RunInfo, RunSummary
 from tutorloop.agents.run_dir import RunDir
+from tutorloop.retrieval.files import atomic_write_text
+from tutorloop.retrieval.tables import table_files
 
 __all__ = ["IndexConfig", "RunConfig", "ensure_index", "ensure_skill_map", "evaluate", "export", "index", "resume",
            "run"]
@@ -58,16 +62,57 @@ def index(config: IndexConfig, *, embedder: Any = None, pool_index: Any = None):
             target.close()
 
 
-def ensure_index(config: IndexConfig) -> Path:
-    """Index into ``config.store`` once; a later call reuses a store that was built to the end."""
+def ensure_index(config: IndexConfig, *, rebuild: bool = False) -> Path:
+    """Index into ``config.store`` once; a later call reuses a store that was built to the end from the same pool.
+
+    The store remembers what it was built from (the pool's files by name, size and modification time, the
+    embedder, the collection). A store built from anything else is refused with the differences, unless
+    ``rebuild``: then it is emptied and built again."""
     if config.store is None:
         raise ValueError("ensure_index needs an embedded store (--store)")
-    if not (config.store / INDEX_COMPLETE).exists():
-        report = index(config)
-        counts = report.counts
-        print(f"indexed {counts['accepted']} of {counts['read']} pool samples ({report.k} clusters)", file=sys.stderr)
-        (config.store / INDEX_COMPLETE).write_text("ok\n")
+    marker = config.store / INDEX_COMPLETE
+    wanted = pool_fingerprint(config)
+    if marker.exists():
+        built = _read_fingerprint(marker)
+        if built == wanted:
+            return config.store
+        if not rebuild:
+            raise ValueError(f"store {config.store} was built from another pool ({_differences(built, wanted)}); "
+                             "give another --store, or rebuild it (ensure_index(..., rebuild=True))")
+        shutil.rmtree(config.store)  # ours: the marker says this function built it
+    report = index(config)
+    counts = report.counts
+    print(f"indexed {counts['accepted']} of {counts['read']} pool samples ({report.k} clusters)", file=sys.stderr)
+    atomic_write_text(marker, json.dumps(wanted, indent=1) + "\n")
     return config.store
+
+
+def pool_fingerprint(config: IndexConfig) -> dict[str, Any]:
+    """What a store's content follows from: each pool data file (name, size, mtime), the embedder, the collection."""
+    pool = Path(config.pool).resolve()
+    files = [pool] if pool.is_file() else [f for _, f in table_files(pool)]
+    return {"pool": str(pool), "embedder": config.embedder, "collection": config.collection,
+            "files": {str(f.relative_to(pool) if pool.is_dir() else f.name): [f.stat().st_size, f.stat().st_mtime_ns]
+                      for f in files}}
+
+
+def _read_fingerprint(marker: Path) -> dict[str, Any]:
+    try:
+        return json.loads(marker.read_text())
+    except ValueError:  # a marker without a fingerprint: what the store was built from is unknown
+        return {}
+
+
+def _differences(built: dict[str, Any], wanted: dict[str, Any]) -> str:
+    if not built:
+        return "the store does not say which"
+    changed = [f"{key} {built.get(key)} → {wanted[key]}" for key in ("pool", "embedder", "collection")
+               if built.get(key) != wanted[key]]
+    old, new = built.get("files", {}), wanted["files"]
+    changed += [f"{name} changed" for name in sorted(set(old) & set(new)) if old[name] != new[name]]
+    changed += [f"{name} added" for name in sorted(set(new) - set(old))]
+    changed += [f"{name} gone" for name in sorted(set(old) - set(new))]
+    return "; ".join(changed) or "its record is of another form"
 
 
 def ensure_skill_map(store: Path, *, teacher: Any = None, names_from: str | None = None) -> Path:

@@ -79,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
     world = build_world(args.out / "world", pool_size=args.pool_size, seed=args.seed)
     target = args.target or next(iter(world.targets))
     val, test = world.targets[target]
-    store = api.ensure_index(api.IndexConfig(pool=world.pool, image_root=world.image_root, store=args.out / "index"))
+    store = api.ensure_index(api.IndexConfig(pool=world.pool, image_root=world.image_root, store=args.out / "index"),
+                               rebuild=True)  # the demo's own store: rebuilt when its world is
 
     selector = args.selector or ("teacher" if cpu_teacher_available() else "failures")
     if SELECTORS[selector].needs_teacher and not cpu_teacher_available():

@@ -7,7 +7,8 @@ and TRL cannot open that, and a file pool's paths are relative to an image root 
 
     DIR/selected.jsonl   every selected sample, in its own form or the one asked for, with its "selection"
                          (the why of agents/records.py's SelectedSample, plus the round it was chosen in)
-    DIR/images/<path>    a pool file image, copied under its path relative to the pool's image root
+    DIR/images/<path>    a pool file image, copied under its path relative to the pool's image root (a path
+                         that begins with images/ already keeps it once: images/x.png, not images/images/x.png)
     DIR/images/by-hash/<sha256>.<ext>   a table image: its bytes as stored (not re-encoded), named by content
     DIR/export.json      what was exported and the counts; written first (as unfinished) and last
 
@@ -179,7 +180,8 @@ def _write_images(refs: list[str], root: Path, out: Path, report: ExportReport, 
     with tqdm(total=len(refs), desc="export", unit="img", disable=not progress) as bar:
         for ref in refs:
             data, relative, source = _materialise(root, ref)
-            target = f"{IMAGES}/{relative}"
+            # a pool's own images/ folder is not nested in ours: its paths stay as the pool wrote them
+            target = relative if relative.split("/", 1)[0] == IMAGES else f"{IMAGES}/{relative}"
             if target in source_of:  # met before: the same bytes in another row, or a clash
                 if source_of[target] != source:
                     raise ExportError(f"two images would be written as {out / target}: {source_of[target]} "

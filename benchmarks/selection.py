@@ -246,7 +246,7 @@ def indexed_world(task: str, paths: Any, student: Path, sources: tuple[str, ...]
     from tutorloop.agents import api
     from tutorloop.retrieval.index import PoolIndex
 
-    store = api.ensure_index(api.IndexConfig(pool=paths.pool, image_root=paths.image_root, store=root / "index"))
+    store = api.ensure_index(api.IndexConfig(pool=paths.pool, image_root=paths.image_root, store=root / "index"), rebuild=True)
     index = PoolIndex.open(store=store)
     try:
         count = index.count()

@@ -32,7 +32,13 @@ from qdrant_client import QdrantClient, models
 from tutorloop.retrieval.clusters import ClusterFit, ClusterSpec, fit_clusters
 from tutorloop.retrieval.defaults import DEFAULT_COLLECTION
 from tutorloop.retrieval.embed import embed_texts, embedding_dim, sample_text
-from tutorloop.retrieval.ingest import Accepted, IngestTally, QuarantineWriter, iter_samples
+from tutorloop.retrieval.ingest import (
+    Accepted,
+    IngestTally,
+    iter_samples,
+    no_valid_record,
+    optional_quarantine,
+)
 from tutorloop.retrieval.records import Sample
 
 MANIFEST_KEY = "tutorloop"
@@ -470,7 +476,7 @@ def index_pool(
     del sample_texts, sample_vectors
     t = clock.add("cluster", t)
     if not sample_lines:  # checked before the index is touched: a wrong file must not wipe an index
-        raise ValueError(f"{pool_path}: no valid record among {n_records} read; the index was left as it was")
+        raise no_valid_record(Path(pool_path), root, Path(quarantine_path) if quarantine_path else None)
 
     dim = embedding_dim(embedder)
     kept = index.prepare(dim, embedder_name)
@@ -479,7 +485,7 @@ def index_pool(
     quarantine = Path(quarantine_path) if quarantine_path is not None else None
     writer = _UpsertWriter(index, run, clock)
     clock.add("prepare", t)
-    with _maybe_quarantine(quarantine, pool_path) as sink, _progress(n_records, progress) as bar:
+    with optional_quarantine(quarantine, pool_path) as sink, _progress(n_records, progress) as bar:
         batch: list[Accepted] = []
         t = time.perf_counter()
         for result in iter_samples(pool_path, root, check_images=check_images):
@@ -622,18 +628,6 @@ def _threads_ok(index: PoolIndex) -> bool:
     from qdrant_client.local.persistence import CollectionPersistence
 
     return CollectionPersistence.CHECK_SAME_THREAD is False
-
-
-class _maybe_quarantine:
-    def __init__(self, path: Path | None, source: Path) -> None:
-        self.writer = QuarantineWriter(path, source) if path is not None else None
-
-    def __enter__(self) -> QuarantineWriter | None:
-        return self.writer
-
-    def __exit__(self, *exc: object) -> None:
-        if self.writer is not None:
-            self.writer.close()
 
 
 def _progress(total: int, enabled: bool) -> Any:

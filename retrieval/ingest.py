@@ -19,6 +19,7 @@ import re
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -126,6 +127,38 @@ class QuarantineWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def no_valid_record(path: Path, image_root: Path, quarantine: Path | None) -> ValueError:
+    """The error for a pool of which no record is valid, its quarantine written: the reasons, counted, and an
+    example of the commonest, so a file of another form is recognised from the message alone."""
+    reasons: Counter = Counter()
+    example: dict[str, Rejected] = {}
+    with optional_quarantine(quarantine, path) as sink:
+        for result in iter_samples(path, image_root, check_images=False):
+            if isinstance(result, Rejected):
+                reasons[result.reason] += 1
+                example.setdefault(result.reason, result)
+                if sink is not None:
+                    sink.write(result)
+    read = sum(reasons.values())
+    if not read:
+        return ValueError(f"{path}: the file holds no record; the index was left as it was")
+    top, _ = reasons.most_common(1)[0]
+    counted = ", ".join(f"{reason} {n}" for reason, n in reasons.most_common(3))
+    where = f"; every record with its reason in {quarantine}" if quarantine is not None else ""
+    return ValueError(f"{path}: no valid record among {read} read ({counted}; line {example[top].line}: "
+                      f"{example[top].detail}){where}; the index was left as it was")
+
+
+@contextmanager
+def optional_quarantine(path: Path | None, source: Path) -> Iterator[QuarantineWriter | None]:
+    """A quarantine writer for ``path``, or None where no quarantine was asked for."""
+    if path is None:
+        yield None
+        return
+    with QuarantineWriter(path, source) as writer:
+        yield writer
 
 
 def default_image_root(path: Path | str) -> Path:

@@ -28,7 +28,6 @@ from tutorloop.retrieval.index import (
     IndexReport,
     PoolIndex,
     _Clock,
-    _maybe_quarantine,
     _reservoir,
     _UpsertWriter,
     finalize,
@@ -41,6 +40,8 @@ from tutorloop.retrieval.ingest import (
     _iter_json_array,
     _text,
     _validate,
+    no_valid_record,
+    optional_quarantine,
 )
 from tutorloop.retrieval.records import Sample
 from tutorloop.retrieval.tables import is_table, iter_file_rows, row_counts, table_files
@@ -73,7 +74,7 @@ def index_pool_ray(pool_path: Path | str, *, index: PoolIndex, embedder_name: st
     fit = fit_clusters(embed_texts(embedder, sample_texts, 64), clusters, seed=seed)
     t = clock.add("cluster", t)
     if not sample_lines:
-        raise ValueError(f"{pool_path}: no valid record among {n_records} read; the index was left as it was")
+        raise no_valid_record(Path(pool_path), root, Path(quarantine_path) if quarantine_path else None)
     kept = index.prepare(embedding_dim(embedder), embedder_name)
     run, tally, seen = uuid.uuid4().hex, IngestTally(), set()
     writer = _UpsertWriter(index, run, clock)
@@ -89,7 +90,7 @@ def index_pool_ray(pool_path: Path | str, *, index: PoolIndex, embedder_name: st
         compute=ray.data.ActorPoolStrategy(size=n_actors), num_gpus=1 if gpus else 0, num_cpus=0 if gpus else 1,
         batch_format="pandas")
     quarantine = Path(quarantine_path) if quarantine_path is not None else None
-    with _maybe_quarantine(quarantine, pool_path) as sink:
+    with optional_quarantine(quarantine, pool_path) as sink:
         for frame in dataset.iter_batches(batch_size=batch_size, batch_format="pandas"):
             samples, vectors, labels = [], [], []
             for row in frame.itertuples(index=False):

@@ -86,7 +86,10 @@ def test_index_command_errors(tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text("{oops\n[1, 2]\n")
     assert main(["index", "--pool", str(bad), "--store", str(tmp_path / "s"), "--no-progress"]) == 1
-    assert "no valid record" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no valid record among 2 read (bad_json 1, invalid_record 1; line 1:" in err
+    quarantined = [json.loads(line) for line in (tmp_path / "s" / "quarantine-pool.jsonl").read_text().splitlines()]
+    assert [row["line"] for row in quarantined] == [1, 2], "every rejected record is kept, even when none is valid"
     assert main(["index", "--pool", str(bad), "--clusters", "lots"]) == 2
     assert "--clusters" in capsys.readouterr().err
 
@@ -99,3 +102,36 @@ def test_index_help_explains_flags(capsys):
     for flag in ("--pool", "--image-root", "--store", "--qdrant-url", "--collection", "--embedder",
                  "--clusters", "--batch-size", "--quarantine"):
         assert flag in text
+
+
+def test_ensure_index_reuses_its_store_only_for_the_pool_it_was_built_from(tmp_path):
+    from tutorloop.agents import api
+
+    pool = tmp_path / "data" / "pool.jsonl"
+    pool.parent.mkdir()
+    (pool.parent / "images").mkdir()
+    Image.new("RGB", (8, 8), "green").save(pool.parent / "images" / "ok.png")
+    pool.write_text("".join(json.dumps(_record(f"a-{i}", question=f"How many circles, {i}?")) + "\n" for i in range(6)))
+    config = api.IndexConfig(pool=pool, store=tmp_path / "index", clusters=2, progress=False)
+    api.ensure_index(config)
+    marker = (tmp_path / "index" / api.INDEX_COMPLETE).stat().st_mtime_ns
+    api.ensure_index(config)
+    assert (tmp_path / "index" / api.INDEX_COMPLETE).stat().st_mtime_ns == marker, "the same pool: reused"
+
+    other = tmp_path / "data" / "other.jsonl"
+    other.write_text(pool.read_text())
+    with pytest.raises(ValueError, match=r"built from another pool \(pool .*pool.jsonl → .*other.jsonl"):
+        api.ensure_index(config.model_copy(update={"pool": other}))
+    with pool.open("a") as f:
+        f.write(json.dumps(_record("a-new", question="What colour is it?")) + "\n")
+    with pytest.raises(ValueError, match="pool.jsonl changed"):
+        api.ensure_index(config)
+    api.ensure_index(config, rebuild=True)
+
+    from tutorloop.retrieval.index import PoolIndex
+
+    index = PoolIndex.open(store=tmp_path / "index")
+    try:
+        assert index.count() == 7, "rebuilt from the grown pool"
+    finally:
+        index.close()

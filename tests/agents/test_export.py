@@ -147,10 +147,10 @@ def test_a_file_pool_exports_under_its_own_relative_paths(tmp_path):
     out = tmp_path / "export"
     report = export_run(make_run(tmp_path / "run", pool, [samples]), out)
     rows = [json.loads(line) for line in (out / "selected.jsonl").read_text().splitlines()]
-    assert rows[0]["image"] == "images/images/a.png"  # a single image stays a string, as in the pool
-    assert rows[1]["image"] == ["images/images/a.png", "images/more/images/a.png"]
+    assert rows[0]["image"] == "images/a.png"  # a single image stays a string; the pool's images/ is not doubled
+    assert rows[1]["image"] == ["images/a.png", "images/more/images/a.png"]
     assert "image" not in rows[2]
-    assert _files(out / "images") == {"images/a.png": (pool / "images/a.png").read_bytes(),
+    assert _files(out / "images") == {"a.png": (pool / "images/a.png").read_bytes(),
                                       "more/images/a.png": (pool / "more/images/a.png").read_bytes()}
     assert report.images == 2 and report.samples == 3
     assert [s.id for s in load_samples(out / "selected.jsonl", out)] == ["f-one", "f-two", "f-text"]
