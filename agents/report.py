@@ -177,12 +177,12 @@ def _round_data(run: RunDir, number: int, evals: dict, val_root: Path, pool_root
         return {"id": row.sample.id, "question": question, "answer": answer, "source": row.sample.source,
                 "relevance": row.why.relevance, "perturbation": row.why.perturbation, "cluster": row.why.cluster,
                 "scorer": row.why.scorer, "scores": row.why.scores,
-                "score": row.why.score, "reason": row.why.reason,
+                "score": row.why.score, "reason": row.why.reason, "tied": row.why.tied,
                 "image": images.add(pool_root, row.sample.images[0] if row.sample.images else None)}
 
     def passed_over(c) -> dict[str, Any]:
         return {"id": c.sample_id, "relevance": c.relevance, "perturbation": c.perturbation, "scorer": c.scorer,
-                "cluster": c.cluster, "score": c.score, "reason": c.reason}
+                "cluster": c.cluster, "score": c.score, "reason": c.reason, "tied": c.tied}
 
     by_gap: dict[str, list] = {}
     for row in selected:
@@ -261,7 +261,10 @@ def accuracy_svg(points: list[dict], width: int = 360, height: int = 180) -> str
         parts.append(f'<polyline points="{line}" fill="none" stroke="{colour}" stroke-width="2"/>')
         parts += [f'<circle cx="{xy(r, v).split(",")[0]}" cy="{xy(r, v).split(",")[1]}" r="3" fill="{colour}"/>'
                   for r, v in series]
-        parts.append(f'<text x="{width - pad - 50}" y="{pad + 12 * i}" fill="{colour}" class="tick">{split}</text>')
+        key_y = pad + 12 * i
+        parts.append(f'<line x1="{width - pad - 66}" y1="{key_y - 3}" x2="{width - pad - 54}" y2="{key_y - 3}" '
+                     f'stroke="{colour}" stroke-width="3"/>'
+                     f'<text x="{width - pad - 50}" y="{key_y}" fill="{colour}" class="tick">{split}</text>')
     parts.append("</svg>")
     return "".join(parts)
 
@@ -295,6 +298,13 @@ def front_svg(front: dict, width: int = 300, height: int = 170) -> str:
         fill = "#1f77b4" if p["alpha"] == front["chosen"] else "none"
         parts.append(f'<circle cx="{px:.1f}" cy="{py:.1f}" r="4" fill="{fill}" stroke="#1f77b4"/>'
                      f'<text x="{px + 5:.1f}" y="{py - 4:.1f}" class="tick">{p["alpha"]:g}</text>')
+    key_x, key_y = width - pad - 96, pad - 12
+    parts.append(f'<circle cx="{key_x}" cy="{key_y}" r="4" fill="#1f77b4"/>'
+                 f'<text x="{key_x + 7}" y="{key_y + 4}" class="tick">kept</text>'
+                 f'<circle cx="{key_x + 38}" cy="{key_y}" r="4" fill="none" stroke="#1f77b4"/>'
+                 f'<text x="{key_x + 45}" y="{key_y + 4}" class="tick">alpha</text>'
+                 f'<line x1="{key_x + 80}" y1="{key_y - 4}" x2="{key_x + 80}" y2="{key_y + 6}" stroke="#999" '
+                 f'stroke-dasharray="3 2"/><text x="{key_x + 84}" y="{key_y + 4}" class="tick">bound</text>')
     parts.append("</svg>")
     return "".join(parts)
 

@@ -53,7 +53,7 @@ def rerank_for_student(candidates: dict[str, list[Candidate]], shares: dict[str,
     def near_duplicate_vectors(ids: Sequence[str]) -> np.ndarray:  # text meaning + image look (retrieval/dedup.py)
         return dedup_vectors(index.fetch(list(ids)), np.asarray([text_vectors[i] for i in ids]), image_root)
 
-    return rerank(candidates, shares, config, scorers, near_duplicate_vectors)
+    return rerank(candidates, shares, config, scorers, near_duplicate_vectors, seed=seed)
 
 
 def train_round(student: Student, selected: Sequence[Sample], replay: Sequence[Sample], image_root: Path | None,

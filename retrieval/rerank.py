@@ -22,6 +22,7 @@ dropped as duplicates.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -97,6 +98,9 @@ class SelectionWhy(BaseModel):
     scores: dict[str, float] = Field(default_factory=dict, description="every student-side score computed for it")
     arms: list[str] = Field(default_factory=list, description="hybrid search arms that found it: skill-map "
                             "(restricted to the gap's skills), free-text (the queries unrestricted); empty: plain search")
+    tied: int = Field(0, description=(
+        "other candidates of its gap with the same score: their order is a seeded shuffle (the run's seed), "
+        "neither file order nor id order"))
 
 
 class ScoredCandidate(SelectionWhy):
@@ -113,28 +117,35 @@ def rerank(
     config: RerankConfig,
     scores: StudentScores | PerturbationFn | None = None,
     dedup_vectors: VectorFn | None = None,
+    seed: int = 0,
 ) -> list[ScoredCandidate]:
     """Scored candidates of every gap, selected ones first within each gap, in a stable order.
 
     ``scores`` are the student-side scorers (a bare ``ids -> scores`` function is the perturbation
     score alone). Near-duplicates are judged on ``dedup_vectors(ids)`` when given (text + image), else
-    on the candidates' own (text) vectors.
+    on the candidates' own (text) vectors. Equal scores are ordered by a shuffle seeded with ``seed``.
     """
-    kept = {gap: _drop_near_duplicates(cands, config.dedup_threshold, dedup_vectors)
+    kept = {gap: _drop_near_duplicates(cands, config.dedup_threshold, dedup_vectors, seed)
             for gap, cands in candidates_by_gap.items()}
     chosen = _student_scores(kept, config, _as_student_scores(scores))
     shares = pass_on_unfilled(shares, {gap: len(survivors) for gap, (survivors, _) in kept.items()})
     scored: list[ScoredCandidate] = []
     for gap, (survivors, duplicates) in kept.items():
-        scored += _pick(gap, survivors, shares.get(gap, 0), chosen, config)
+        scored += _pick(gap, survivors, shares.get(gap, 0), chosen, config, seed)
         scored += [_duplicate(c, of) for c, of in duplicates]
     return scored
 
 
+def tie_order(seed: int, sample_id: str) -> bytes:
+    """The order of candidates whose scores are equal: a shuffle seeded by the run, the same for a sample
+    wherever it is met (a pool written in order of skill would otherwise hand ties to its first skill)."""
+    return hashlib.blake2b(f"{seed}:{sample_id}".encode(), digest_size=8).digest()
+
+
 def _drop_near_duplicates(
-    candidates: list[Candidate], threshold: float | None, dedup_vectors: VectorFn | None
+    candidates: list[Candidate], threshold: float | None, dedup_vectors: VectorFn | None, seed: int
 ) -> tuple[list[Candidate], list[tuple[Candidate, str]]]:
-    ranked = sorted(candidates, key=lambda c: (-c.relevance, c.sample_id))
+    ranked = sorted(candidates, key=lambda c: (-c.relevance, tie_order(seed, c.sample_id)))
     if threshold is None or not ranked or (dedup_vectors is None and ranked[0].vector is None):
         return ranked, []
     raw = dedup_vectors([c.sample_id for c in ranked]) if dedup_vectors else [c.vector for c in ranked]
@@ -229,12 +240,14 @@ def pass_on_unfilled(shares: dict[str, int], available: dict[str, int]) -> dict[
 
 
 def _pick(
-    gap: str, candidates: list[Candidate], share: int, chosen: _Chosen, config: RerankConfig
+    gap: str, candidates: list[Candidate], share: int, chosen: _Chosen, config: RerankConfig, seed: int
 ) -> list[ScoredCandidate]:
     relevance = _minmax([c.relevance for c in candidates])
     student = _per_scorer_minmax(candidates, chosen)
     mix = config.relevance_weight * relevance + (config.perturbation_weight * student if chosen.scorer else 0.0)
-    order = sorted(range(len(candidates)), key=lambda i: (-mix[i], candidates[i].sample_id))
+    mix = np.round(np.asarray(mix, dtype=np.float64), 9)  # equal up to float noise is a tie
+    order = sorted(range(len(candidates)), key=lambda i: (-mix[i], tie_order(seed, candidates[i].sample_id)))
+    same_score = Counter(mix.tolist())
     cap = max(1, math.ceil(share * config.max_cluster_fraction)) if config.use_clusters else share
     picked = _greedy_with_quota(order, [c.cluster for c in candidates], share, cap)
     per_cluster = Counter(candidates[i].cluster for i in picked)
@@ -249,6 +262,8 @@ def _pick(
             + (f", {name} {value:.3f}" if name is not None else ", relevance only")
             + (f" ({chosen.how[c.sample_id]})" if c.sample_id in chosen.how else "")
             + (f", cluster {c.cluster} ({per_cluster[c.cluster]} of {len(picked)} picked)" if c.cluster is not None else "")
+            + (f", tied with {same_score[mix[i]] - 1} at score {mix[i]:.3f} (seeded shuffle)"
+               if same_score[mix[i]] > 1 else "")
         )
         if i not in picked:
             reason = "not picked: " + ("share filled" if len(picked) >= share else "cluster quota") + "; " + reason
@@ -258,6 +273,7 @@ def _pick(
                 sample_id=c.sample_id, gap=gap, query=c.query, relevance=c.relevance,
                 perturbation=values.get("perturbation"), cluster=c.cluster, score=float(mix[i]),
                 selected=i in picked, reason=reason, arms=c.arms, scorer=name or "none", scores=values,
+                tied=same_score[mix[i]] - 1,
             )
         )
     return out

@@ -70,6 +70,11 @@ def test_report_holds_every_failure_and_selection_with_images(teacher_run, tmp_p
     thumbs = [f["image"] for r in data["rounds"] for g in r["gaps"] for f in g["failures"] + g["selected"]]
     assert all(t and (tmp_path / t[0]).is_file() and (tmp_path / t[1]).is_file() for t in thumbs)
     assert not re.search(r"https?:|//[a-z]", page.replace("</", "")), "the page names no URL"
+    assert all("tied" in s for r in data["rounds"] for g in r["gaps"] for s in g["selected"])
+    assert "not the pool's file order" in page, "the tie-break rule is stated"
+    legend = re.findall(r'<line [^>]*stroke="(#[0-9a-f]{6})" stroke-width="3"/><text [^>]*fill="\1"', page)
+    assert len(legend) >= 2, "each accuracy series has a colour swatch beside its name"
+    assert out.stat().st_mode & 0o777 == 0o644
 
 
 def test_hostile_text_stays_text(hostile_run, tmp_path):

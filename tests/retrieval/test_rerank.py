@@ -133,3 +133,19 @@ def test_a_gap_short_of_candidates_passes_its_share_on():
     out = rerank({"short": short, "long": long}, {"short": 3, "long": 3}, RerankConfig(dedup_threshold=None))
     assert sum(c.selected for c in out) == 6
     assert sum(c.selected for c in out if c.gap == "long") == 5
+
+
+def test_equal_scores_are_marked_and_ordered_by_a_seeded_shuffle_not_by_id():
+    rows = [(f"s{i:02d}", 0.915, 0, None) for i in range(20)] + [("top", 0.99, 0, None)]
+    config = RerankConfig(use_clusters=False, dedup_threshold=None)
+
+    def picked(seed: int) -> list[str]:
+        out = rerank({"g": _cands("g", rows)}, {"g": 5}, config, seed=seed)
+        assert [c.tied for c in out if c.sample_id == "top"] == [0]
+        assert all(c.tied == 19 and "tied with 19" in c.reason for c in out if c.sample_id != "top")
+        return [c.sample_id for c in out if c.selected]
+
+    first = picked(0)
+    assert first[0] == "top" and first == picked(0), "the same seed: the same order"
+    assert first[1:] != ["s00", "s01", "s02", "s03"], "ties are not handed out in id (file) order"
+    assert picked(1) != first, "another seed: another draw among the tied"
