@@ -27,6 +27,7 @@ from tutorloop.training.configs import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_MATCHER,
     DEFAULT_MAX_NEW_TOKENS,
+    LessConfig,
     RoundLoraConfig,
 )
 
@@ -87,6 +88,7 @@ class RunConfig(BaseModel):
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     rerank: RerankConfig = Field(default_factory=RerankConfig)
     lora: RoundLoraConfig = Field(default_factory=RoundLoraConfig)
+    less: LessConfig = Field(default_factory=LessConfig, description="the less selector's warm-up and features")
 
     @field_validator("operating_points")
     @classmethod

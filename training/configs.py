@@ -72,3 +72,21 @@ class RoundLoraConfig(LoraTrainConfig):
     anchor_weight: float = Field(0.0, ge=0, description=LoraTrainConfig.model_fields["anchor_weight"].description)
     anchor_samples: int = Field(512, gt=0, description=(
         "anchors the loop draws per round (uniformly from the pool samples not trained on) when anchor_weight > 0"))
+
+
+class LessConfig(BaseModel):
+    """The `less` selector: its warm-up adapter and gradient features (training/gradients.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dim: int = Field(1024, gt=0, description="random projection's dimension (LESS: 8192 for 7B models)")
+    warmup_samples: int = Field(256, gt=0, description=(
+        "pool samples the warm-up LoRA trains on: a seeded uniform draw (LESS: 5 % of the pool)"))
+    warmup_epochs: int = Field(2, gt=0)
+    warmup_lr: float = Field(2e-4, gt=0)
+    rank: int = Field(8, gt=0, description="the warm-up LoRA's rank")
+    shortlist: int = Field(2048, gt=0, description=(
+        "pool samples whose gradients are taken: the whole pool when it is no larger, else this many found by "
+        "text retrieval with the failed questions (a gradient per pool sample is the selector's whole cost)"))
+    batch_size: int = Field(8, gt=0, description="warm-up batch size")
+    seed: int = 0

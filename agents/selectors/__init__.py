@@ -3,10 +3,11 @@ from ``SELECTORS``; adding one is a module with a ``SELECTOR`` and a line here (
 
 from __future__ import annotations
 
-from tutorloop.agents.selectors import failures, random_draw, teacher
+from tutorloop.agents.selectors import failures, less, random_draw, rds, teacher
 from tutorloop.agents.selectors.base import Choice, Planned, RoundContext, Selector
 
-SELECTORS: dict[str, Selector] = {s.name: s for s in (teacher.SELECTOR, failures.SELECTOR, random_draw.SELECTOR)}
+SELECTORS: dict[str, Selector] = {s.name: s for s in (teacher.SELECTOR, failures.SELECTOR, random_draw.SELECTOR,
+                                                    rds.SELECTOR, less.SELECTOR)}
 
 
 def get_selector(name: str) -> Selector:

@@ -77,7 +77,8 @@ def test_resuming_with_other_defining_settings_is_refused(tiny_world, loop_confi
 def test_ctrl_c_stops_at_once_and_says_where_to_resume(tiny_world, tmp_path):
     out = tmp_path / "run"
     process = subprocess.Popen([sys.executable, "-m", "tutorloop.agents.cli", "run",
-                                *_world_args(tiny_world, out), "--selector", "failures"],
+                                *_world_args(tiny_world, out), "--selector", "failures",
+                                "--fixed-epochs", "--epochs", "60"],  # training outlasts the poll on a busy machine
                                env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
     while not RunDir(out).has(1, SELECTED):  # interrupt in round 1's training

@@ -1,0 +1,62 @@
+"""The peer selectors (`rds`: RDS+, `less`: LESS) in the whole loop on the tiny world."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tutorloop.agents.api import run
+from tutorloop.agents.run_dir import SELECTED, RunDir
+from tutorloop.agents.selectors.rds import space_name
+from tutorloop.retrieval.index import PoolIndex
+
+pytestmark = pytest.mark.integration
+
+
+def _selected(out, round_number: int = 1) -> list[str]:
+    return [r.sample.id for r in RunDir(out).read(round_number, SELECTED)]
+
+
+def _space(world) -> PoolIndex:
+    from tutorloop.agents.config import DEFAULT_COLLECTION
+
+    return PoolIndex.open(store=world.store, collection=space_name(DEFAULT_COLLECTION, world.student))
+
+
+def test_rds_represents_the_pool_once_per_student_and_picks_round_robin(tiny_world, loop_config, tmp_path):
+    config = loop_config(tiny_world, tmp_path / "a", selector="rds", rounds=2)
+    run(config, run_id="rds-a")
+    first, second = _selected(config.out, 1), _selected(config.out, 2)
+    assert len(first) == len(second) == 6 and not set(first) & set(second), "round 2 excludes what round 1 trained"
+    space = _space(tiny_world)
+    try:
+        manifest = space.manifest
+        assert manifest.embedder.startswith("student:") and manifest.count == len(space.all_ids()) > 0
+        made = space.manifest_path.stat().st_mtime_ns
+    finally:
+        space.close()
+    why = RunDir(config.out).read(1, SELECTED)[0].why
+    assert why.reason.startswith("rds: turn 1 of failure") and -1 <= why.relevance <= 1
+
+    again = loop_config(tiny_world, tmp_path / "b", selector="rds", rounds=1, budget=6)
+    run(again, run_id="rds-b")
+    assert _selected(again.out, 1) == first, "the same student and seed choose the same samples"
+    space = _space(tiny_world)
+    try:
+        assert space.manifest_path.stat().st_mtime_ns == made, "the pool's vectors were reused, not recomputed"
+    finally:
+        space.close()
+
+
+def test_less_selects_by_gradient_similarity_within_its_shortlist(tiny_world, loop_config, tmp_path):
+    config = loop_config(tiny_world, tmp_path / "run", selector="less", rounds=1,
+                         less={"dim": 64, "warmup_samples": 16, "warmup_epochs": 1, "shortlist": 40})
+    run(config, run_id="less")
+    rows = RunDir(config.out).read(1, SELECTED)
+    assert len(rows) == 12
+    assert all(r.why.reason.startswith("less: mean gradient cosine") for r in rows)
+    shortlisted = {int(re.search(r"of (\d+) shortlisted", r.why.reason)[1]) for r in rows}
+    assert len(shortlisted) == 1 and 12 <= shortlisted.pop() <= 40, "a pool larger than the shortlist is shortlisted"
+    seconds = RunDir(config.out).seconds(1)
+    assert {"shortlist", "warm_up", "gradients"} <= seconds.keys(), "the selector's cost is recorded"
