@@ -1,0 +1,229 @@
+"""Measured against the field: our selectors and the published ones (RDS+, LESS) at equal budget, on fresh
+worlds drawn from held-out seeds (lab/worlds.py), with the guards the literature asks for.
+
+One ``tutorloop run`` per world, target and selector at the same budget; everything else is the product's
+default (the held-out stop, known replay on top, the operating point within 1 point of forgetting). Per run:
+the target's test accuracy, forgetting on the world's generic split, the selection's seconds (every stage
+but training and evaluation: for rds the student's vectors of the pool, for less its warm-up and gradients)
+against the training seconds, and a leakage check of the selected samples against the test split (the same
+question text; the same image bytes). Guards in every table: zero-shot, random at equal budget, the
+target-data ceiling (``--target-data``: fresh samples of the target itself, trained once).
+
+    .venv/bin/python benchmarks/peers.py --seeds 101,102,103 --selectors random,failures,rds,less --target-data
+    .venv/bin/python benchmarks/peers.py --report
+
+Results: ``benchmarks/results/peers/peers.{json,md}`` and ``rows.jsonl``; the runs stay under ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.front import OP, machine, settings_for  # noqa: E402
+from benchmarks.selection import Strategy, World, indexed_world, run_strategy  # noqa: E402
+from lab.worlds import HELD_OUT_SEEDS, TUNING_SEEDS, FreshTarget, build_fresh_world, draw_world  # noqa: E402
+
+log = logging.getLogger("benchmarks.peers")
+DEFAULTS = {"known_share": 1.0, "known_on_top": True, **OP}  # the product's retention defaults
+SELECTORS = ("random", "failures", "rds", "less")
+NOT_SELECTION = {"train", "evaluate", "operating_point", "replay"}
+
+
+def shipped_student(out: Path) -> Path:
+    from tutorloop.demo.student import build_student
+
+    return build_student(out / "students", seed=0, progress=False)
+
+
+def fresh_worlds(seed: int, out: Path, pool_size: int) -> list[tuple[World, FreshTarget]]:
+    world = draw_world(seed, pool_size)
+    paths = build_fresh_world(world, out / world.name / "world", shipped_student(out))
+    return [(indexed_world(t.name, paths, paths.student, (f"{t.skill}-v1",), paths.root), t) for t in world.targets]
+
+
+def run_selector(world: World, target: FreshTarget, seed: int, selector: str, budget: float, out: Path) -> dict:
+    from tutorloop.agents.run_dir import METRICS, SELECTED, RunDir
+
+    task_dir = out / f"fresh-{seed}" / target.name
+    began = time.perf_counter()
+    run = RunDir(run_strategy(world, Strategy(selector, selector, run=DEFAULTS), budget, 0, task_dir,
+                              settings_for(1), None))
+    rounds = run.rounds_done()
+    history = [run.read(n, METRICS) for n in rounds]
+    seconds = [run.seconds(n) for n in rounds[1:]]
+    selected = [row.sample for n in rounds[1:] for row in run.read(n, SELECTED)]
+    return {
+        "world_seed": seed, "target": target.name, "kind": target.kind, "selector": selector, "budget": budget,
+        "test": [m.test_accuracy for m in history], "generic": [m.generic_accuracy for m in history],
+        "selected": len(selected),
+        "selection_s": round(sum(v for s in seconds for k, v in s.items() if k not in NOT_SELECTION), 1),
+        "train_s": round(sum(s.get("train", 0.0) for s in seconds), 1),
+        "leak": leakage(selected, world), "wall_s": round(time.perf_counter() - began, 1),
+    }
+
+
+def run_target_data(world: World, target: FreshTarget, seed: int, budget: float, out: Path) -> dict:
+    """The ceiling: the budget spent on fresh samples of the target itself (new scenes), trained once."""
+    from benchmarks.selection import lora_once
+    from tutorloop.demo.pool import write_clean
+    from tutorloop.retrieval.ingest import load_samples
+    from tutorloop.training.configs import RoundLoraConfig
+    from tutorloop.training.lora import HeldOut
+
+    folder = out / f"fresh-{seed}" / target.name / "target-data"
+    result = folder / "result.json"
+    if not result.exists():
+        n = max(1, round(budget * world.pool_count))
+        data = write_clean(folder / "data" / "train.jsonl", (target.skill,), n, seed + 7,
+                           templates={target.skill: target.templates}, id_prefix="target-data")
+        began = time.perf_counter()
+        held_out = HeldOut(load_samples(world.val), world.val.parent)  # the loop's stop: the val split's loss
+        _, metrics, train_s, _ = lora_once(world, load_samples(data), RoundLoraConfig(seed=1), folder,
+                                           settings_for(1), image_root=data.parent, held_out=held_out)
+        result.write_text(json.dumps({"test": metrics["test_accuracy"], "generic": metrics["generic_accuracy"],
+                                      "train_s": train_s,
+                                      "n": n, "wall_s": round(time.perf_counter() - began, 1)}) + "\n")
+    done = json.loads(result.read_text())
+    return {"world_seed": seed, "target": target.name, "kind": target.kind, "selector": "target-data",
+            "budget": budget, "test": [None, done["test"]], "generic": [None, done["generic"]], "selected": done["n"],
+            "selection_s": 0.0, "train_s": done["train_s"], "leak": None, "wall_s": done["wall_s"]}
+
+
+def leakage(selected: list, world: World) -> dict:
+    """Selected samples whose question text, or whose image bytes, equal a test sample's."""
+    from tutorloop.retrieval.images import image_bytes
+    from tutorloop.retrieval.ingest import load_samples
+
+    test = load_samples(world.test)
+    questions = {s.question.strip().lower() for s in test}
+    images = {hashlib.sha256(image_bytes(world.test.parent, ref)).hexdigest() for s in test for ref in s.images}
+    same_image = sum(any(hashlib.sha256(image_bytes(world.image_root, ref)).hexdigest() in images
+                         for ref in s.images) for s in selected)
+    return {"same_question": sum(s.question.strip().lower() in questions for s in selected),
+            "same_image": same_image, "of": len(selected)}
+
+
+# --- the report ----------------------------------------------------------------------------------------
+
+
+def mean_sd(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def markdown(rows: list[dict], command: str) -> str:
+    held_out = [r for r in rows if r["world_seed"] in HELD_OUT_SEEDS]
+    lines = [f"# Selectors against RDS+ and LESS on fresh worlds ({time.strftime('%Y-%m-%d')})", "",
+             f"Machine: {machine()}. Worlds drawn by lab/worlds.py; held-out seeds {list(HELD_OUT_SEEDS)} "
+             f"(reported here), tuning seeds {list(TUNING_SEEDS)}. One run per world, target and selector; the "
+             "product's defaults otherwise. Accuracies in %; forgetting = generic points lost against the student "
+             "as given; selection s = every stage but training and evaluation.", ""]
+    selectors = [s for s in ("zero-shot", *SELECTORS, "target-data") if s == "zero-shot" or
+                 any(r["selector"] == s for r in held_out)]
+    if held_out:
+        lines += ["## Over the held-out worlds (mean ± sd over world × target)", "",
+                  "| selector | n | target test | forgetting | selection s | training s | selection / training |",
+                  "|---|---|---|---|---|---|---|"]
+        for name in selectors:
+            group = [r for r in held_out if r["selector"] == name] if name != "zero-shot" else \
+                list({(r["world_seed"], r["target"]): r for r in held_out if r["test"][0] is not None}.values())
+            if not group:
+                continue
+            if name == "zero-shot":
+                test, forgetting, sel, train = mean_sd([100 * r["test"][0] for r in group]), (0.0, 0.0), 0.0, 0.0
+            else:
+                test = mean_sd([100 * r["test"][-1] for r in group])
+                forgetting = mean_sd([100 * (r["generic"][0] - r["generic"][-1]) for r in group
+                                      if r["generic"][0] is not None] or [float("nan")])
+                sel, train = statistics.fmean(r["selection_s"] for r in group), statistics.fmean(r["train_s"] for r in group)
+            ratio = f"{sel / train:.2f}" if train else "—"
+            lines.append(f"| {name} | {len(group)} | {test[0]:.1f} ± {test[1]:.1f} | {forgetting[0]:+.1f} ± "
+                         f"{forgetting[1]:.1f} | {sel:.0f} | {train:.0f} | {ratio} |")
+        lines += ["", *margin_lines(held_out), ""]
+    for seed, target in sorted({(r["world_seed"], r["target"]) for r in rows}):
+        group = [r for r in rows if (r["world_seed"], r["target"]) == (seed, target)]
+        zero = next((r["test"][0] for r in group if r["test"][0] is not None), None)
+        kind = "held-out" if seed in HELD_OUT_SEEDS else "tuning" if seed in TUNING_SEEDS else "other"
+        lines += [f"## fresh-{seed} ({kind}) · {target}; zero-shot test {100 * zero:.1f}" if zero is not None
+                  else f"## fresh-{seed} ({kind}) · {target}", "",
+                  "| selector | selected | target test | generic | selection s | training s | leakage: same question / same image |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in sorted(group, key=lambda r: -(r["test"][-1] or 0)):
+            leak = "—" if r["leak"] is None else f"{r['leak']['same_question']} / {r['leak']['same_image']} of {r['leak']['of']}"
+            lines.append(f"| {r['selector']} | {r['selected']} | {100 * r['test'][-1]:.1f} | {100 * r['generic'][-1]:.1f} | "
+                         f"{r['selection_s']:.0f} | {r['train_s']:.0f} | {leak} |")
+        lines.append("")
+    lines += [f"Command: `{command}`", ""]
+    return "\n".join(lines)
+
+
+def margin_lines(rows: list[dict]) -> list[str]:
+    """The product's no-teacher selector against the best peer, per world and target (paired)."""
+    pairs = []
+    for key in sorted({(r["world_seed"], r["target"]) for r in rows}):
+        by = {r["selector"]: 100 * r["test"][-1] for r in rows if (r["world_seed"], r["target"]) == key}
+        peers = [by[p] for p in ("rds", "less") if p in by]
+        if "failures" in by and peers:
+            pairs.append(by["failures"] - max(peers))
+    if not pairs:
+        return []
+    margin = mean_sd(pairs)
+    return [f"failures − best of (rds, less), paired per world and target: {margin[0]:+.1f} ± {margin[1]:.1f} "
+            f"points (n = {len(pairs)}; target: ≥ +3)"]
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", default=",".join(map(str, HELD_OUT_SEEDS)), help="world seeds (lab/worlds.py)")
+    parser.add_argument("--selectors", default=",".join(SELECTORS))
+    parser.add_argument("--budget", type=float, default=0.05, help="share of the pool selected")
+    parser.add_argument("--pool-size", type=int, default=3000)
+    parser.add_argument("--target-data", action="store_true", help="also the ceiling: the target's own samples")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "peers")
+    parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "peers")
+    parser.add_argument("--report", action="store_true", help="only rebuild the tables from the rows saved")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    args.results.mkdir(parents=True, exist_ok=True)
+    rows_path = args.results / "rows.jsonl"
+    if not args.report:
+        import torch
+
+        torch.set_num_threads(1)
+        for seed in (int(s) for s in args.seeds.split(",")):
+            for world, target in fresh_worlds(seed, args.out, args.pool_size):
+                wanted = [*args.selectors.split(","), *(["target-data"] if args.target_data else [])]
+                for selector in wanted:
+                    done = {(r["world_seed"], r["target"], r["selector"], r["budget"]) for r in _rows(rows_path)}
+                    if (seed, target.name, selector, args.budget) in done:
+                        continue  # another process may share the file: never run a row twice
+                    row = (run_target_data(world, target, seed, args.budget, args.out) if selector == "target-data"
+                           else run_selector(world, target, seed, selector, args.budget, args.out))
+                    with rows_path.open("a") as f:
+                        f.write(json.dumps(row) + "\n")
+                    log.info("fresh-%d %s %s: test %s (%.0f s)", seed, target.name, selector, row["test"],
+                             row["wall_s"])
+    rows = _rows(rows_path)
+    command = "benchmarks/peers.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    (args.results / "peers.json").write_text(json.dumps({"rows": rows, "machine": machine()}, indent=1) + "\n")
+    (args.results / "peers.md").write_text(markdown(rows, command))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
