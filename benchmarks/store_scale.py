@@ -157,10 +157,10 @@ class Edge:
     def exclusion(self, ids: list[str]) -> object:  # built once per round, as EdgeIndex caches it
         return self.e.Filter(must_not=[self.e.HasIdCondition(set(ids))])
 
-    def query(self, vector: np.ndarray, exclude: object, exact: bool) -> list[tuple[str, float]]:
+    def query(self, vector: np.ndarray, exclude: object, exact: bool, limit: int = TOP) -> list[tuple[str, float]]:
         e = self.e
-        request = e.QueryRequest(limit=TOP, query=e.Query.Nearest(vector.tolist()), filter=exclude,
-                                 with_payload=False, params=e.SearchParams(exact=exact, hnsw_ef=128))
+        request = e.QueryRequest(limit=limit, query=e.Query.Nearest(vector.tolist()), filter=exclude,
+                                 with_payload=False, params=e.SearchParams(exact=exact, hnsw_ef=max(128, limit)))
         return [(str(p.id), float(p.score)) for p in self.shard.query(request)]
 
     def close(self) -> None:
@@ -198,6 +198,14 @@ class Local:
         self.index.close()
 
 
+def product_query(store: Edge, vector: np.ndarray, excluded: frozenset[str], flt: object) -> list[tuple[str, float]]:
+    """The embedded index's query (retrieval/edge_index.py): over-fetch unfiltered, the id filter only as a fallback."""
+    from tutorloop.retrieval.index import without_excluded
+
+    return without_excluded(lambda k, ids: store.query(vector, flt if ids else None, exact=False, limit=k), TOP,
+                            excluded, key=lambda hit: hit[0])
+
+
 def run_one(engine: str, n: int, base: np.ndarray, work: Path, seed: int = 0) -> dict:
     kind = {"edge": Edge, "local": Local}[engine]
     baseline = peak_rss_mb()  # the interpreter, numpy and the base vectors, before any store
@@ -218,6 +226,15 @@ def run_one(engine: str, n: int, base: np.ndarray, work: Path, seed: int = 0) ->
     excluded = [point_id(int(i)) for i in rng.choice(n, size=min(EXCLUDED, n // 2), replace=False)]
     exclude = store.exclusion(excluded)
     latencies, recalls, tie_recalls, gaps, unfiltered = [], [], [], [], []
+    # the product's path (retrieval.index.without_excluded): the random exclusion, and one crowding each query's
+    # own neighbourhood (its 60 nearest trained, as a later round's queries for the same gap meet them)
+    excluded_set = frozenset(excluded)
+    crowded_set = excluded_set | ({i for q in queries for i, _ in store.query(q, None, exact=True, limit=60)}
+                                  if engine == "edge" else set())
+    crowded = store.exclusion(sorted(crowded_set)) if engine == "edge" else None
+    overfetch: dict[str, list[float]] = {"random": [], "crowded": []}
+    overfetch_recall: dict[str, list[float]] = {"random": [], "crowded": []}
+    crowded_filter, crowded_recall = [], []
     for q in queries:
         t = time.perf_counter()
         found = store.query(q, exclude, exact=False)
@@ -231,6 +248,17 @@ def run_one(engine: str, n: int, base: np.ndarray, work: Path, seed: int = 0) ->
             t = time.perf_counter()
             store.query(q, None, exact=False)
             unfiltered.append(time.perf_counter() - t)
+            for case, ids, flt in (("random", excluded_set, exclude), ("crowded", crowded_set, crowded)):
+                t = time.perf_counter()
+                got = product_query(store, q, ids, flt)
+                overfetch[case].append(time.perf_counter() - t)
+                want = truth if case == "random" else store.query(q, flt, exact=True)
+                overfetch_recall[case].append(len({i for i, _ in got} & {i for i, _ in want}) / len(want))
+                if case == "crowded":
+                    t = time.perf_counter()
+                    filtered = store.query(q, flt, exact=False)
+                    crowded_filter.append(time.perf_counter() - t)
+                    crowded_recall.append(len({i for i, _ in filtered} & {i for i, _ in want}) / len(want))
         else:
             recalls.append(1.0)  # local mode is exact search
             tie_recalls.append(1.0)
@@ -248,6 +276,14 @@ def run_one(engine: str, n: int, base: np.ndarray, work: Path, seed: int = 0) ->
     return {"engine": engine, "points": n, "upsert_points_per_s": round(n / upsert_s), "build_s": round(build_s, 2),
             "query_ms_p50": round(statistics.median(ms), 2), "query_ms_p95": round(ms[int(0.95 * len(ms)) - 1], 2),
             "query_ms_p50_no_filter": round(statistics.median(no_filter_ms), 2) if no_filter_ms else None,
+            **({f"overfetch_{case}_ms_p50": round(1000 * statistics.median(v), 2) for case, v in overfetch.items() if v}),
+            **({f"overfetch_{case}_ms_p95": round(1000 * sorted(v)[int(0.95 * len(v)) - 1], 2)
+                for case, v in overfetch.items() if v}),
+            **({f"overfetch_{case}_recall_at_50": round(statistics.fmean(v), 4)
+                for case, v in overfetch_recall.items() if v}),
+            **({"crowded_filter_ms_p50": round(1000 * statistics.median(crowded_filter), 2),
+                "crowded_filter_recall_at_50": round(statistics.fmean(crowded_recall), 4),
+                "crowded_excluded": len(crowded_set)} if crowded_filter else {}),
             "recall_at_50": round(statistics.fmean(recalls), 4),
             "recall_at_50_ties_found": round(statistics.fmean(tie_recalls), 4),
             "score_gap_50th": round(statistics.fmean(gaps), 5), "reopen_s": round(reopen_s, 2),

@@ -36,6 +36,7 @@ from tutorloop.retrieval.index import (
     _payload,
     group_by_kept,
     point_id,
+    without_excluded,
 )
 from tutorloop.retrieval.records import Sample
 
@@ -131,11 +132,20 @@ class EdgeIndex:
 
     def query(self, vector: Sequence[float] | np.ndarray, limit: int, exclude_ids: Iterable[str] = frozenset(),
               *, with_vectors: bool = True, skills: Sequence[str] | None = None) -> list[Hit]:
-        """Top ``limit`` by cosine, never returning a sample in ``exclude_ids`` (a filter on the point ids)
-        nor a near-duplicate marked at index time (``dup_of`` set); with ``skills``, only points whose
-        payload ``skill`` is one of them (the skill map's)."""
+        """Top ``limit`` by cosine, never returning a sample in ``exclude_ids`` nor a near-duplicate marked at
+        index time (``dup_of`` set); with ``skills``, only points whose payload ``skill`` is one of them (the
+        skill map's). The trained ids are dropped from an over-fetched search rather than filtered in it
+        (``without_excluded``): an id filter of thousands costs the search more than a longer list does."""
+        exclude = frozenset(exclude_ids)
+        skills_key = tuple(skills) if skills else None
+
+        def search(k: int, ids: frozenset[str]) -> list[Hit]:
+            return self._search(vector, k, self._filter(ids, skills_key), with_vectors)
+
+        return without_excluded(search, limit, exclude, key=lambda hit: hit.sample_id)
+
+    def _search(self, vector: Sequence[float] | np.ndarray, limit: int, flt: Any, with_vectors: bool) -> list[Hit]:
         edge = self.edge
-        flt = self._filter(frozenset(exclude_ids), tuple(skills) if skills else None)
         exact = self.count() <= EXACT_BELOW
         request = edge.QueryRequest(
             limit=limit, query=edge.Query.Nearest(np.asarray(vector, dtype=np.float32).tolist()), filter=flt,

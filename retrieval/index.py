@@ -19,11 +19,11 @@ import os
 import random
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from pydantic import BaseModel
@@ -363,6 +363,29 @@ def _payload(sample: Sample, cluster: int, run: str) -> dict:
         "run": run,
         "record": sample.to_record(),
     }
+
+
+OVERFETCH = 2  # an over-fetched search asks for OVERFETCH * limit + OVERFETCH_SLACK hits
+OVERFETCH_SLACK = 32
+T = TypeVar("T")
+
+
+def without_excluded(search: Callable[[int, frozenset[str]], list[T]], limit: int, exclude: frozenset[str], *,
+                     key: Callable[[T], str]) -> list[T]:
+    """The top ``limit`` of ``search(k, ids_filtered_out)`` that are not in ``exclude``.
+
+    First without the id filter, over-fetching and dropping the excluded hits: a filter of 10k ids made a
+    100k-point HNSW query 12x slower than none and lowered its recall (benchmarks/store_scale.py). When the
+    over-fetch still leaves fewer than ``limit`` (the excluded crowd the query's neighbourhood, as a later
+    round's queries for the same gap do), the search runs again with the filter."""
+    if not exclude:
+        return search(limit, exclude)
+    wanted = OVERFETCH * limit + OVERFETCH_SLACK
+    hits = search(wanted, frozenset())
+    kept = [h for h in hits if key(h) not in exclude]
+    if len(kept) >= limit or len(hits) < wanted:  # enough left, or the collection has no more to give
+        return kept[:limit]
+    return search(limit, exclude)
 
 
 @dataclass(frozen=True)
