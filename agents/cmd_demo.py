@@ -41,6 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "tags (tags, the default: SmolLM2's own names for the clusters are not usable), "
                              "or let the teacher name skills freely (off)")
     parser.add_argument("--seed", type=int, default=0, help="seed of world, student and selection (default: 0)")
+    parser.add_argument("--approve", action="store_true",
+                        help="stop after each round's plan until a person decides it: tutorloop approve RUNDIR "
+                             "--no-resume [--drop GAP], then this command again to go on (it starts the teacher)")
     parser.add_argument("--rebuild-student", action="store_true",
                         help="pre-train the demo student here (15-50 CPU minutes) instead of using the shipped "
                              "weights, and say how close the rebuild is to them")
@@ -104,8 +107,16 @@ def run(args: argparse.Namespace) -> int:
         config = api.RunConfig(student=world.student, val=val, test=test, generic=world.generic, store=store,
                                budget=args.budget, rounds=args.rounds, selector=selector, seed=args.seed, out=out,
                                teacher=teacher, max_diagnoses=args.max_diagnoses,
+                               approve=args.approve,
                                **({} if args.known_share is None else {"known_share": args.known_share}))
         summary = api.run(config, run_id=f"demo-{target}-{selector}-{args.seed}")
+    waiting = RunDir(out).waiting_for_approval()
+    if waiting is not None:
+        report = build_report([out], out / "report.html")
+        console.print(f"round {waiting} waits for approval: open {report} (the plan, each gap's failures and the "
+                      f"samples it would buy), then: tutorloop approve {out} --no-resume [--drop GAP] "
+                      f"[--weight GAP=W]; then run this command again to go on")
+        return 0
     console.print(summary_table(summary))
     console.print(before_after_table(RunDir(out)))
     report = build_report([out], out / "report.html")

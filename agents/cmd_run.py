@@ -195,7 +195,11 @@ def _terminate_as_interrupt() -> Iterator[None]:
         raise Terminated
 
     previous = signal.signal(signal.SIGTERM, stop)
+    # A process started in the background of a script inherits SIGINT ignored; `kill -INT` from a supervisor
+    # must stop a run as Ctrl-C does, so the default handler (KeyboardInterrupt) is put back
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)

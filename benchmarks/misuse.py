@@ -24,16 +24,17 @@ CLI = [sys.executable, "-m", "tutorloop.agents.cli"]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1", "OPENAI_BASE_URL": ""}
 
 
-def call(*args: str, timeout: float = 900) -> dict:
+def call(*args: str, timeout: float = 900, show: str = "tutorloop") -> dict:
     start = time.perf_counter()
     done = subprocess.run([*CLI, *args], env=ENV, capture_output=True, text=True, timeout=timeout)
-    return _row(done.returncode, done.stdout, done.stderr, time.perf_counter() - start)
+    return _row(done.returncode, done.stdout, done.stderr, time.perf_counter() - start, show)
 
 
-def _row(rc: int, stdout: str, stderr: str, seconds: float) -> dict:
+def _row(rc: int, stdout: str, stderr: str, seconds: float, show: str = "tutorloop") -> dict:
+    """``show``: the line worth reading starts with (or holds) this; else the first line said."""
     said = [line for line in (stderr + "\n" + stdout).splitlines()
-            if line.strip() and not line.startswith(("INFO ", "WARNING ")) and "it/s" not in line]
-    first = next((line for line in said if line.startswith("tutorloop")), said[0] if said else "")
+            if line.strip() and not line.startswith(("INFO ", "WARNING ")) and "/s]" not in line]
+    first = next((line for line in said if line.startswith(show) or show in line), said[0] if said else "")
     return {"rc": rc, "first_line": first.strip()[:300], "seconds": round(seconds, 2),
             "traceback": "Traceback" in stderr}
 
@@ -52,7 +53,7 @@ def interrupted(args: list[str], sig: int, run_dir: Path) -> dict:
     start = time.perf_counter()
     process.send_signal(sig)
     stdout, stderr = process.communicate(timeout=300)
-    return _row(process.returncode, stdout, stderr, time.perf_counter() - start)
+    return _row(process.returncode, stdout, stderr, time.perf_counter() - start, show="tutorloop run: interrupted")
 
 
 def world(out: Path) -> dict[str, Path]:
@@ -88,7 +89,7 @@ def cases(w: dict[str, Path], out: Path) -> list[tuple[str, dict]]:
     args = [*base, *slow, "--budget", "12", "--selector", "failures", "--out", str(run)]
     rows.append(("Ctrl-C mid-round (SIGINT once round 1 has selected)",
                  interrupted(args, signal.SIGINT, run)))
-    rows.append(("resume after Ctrl-C", call("run", "--out", str(run))))
+    rows.append(("resume after Ctrl-C", call("run", "--out", str(run), show="resuming")))
     rows.append(("SIGTERM mid-round", interrupted([*base, *slow, "--budget", "12", "--selector", "failures", "--out",
                                                    str(out / "r-term")], signal.SIGTERM, out / "r-term")))
 
@@ -105,8 +106,9 @@ def cases(w: dict[str, Path], out: Path) -> list[tuple[str, dict]]:
     rows.append(("a finished run re-run with `--selector random --budget 50`",
                  call("run", "--out", str(run), "--selector", "random", "--budget", "50")))
     rows.append(("pool smaller than the budget (`--budget 2000`, 400 samples)",
-                 call("run", *base, *fast, "--budget", "2000", "--selector", "random", "--out", str(out / "r-short"))))
-    rows.append(("`tutorloop export` of a run", call("export", str(run), "--out", str(out / "export"))))
+                 call("run", *base, *fast, "--budget", "2000", "--selector", "random", "--out", str(out / "r-short"),
+                      show="left unspent")))
+    rows.append(("`tutorloop export` of a run", call("export", str(run), "--out", str(out / "export"), show="exported")))
     exported = [json.loads(line) for line in (out / "export" / "selected.jsonl").read_text().splitlines()]
     doubled = sum("images/images/" in json.dumps(r.get("image")) for r in exported)
     rows[-1][1]["first_line"] += f" · doubled image paths: {doubled} of {len(exported)}"
@@ -133,7 +135,7 @@ def pools(w: dict[str, Path], out: Path) -> list[tuple[str, dict]]:
                         ("big.jsonl", "one record with a 20 MB text field"),
                         ("latin1.jsonl", "a non-UTF-8 line")):
         rows.append((label, call("index", "--pool", str(folder / name), "--store", str(folder / f"store-{name}"),
-                                 "--clusters", "2", "--no-progress")))
+                                 "--clusters", "2", "--no-progress", show="accepted")))
         rows[-1][1]["first_line"] = _index_summary(rows[-1][1], folder / f"store-{name}")
     junk = folder / "other-form.jsonl"
     junk.write_text("".join(json.dumps({"prompt": "q", "completion": "a"}) + "\n" for _ in range(100)))
@@ -145,7 +147,8 @@ def pools(w: dict[str, Path], out: Path) -> list[tuple[str, dict]]:
 def _index_summary(row: dict, store: Path) -> str:
     quarantine = store / "quarantine-pool.jsonl"
     reasons = [json.loads(line)["reason"] for line in quarantine.read_text().splitlines()] if quarantine.is_file() else []
-    return f"rc {row['rc']}; quarantined: {', '.join(sorted(set(reasons))) or 'none'}"
+    counts = {r: reasons.count(r) for r in sorted(set(reasons))}
+    return f"rc {row['rc']}; indexed {row['first_line']}; quarantined: {counts or 'none'}"
 
 
 def ensure_other(w: dict[str, Path], out: Path) -> dict:

@@ -182,8 +182,9 @@ def iter_samples(
     checker = _ImageChecker(root, max_pixels) if check_images else None
     seen_ids: set[str] = set()
     rows = iter_table_rows(path, root) if is_table(path) else _iter_raw_records(path)
-    for line, raw, parsed in rows:
-        yield _validate(line, raw, parsed, seen_ids, checker, stem=path.stem)
+    array = not is_table(path) and is_json_array(path)
+    for ordinal, (line, raw, parsed) in enumerate(rows, start=1):
+        yield _validate(line, raw, parsed, seen_ids, checker, fallback_id=fallback_id(path, ordinal if array else line))
 
 
 def load_samples(path: Path | str, image_root: Path | str | None = None, *, check_images: bool = True) -> list[Sample]:
@@ -207,16 +208,16 @@ _NOT_UTF8 = object()
 
 def _validate(
     line: int, raw: str | Callable[[], str], parsed: object, seen_ids: set[str], checker: _ImageChecker | None,
-    stem: str | None = None,
+    fallback_id: str | None = None,
 ) -> Accepted | Rejected:
-    """One record validated; one without an ``id`` gets ``<file stem>-<line>`` (stable for the same file, as table
-    rows get theirs), so files written without ids (LLaMA-Factory's own) index as they are."""
+    """One record validated; one without an ``id`` gets ``fallback_id`` (its place in the file, stable as table
+    rows' ids are), so files written without ids (LLaMA-Factory's own) index as they are."""
     if parsed is _NOT_UTF8:
         return Rejected(line, "not_utf8", "the line is not valid UTF-8", _clip(_text(raw)))
     if parsed is _NOT_PARSED:
         return Rejected(line, "bad_json", _json_error(_text(raw)), _clip(_text(raw)))
-    if stem is not None and isinstance(parsed, dict) and "id" not in parsed:
-        parsed = {**parsed, "id": f"{stem}-{line}"}
+    if fallback_id is not None and isinstance(parsed, dict) and "id" not in parsed:
+        parsed = {**parsed, "id": fallback_id}
     try:
         canonical = to_canonical(parsed)  # any supported form (retrieval/formats.py) -> LLaVA's
         sample = Sample.model_validate(canonical)
@@ -330,11 +331,20 @@ def _check_decodable(path: str | Path | io.BytesIO, image: str, max_pixels: int)
 # ------------------------------------------------------------------------------------------------ parsing
 
 
+def fallback_id(path: Path, position: int) -> str:
+    """The id of a record that has none: ``<file stem>-<line>`` (JSONL), ``<file stem>-<n>`` (the n-th element of a
+    JSON array, which may hold every record on one line)."""
+    return f"{path.stem}-{position}"
+
+
+def is_json_array(path: Path) -> bool:
+    with path.open("rb") as probe:
+        return probe.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"[")
+
+
 def _iter_raw_records(path: Path) -> Iterator[tuple[int, str, object]]:
     """(line, raw text, parsed value or _NOT_PARSED) per record, JSONL or JSON array by the first byte."""
-    with path.open("rb") as probe:
-        head = probe.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
-    if head.startswith(b"["):
+    if is_json_array(path):
         yield from _iter_json_array(path)
     else:
         yield from _iter_jsonl(path)

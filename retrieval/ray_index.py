@@ -40,6 +40,7 @@ from tutorloop.retrieval.ingest import (
     _iter_json_array,
     _text,
     _validate,
+    fallback_id,
     no_valid_record,
     optional_quarantine,
 )
@@ -172,8 +173,9 @@ def _validated_blocks(path: Path, root: Path, check_images: bool, unit: tuple) -
 
     checker = _ImageChecker(root.resolve(), 89_478_485) if check_images else None
     rows = []
-    for line, raw, parsed in _unit_records(path, root, unit):
-        result = _validate(line, raw, parsed, set(), checker, stem=path.stem)  # duplicates: the driver's, in order
+    for ordinal, (line, raw, parsed) in enumerate(_unit_records(path, root, unit), start=1):
+        position = ordinal if unit[0] == "array" else line  # as retrieval.ingest.iter_samples numbers them
+        result = _validate(line, raw, parsed, set(), checker, fallback_id=fallback_id(path, position))  # duplicates: the driver's
         if isinstance(result, Accepted):
             rows.append({"line": line, "reason": "", "detail": "", "raw": _text(raw),  # the driver may find a duplicate
                          "record": json.dumps(result.sample.to_record()), "text": sample_text(result.sample)})

@@ -211,3 +211,7 @@ def test_pools_as_users_have_them_get_named_reasons_and_stable_ids(tmp_path):
     assert [r.reason for r in results[1:]] == ["not_utf8", "text_too_long"]
     again = next(iter(ingest.iter_samples(path, check_images=False)))
     assert again.sample.id == "mine-1", "stable: the same file gives the same id"
+    one_line = tmp_path / "sharegpt.json"  # LLaMA-Factory's own files are JSON arrays, often on one line
+    one_line.write_text(json.dumps([good, good, good]))
+    assert [r.sample.id for r in ingest.iter_samples(one_line, check_images=False)] == [
+        "sharegpt-1", "sharegpt-2", "sharegpt-3"], "an array's records are numbered by place, not by line"
