@@ -1,4 +1,4 @@
-"""The embedded store at pool scale: qdrant-edge (the default) against qdrant-client's local mode.
+"""The embedded store (qdrant-edge) at pool scale: indexing, the loop's query, memory.
 
 Vectors: real all-MiniLM-L6-v2 embeddings of the demo pool's instructions (6,000 texts, the ones
 `tutorloop index` embeds), and for larger sizes those vectors plus seeded Gaussian noise (sd 0.015 per
@@ -13,9 +13,10 @@ payload is a realistic record (~400 bytes, as `tutorloop index` stores). Every (
 its own process, so its peak RSS is its own:
 
 - upsert points/s (batches of 1,024, streamed: the vectors are made batch by batch, never all at once),
-- index build seconds (edge: ``optimize()`` builds the HNSW graph; local mode has none),
-- top-50 query p50/p95 with a 10,000-id exclusion filter (the ids already trained on), 200 queries
-  (30 for local mode, which scans every point in Python),
+- index build seconds (``optimize()`` builds the HNSW graph),
+- top-50 query p50/p95 with a 10,000-id exclusion filter (the ids already trained on), 200 queries,
+- the product's query (retrieval.index.without_excluded: over-fetch unfiltered, drop the trained ids, the
+  filter only as a fallback) on that exclusion and on one crowding each query's own 60 nearest,
 - recall@50 of that query against exact search with the same filter,
 - the same query without the exclusion filter (what the filter itself costs),
 - reopen seconds (load + first query) and peak RSS (indexing, and after reopening): VmHWM counts the
@@ -24,7 +25,7 @@ its own process, so its peak RSS is its own:
   20 ms (a shorter spike can be missed). The benchmark's own arrays (6,000 base vectors, one batch) are
   ~10 MB of that: ``rss_mb_before_store``.
 
-    .venv/bin/python benchmarks/store_scale.py --sizes 100000,1000000 --local-sizes 100000
+    .venv/bin/python benchmarks/store_scale.py --sizes 100000,1000000
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 NOISE_SD = 0.015  # per dimension: a noise vector of norm ~0.3 around a unit base vector
 BATCH = 1024
-QUERIES = {"edge": 200, "local": 30}  # local mode scans every point in Python: seconds per query at 100k
+QUERIES = {"edge": 200}
 EXCLUDED = 10_000
 TOP = 50
 
@@ -167,37 +168,6 @@ class Edge:
         self.shard.close()
 
 
-class Local:
-    def __init__(self, path: Path, dim: int, create: bool) -> None:
-        from qdrant_client import models
-
-        from tutorloop.retrieval.index import PoolIndex
-
-        self.models = models
-        self.index = PoolIndex.open_local_mode(path, "bench")
-        if create:
-            self.index.client.create_collection("bench", vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE))
-            self.index._fast_local_writes()
-
-    def upsert(self, start: int, vectors: np.ndarray) -> None:
-        m = self.models
-        self.index.client.upsert("bench", points=[m.PointStruct(id=point_id(start + j), vector=v.tolist(), payload=record(start + j))
-                                                  for j, v in enumerate(vectors)], wait=True)
-
-    def build(self) -> None:
-        pass  # local mode has no index to build: every query scans every point
-
-    def query(self, vector: np.ndarray, exclude: object, exact: bool) -> list[tuple[str, float]]:
-        return [(str(p.id), float(p.score)) for p in self.index.client.query_points(
-            "bench", query=vector.tolist(), limit=TOP, query_filter=exclude).points]
-
-    def exclusion(self, ids: list[str]) -> object:
-        return self.models.Filter(must_not=[self.models.HasIdCondition(has_id=ids)])
-
-    def close(self) -> None:
-        self.index.close()
-
-
 def product_query(store: Edge, vector: np.ndarray, excluded: frozenset[str], flt: object) -> list[tuple[str, float]]:
     """The embedded index's query (retrieval/edge_index.py): over-fetch unfiltered, the id filter only as a fallback."""
     from tutorloop.retrieval.index import without_excluded
@@ -207,7 +177,7 @@ def product_query(store: Edge, vector: np.ndarray, excluded: frozenset[str], flt
 
 
 def run_one(engine: str, n: int, base: np.ndarray, work: Path, seed: int = 0) -> dict:
-    kind = {"edge": Edge, "local": Local}[engine]
+    kind = {"edge": Edge}[engine]
     baseline = peak_rss_mb()  # the interpreter, numpy and the base vectors, before any store
     sampler = RssSampler()
     path = work / f"{engine}-{n}"
@@ -229,9 +199,8 @@ def run_one(engine: str, n: int, base: np.ndarray, work: Path, seed: int = 0) ->
     # the product's path (retrieval.index.without_excluded): the random exclusion, and one crowding each query's
     # own neighbourhood (its 60 nearest trained, as a later round's queries for the same gap meet them)
     excluded_set = frozenset(excluded)
-    crowded_set = excluded_set | ({i for q in queries for i, _ in store.query(q, None, exact=True, limit=60)}
-                                  if engine == "edge" else set())
-    crowded = store.exclusion(sorted(crowded_set)) if engine == "edge" else None
+    crowded_set = excluded_set | {i for q in queries for i, _ in store.query(q, None, exact=True, limit=60)}
+    crowded = store.exclusion(sorted(crowded_set))
     overfetch: dict[str, list[float]] = {"random": [], "crowded": []}
     overfetch_recall: dict[str, list[float]] = {"random": [], "crowded": []}
     crowded_filter, crowded_recall = [], []
@@ -239,30 +208,25 @@ def run_one(engine: str, n: int, base: np.ndarray, work: Path, seed: int = 0) ->
         t = time.perf_counter()
         found = store.query(q, exclude, exact=False)
         latencies.append(time.perf_counter() - t)
-        if engine == "edge":
-            truth = store.query(q, exclude, exact=True)
-            recalls.append(len({i for i, _ in found} & {i for i, _ in truth}) / len(truth))
-            kth = truth[-1][1]  # a returned point scoring at least the exact 50th is as good as a true one
-            tie_recalls.append(sum(score >= kth - 1e-6 for _, score in found) / len(truth))
-            gaps.append(kth - found[-1][1])
+        truth = store.query(q, exclude, exact=True)
+        recalls.append(len({i for i, _ in found} & {i for i, _ in truth}) / len(truth))
+        kth = truth[-1][1]  # a returned point scoring at least the exact 50th is as good as a true one
+        tie_recalls.append(sum(score >= kth - 1e-6 for _, score in found) / len(truth))
+        gaps.append(kth - found[-1][1])
+        t = time.perf_counter()
+        store.query(q, None, exact=False)
+        unfiltered.append(time.perf_counter() - t)
+        for case, ids, flt in (("random", excluded_set, exclude), ("crowded", crowded_set, crowded)):
             t = time.perf_counter()
-            store.query(q, None, exact=False)
-            unfiltered.append(time.perf_counter() - t)
-            for case, ids, flt in (("random", excluded_set, exclude), ("crowded", crowded_set, crowded)):
+            got = product_query(store, q, ids, flt)
+            overfetch[case].append(time.perf_counter() - t)
+            want = truth if case == "random" else store.query(q, flt, exact=True)
+            overfetch_recall[case].append(len({i for i, _ in got} & {i for i, _ in want}) / len(want))
+            if case == "crowded":
                 t = time.perf_counter()
-                got = product_query(store, q, ids, flt)
-                overfetch[case].append(time.perf_counter() - t)
-                want = truth if case == "random" else store.query(q, flt, exact=True)
-                overfetch_recall[case].append(len({i for i, _ in got} & {i for i, _ in want}) / len(want))
-                if case == "crowded":
-                    t = time.perf_counter()
-                    filtered = store.query(q, flt, exact=False)
-                    crowded_filter.append(time.perf_counter() - t)
-                    crowded_recall.append(len({i for i, _ in filtered} & {i for i, _ in want}) / len(want))
-        else:
-            recalls.append(1.0)  # local mode is exact search
-            tie_recalls.append(1.0)
-            gaps.append(0.0)
+                filtered = store.query(q, flt, exact=False)
+                crowded_filter.append(time.perf_counter() - t)
+                crowded_recall.append(len({i for i, _ in filtered} & {i for i, _ in want}) / len(want))
     store.close()
     start = time.perf_counter()
     store = kind(path, base.shape[1], create=False)
@@ -295,7 +259,6 @@ def run_one(engine: str, n: int, base: np.ndarray, work: Path, seed: int = 0) ->
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="100000,1000000", help="edge sizes, comma-separated")
-    parser.add_argument("--local-sizes", default="100000", help="qdrant-client local mode sizes")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "tutorloop-store-scale")
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "store_scale.json")
     parser.add_argument("--one", nargs=2, metavar=("ENGINE", "N"), help=argparse.SUPPRESS)  # the child
@@ -305,8 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.one:
         print(json.dumps(run_one(args.one[0], int(args.one[1]), base, args.work)))
         return 0
-    jobs = [("local", int(n)) for n in args.local_sizes.split(",") if n] + \
-           [("edge", int(n)) for n in args.sizes.split(",") if n]
+    jobs = [("edge", int(n)) for n in args.sizes.split(",") if n]
     distinct = len(np.unique(base.round(5), axis=0))
     rows = []
     for engine, n in jobs:

@@ -70,8 +70,7 @@ def is_legacy_store(store: Path) -> bool:
 class EdgeIndex:
     """A handle on one collection of an embedded store; open with ``PoolIndex.open(store=...)``."""
 
-    local = False  # the shard may be written from the upsert worker thread
-    thread_safe = True
+    thread_safe = True  # the shard may be written from the upsert worker thread
 
     def __init__(self, store: Path, collection: str = DEFAULT_COLLECTION, *, hnsw_ef: int = HNSW_EF) -> None:
         import qdrant_edge as edge

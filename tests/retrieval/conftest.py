@@ -106,3 +106,20 @@ def kit():
 
     return SimpleNamespace(record=record, write_png=write_png, write_bomb_png=write_bomb_png,
                            write_jsonl=write_jsonl, bad_pool=bad_pool, questions=QUESTIONS)
+
+
+@pytest.fixture
+def local_server():
+    """``local_server(folder)``: the server backend (retrieval/server_index.py) on qdrant-client's local mode,
+    which stands in for a Qdrant server here: the same client API, run in-process."""
+    from qdrant_client import QdrantClient
+
+    from tutorloop.retrieval.server_index import ServerIndex
+
+    def make(folder: Path) -> ServerIndex:
+        folder.mkdir(parents=True, exist_ok=True)
+        index = ServerIndex(QdrantClient(path=str(folder)), "pool")
+        index.thread_safe = False  # local mode's SQLite connection stays on the thread that opened it
+        return index
+
+    return make

@@ -9,7 +9,7 @@ import pytest
 
 from tutorloop.retrieval.edge_index import EdgeIndex
 from tutorloop.retrieval.fusion import RRF_K, rrf
-from tutorloop.retrieval.index import Arm, PoolIndex
+from tutorloop.retrieval.index import Arm
 from tutorloop.retrieval.records import Sample
 
 
@@ -51,14 +51,14 @@ def _fill(index, vectors: np.ndarray) -> None:
     index.set_payload([f"s{i}" for i in range(len(vectors)) if i % 5 == 0], {"skill": "fives"})
 
 
-def test_server_fusion_and_embedded_fusion_agree(tmp_path):
+def test_server_fusion_and_embedded_fusion_agree(tmp_path, local_server):
     rng = np.random.default_rng(0)
     vectors = rng.normal(size=(80, 8)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     queries = rng.normal(size=(2, 8))
     arms = [Arm("skill-map:0", queries[0], ("even",)), Arm("free-text:0", queries[0]),
             Arm("skill-map:1", queries[1], ("even", "fives")), Arm("free-text:1", queries[1])]
-    server = PoolIndex.open_local_mode(tmp_path / "server")
+    server = local_server(tmp_path / "server")
     edge = EdgeIndex(tmp_path / "edge")
     try:
         results = []

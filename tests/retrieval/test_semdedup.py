@@ -152,15 +152,12 @@ def test_edge_store_marks_and_never_retrieves_duplicates(tmp_path, kit, minilm):
     index.close()
 
 
-def test_server_backend_code_marks_and_never_retrieves_duplicates(tmp_path, kit, minilm):
-    """PoolIndex's qdrant-client code (the server backend) on qdrant-client's local mode: the same marks,
-    both through the over-fetch path and through the filter a server gets."""
+def test_server_backend_code_marks_and_never_retrieves_duplicates(tmp_path, kit, minilm, local_server):
+    """The server backend's code (retrieval/server_index.py) on qdrant-client's local mode: the same marks."""
     pool = _dup_pool(tmp_path, kit)
-    index = PoolIndex.open_local_mode(tmp_path / "local")
+    index = local_server(tmp_path / "local")
     report = index_pool(pool, index=index, embedder=minilm, embedder_name=DEFAULT_EMBEDDER, clusters=2,
                         progress=False, semdedup_threshold=0.95)
-    _check_marks(index, report, minilm)
-    index.LOCAL_OVERFETCH_MAX = -1  # the filter path, as a server runs it
     _check_marks(index, report, minilm)
     index.close()
 
