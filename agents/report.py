@@ -27,6 +27,7 @@ import hashlib
 import html
 import json
 import re
+import shlex
 from collections import Counter
 from importlib import resources
 from pathlib import Path
@@ -34,6 +35,7 @@ from typing import Any
 
 from PIL import Image
 
+from tutorloop.agents.records import SelectedSample
 from tutorloop.agents.run_dir import (
     APPROVAL,
     DIAGNOSES,
@@ -147,7 +149,8 @@ def _round_data(run: RunDir, number: int, evals: dict, val_root: Path, pool_root
     diagnoses = {row.sample_id: row for row in run.read(number, DIAGNOSES)}
     before = evals.get(number - 1, {})
     later = [n for n in done if n >= number]
-    selected = run.read(number, SELECTED)
+    waiting = run.waiting_for_approval() == number
+    selected = _preview(run, number) if waiting else run.read(number, SELECTED)
     not_picked: dict[str, list] = {}
     for c in run.read(number, SCORED):
         if not c.selected:
@@ -189,7 +192,8 @@ def _round_data(run: RunDir, number: int, evals: dict, val_root: Path, pool_root
         by_gap.setdefault(row.why.gap, []).append(row)
     in_gaps = {sid for gap in plan.gaps for sid in gap.sample_ids}
     gaps = [{"skill": gap.skill, "aliases": gap.aliases, "budget": gap.budget, "n_errors": gap.n_errors,
-             "queries": gap.queries, "failures": [failure(sid) for sid in gap.sample_ids],
+             "queries": gap.queries, "failures": [failure(sid) for sid in gap.sample_ids], "preview": waiting,
+             "approve": _approve_commands(run, gap.skill) if waiting else [],
              "selected": [picked(r) for r in by_gap.get(gap.skill, [])],
              "not_picked": [passed_over(c) for c in not_picked.get(gap.skill, [])[:NOT_PICKED_SHOWN]]}
             for gap in plan.gaps]
@@ -216,6 +220,32 @@ def _round_data(run: RunDir, number: int, evals: dict, val_root: Path, pool_root
         "rejected_by_reason": dict(Counter(_reason(r.error) for r in diagnoses.values() if r.error)),
         "val_accuracy": metrics.val_accuracy if metrics else None, "gaps": gaps,
     }
+
+
+def _preview(run: RunDir, number: int) -> list[SelectedSample]:
+    """What a waiting round's plan would buy (its scored candidates marked selected), with the samples read from
+    the pool's store for their images; without the store, none (the plan and its failures still show)."""
+    picked = [c for c in run.read(number, SCORED) if c.selected]
+    store = run.read_info().config.get("store")
+    if not picked or not store or not Path(store).is_dir():
+        return []
+    from tutorloop.retrieval.index import PoolIndex
+
+    try:
+        index = PoolIndex.open(store=Path(store), collection=run.read_info().config.get("collection"))
+    except Exception:  # a store held by a run only costs the preview's thumbnails
+        return []
+    try:
+        samples = {s.id: s for s in index.fetch([c.sample_id for c in picked])}
+    finally:
+        index.close()
+    return [SelectedSample(sample=samples[c.sample_id], why=c.why()) for c in picked]
+
+
+def _approve_commands(run: RunDir, gap: str) -> list[str]:
+    """The commands a reviewer runs to drop this gap or double its share (quoted for a shell)."""
+    return [f"tutorloop approve {shlex.quote(str(run.root))} --drop {shlex.quote(gap)}",
+            f"tutorloop approve {shlex.quote(str(run.root))} --weight {shlex.quote(f'{gap}=2')}"]
 
 
 def _skill_label(d) -> str:

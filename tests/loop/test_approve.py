@@ -3,6 +3,12 @@ with a dropped gap selects without that gap; a decided round is never asked agai
 
 from __future__ import annotations
 
+import json
+import re
+from pathlib import Path
+
+import pytest
+
 from tutorloop.agents.api import run
 from tutorloop.agents.cli import main
 from tutorloop.agents.run_dir import APPROVAL, PLAN, SCORED, SELECTED, RunDir
@@ -27,6 +33,7 @@ def _approve_then_buy(config, capsys) -> None:
     assert run_dir.has(1, SCORED) and not run_dir.has(1, SELECTED) and not run_dir.has_adapter(1)
     gaps = [g.skill for g in run_dir.read(1, PLAN).gaps]
     assert len(gaps) >= 2, "the tiny world's failures make several gaps"
+    _waiting_round_renders(config.out)
 
     assert main(["approve", str(config.out), "--drop", gaps[0], "--note", "not this one", "--no-resume"]) == 0
     approval = run_dir.read(1, APPROVAL)
@@ -47,3 +54,29 @@ def test_an_unknown_gap_is_refused_with_the_plan_s_gaps(tiny_world, loop_config,
     assert main(["approve", str(config.out), "--drop", "no-such-gap", "--no-resume"]) == 2
     assert "no gap named no-such-gap" in capsys.readouterr().err
     assert not RunDir(config.out).has(1, APPROVAL)
+
+
+def _waiting_round_renders(out: Path) -> None:
+    """The report of a waiting round: each gap's preview (what it would buy, with thumbnails) and the commands
+    that decide it; rendered in a real browser when there is one."""
+    page_path = out / "waiting.html"
+    assert main(["review", str(out), "--html", str(page_path)]) == 0
+    text = page_path.read_text()
+    data = json.loads(re.search(r'<script id="report-data" type="application/json">(.*?)</script>', text, re.S)[1])
+    gaps = data["runs"][0]["rounds"][0]["gaps"]
+    assert all(g["preview"] for g in gaps if g["budget"]) and any(g["selected"] for g in gaps)
+    assert all(any("tutorloop approve" in c and "--drop" in c for c in g["approve"]) for g in gaps if g["budget"])
+    chromium = Path("/usr/bin/chromium")
+    playwright = pytest.importorskip("playwright.sync_api", reason="playwright is in the dev extra")
+    if not chromium.exists():
+        return
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(chromium), args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(page_path.as_uri(), wait_until="load")
+        page.wait_for_selector(".selected-card")
+        assert "would buy" in page.locator(".cols h3").all_inner_texts()[1]
+        assert page.locator("code.approve").count() >= 2 and not errors
+        browser.close()
