@@ -1,4 +1,4 @@
-"""The selection benchmark: every strategy side by side at equal budget, with its cost (issue 6).
+"""The selection benchmark: every strategy side by side at equal budget, with its cost.
 
 For one or more demo target tasks, budgets (fractions of the pool) and seeds, runs the loop
 (`agents.api.run`) with each strategy and records target test accuracy, generic-skill accuracy
@@ -36,7 +36,7 @@ continues where it stopped; ``--out`` can be extended with more seeds or budgets
 
     .venv/bin/python benchmarks/selection.py --target side-colour --budgets 0.02,0.05,0.1 --seeds 0,1,2
     .venv/bin/python benchmarks/selection.py --target side-colour,corner-colour --budgets 0.02,0.05,0.1 \
-        --seeds 0,1,2 --strategies random,failures,teacher,teacher-map,oracle-map   # issue 13's grid
+        --seeds 0,1,2 --strategies random,failures,teacher,teacher-map,oracle-map   # the teacher and skill-map grid
     .venv/bin/python benchmarks/selection.py --quick --out /tmp/sel --results /tmp/sel/results
 """
 
@@ -46,7 +46,6 @@ import argparse
 import contextlib
 import json
 import logging
-import math
 import os
 import shutil
 import statistics
@@ -696,7 +695,7 @@ def _mix(by_source: dict, top: int = 3) -> str:
     return ", ".join(f"{s} {100 * c / total:.0f}%" for s, c in list(by_source.items())[:top])
 
 
-def markdown(task: str, table: list[dict], checks: list[dict], settings: dict, notes: list[str], command: str,
+def markdown(task: str, table: list[dict], settings: dict, notes: list[str], command: str,
              rows: list[dict] | None = None) -> str:
     lines = [
         f"# Selection benchmark — target `{task}`", "",
@@ -719,8 +718,6 @@ def markdown(task: str, table: list[dict], checks: list[dict], settings: dict, n
             f"| {_pm(e['on_target_share'], digits=0)} | {_pm(e.get('diagnosis_right'), digits=0)} "
             f"| {_pm(e['selection_s'], 1, 0)} "
             f"| {_pm(e['training_s'], 1, 0)} | {_mix(e['by_source'])} |")
-    lines += ["", "## Targets (issues 6 and 13)", "", "| target | met | measured |", "|---|---|---|"]
-    lines += [f"| {c['target']} | {c['met']} | {c['measured']} |" for c in checks]
     lines += round_lines(rows or [])
     lines += ["", "## Policies", "", f"- {FULL_POOL_POLICY}", f"- {TARGET_DATA_POLICY}", f"- {FINAL_POLICY}",
               "- every run spends its whole budget (patience = rounds: no early stop), split evenly over rounds.",
@@ -772,116 +769,11 @@ def _pct(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:.1f}"
 
 
-def check_targets(table: list[dict], max_fraction: float = 0.10, strategy: str = "teacher") -> list[dict]:
-    """The issue's four targets for ``strategy``'s rows, judged on the aggregated table (best budget ≤ 10%)."""
-    def entry(name: str, fraction: float | None = None) -> dict | None:
-        return next((e for e in table if e["strategy"] == name
-                     and (fraction is None or math.isclose(e["budget_fraction"], fraction))), None)
-
-    teacher = [e for e in table if e["strategy"] == strategy and e["budget_fraction"] <= max_fraction + 1e-9
-               and e["test_accuracy"]]
-    full = entry("full-pool")
-    if not teacher:
-        return [{"target": "all", "met": "n/a", "measured": f"no {strategy} rows (teacher unavailable or not run)"}]
-    best = max(teacher, key=lambda e: e["test_accuracy"]["mean"])
-    tb = f"{strategy} at {100 * best['budget_fraction']:g}%"
-    checks = []
-    t_acc = best["test_accuracy"]["mean"]
-    if full and full["test_accuracy"]:
-        f_acc = full["test_accuracy"]["mean"]
-        checks.append({"target": f"{strategy} ≤10% reaches ≥ full-pool accuracy", "met": _yes(t_acc >= f_acc),
-                       "measured": f"{tb}: {100 * t_acc:.1f}% vs full pool {100 * f_acc:.1f}% "
-                                   f"({100 * (t_acc - f_acc):+.1f} points)"})
-    else:
-        checks.append({"target": f"{strategy} ≤10% reaches ≥ full-pool accuracy", "met": "n/a",
-                       "measured": "full-pool row missing"})
-    margins = []
-    for e in teacher:
-        r = entry("random", e["budget_fraction"])
-        if r and r["test_accuracy"]:
-            gap = e["test_accuracy"]["mean"] - r["test_accuracy"]["mean"]
-            spread = max(e["test_accuracy"]["spread"], r["test_accuracy"]["spread"])
-            margins.append((e["budget_fraction"], gap, spread, min(e["n_seeds"], r["n_seeds"])))
-    if margins:
-        met = all(gap > spread for _, gap, spread, _ in margins) and all(n > 1 for *_, n in margins)
-        text = "; ".join(f"{100 * f:g}%: {100 * g:+.1f} points vs spread {100 * s:.1f} (n={n})"
-                         for f, g, s, n in margins)
-        checks.append({"target": f"{strategy} beats random by more than the seed spread",
-                       "met": _yes(met) + ("" if all(n > 1 for *_, n in margins) else " (one seed: spread unknown)"),
-                       "measured": text})
-    forgetting = [(e["budget_fraction"], e["forgetting"]["mean"]) for e in teacher if e["forgetting"]]
-    if forgetting:
-        worst = min(f for _, f in forgetting)
-        checks.append({"target": _named("forgetting of generic skills ≤ 1 point", strategy), "met": _yes(worst >= -0.01),
-                       "measured": "; ".join(f"{100 * b:g}%: {100 * f:+.1f} points" for b, f in forgetting)})
-    if full:
-        ratios = []
-        for e in teacher:
-            saved = full["training_s"]["mean"] - e["training_s"]["mean"]
-            ratios.append((e["budget_fraction"], e["selection_s"]["mean"], saved))
-        met = all(saved > 0 and sel <= 0.1 * saved for _, sel, saved in ratios)
-        checks.append({"target": _named("selection cost ≤ 10% of the training time saved vs full pool", strategy), "met": _yes(met),
-                       "measured": "; ".join(f"{100 * b:g}%: {sel:.0f} s selection / {saved:.0f} s saved = "
-                                             f"{(sel / saved if saved > 0 else math.inf):.2f}"
-                                             for b, sel, saved in ratios)})
-    return checks
-
-
 def display(strategy: str) -> str:
     """A strategy's name as tables and plots show it (oracle rows and the ceiling carry their label)."""
     found = next((s for s in STRATEGIES if s.name == strategy), None)
     return found.label if found else {"target-data": "target-data — the target's own samples (ceiling)"}.get(
         strategy, strategy)
-
-
-def check_map_targets(table: list[dict], task: str, fraction: float = 0.05, name: str = "teacher-map") -> list[dict]:
-    """Issue 13's targets: on the composite target at 5%, teacher-map >= failures + 3 points and >= random
-    + 5 points, each beyond the seed spread; oracle-map >= teacher-map (else the map is the bottleneck);
-    on side-colour, teacher-map no worse than failures. ``name``: the grounded teacher row checked
-    (``teacher-map`` or a variant of it such as ``teacher-map-top3``)."""
-    def at(strategy: str) -> dict | None:
-        return next((e for e in table if e["strategy"] == strategy and math.isclose(e["budget_fraction"], fraction)
-                     and e["test_accuracy"]), None)
-
-    mapped, checks = at(name), []
-    if mapped is None:
-        return [{"target": f"{name} at {100 * fraction:g}%", "met": "n/a", "measured": f"no {name} row"}]
-    acc, spread = mapped["test_accuracy"]["mean"], mapped["test_accuracy"]["spread"]
-
-    def margin(other: dict, points: float, label: str) -> dict:
-        gap = acc - other["test_accuracy"]["mean"]
-        worst = max(spread, other["test_accuracy"]["spread"])
-        n = min(mapped["n_seeds"], other["n_seeds"])
-        met = gap >= points / 100 and gap > worst and n > 1
-        return {"target": label, "met": _yes(met) + ("" if n > 1 else " (one seed: spread unknown)"),
-                "measured": f"{100 * gap:+.1f} points (needs ≥ {points:+.0f}) vs spread {100 * worst:.1f} (n={n})"}
-
-    if task == "side-colour":
-        failures = at("failures")
-        if failures:
-            gap = acc - failures["test_accuracy"]["mean"]
-            checks.append({"target": f"side-colour 5%: {name} no worse than failures", "met": _yes(gap >= 0),
-                           "measured": f"{100 * gap:+.1f} points"})
-    else:
-        for baseline, points in (("failures", 3), ("random", 5)):
-            other = at(baseline)
-            if other:
-                checks.append(margin(other, points, f"{task} 5%: {name} ≥ {baseline} + {points} points, beyond spread"))
-    oracle = at("oracle-map")
-    if oracle:
-        gap = oracle["test_accuracy"]["mean"] - acc
-        checks.append({"target": f"{task} 5%: oracle-map ({ORACLE_LABEL}) ≥ {name}", "met": _yes(gap >= 0),
-                       "measured": f"{100 * gap:+.1f} points"
-                                   + ("" if gap >= 0 else " (the map, not the teacher, is the bottleneck)")})
-    return checks
-
-
-def _named(target: str, strategy: str) -> str:
-    return target if strategy == "teacher" else f"{strategy}: {target}"
-
-
-def _yes(ok: bool) -> str:
-    return "yes" if ok else "**no**"
 
 
 def plot(task: str, table: list[dict], path: Path) -> None:
@@ -985,18 +877,13 @@ def write_results(task: str, rows: list[dict], settings: dict, notes: list[str],
                   command: str) -> dict[str, Path]:
     results.mkdir(parents=True, exist_ok=True)
     table = aggregate(rows)
-    checks = [c for name in ("teacher", "teacher-known") if any(e["strategy"] == name for e in table)
-              for c in check_targets(table, strategy=name)] or check_targets(table)
-    for name in ("teacher-map", "teacher-map-top3", "teacher-tagmap-top3"):
-        if any(e["strategy"] == name for e in table):
-            checks += check_map_targets(table, task, name=name)
     paths = {ext: results / f"selection-{task}.{ext}" for ext in ("json", "md", "png")}
     paths["json"].write_text(json.dumps({
         "task": task, "settings": settings, "policies": [FULL_POOL_POLICY, TARGET_DATA_POLICY, FINAL_POLICY],
         "notes": notes,
-        "command": command, "targets": checks, "table": table, "rows": rows,
+        "command": command, "table": table, "rows": rows,
     }, indent=2) + "\n")
-    paths["md"].write_text(markdown(task, table, checks, settings, notes, command, rows))
+    paths["md"].write_text(markdown(task, table, settings, notes, command, rows))
     plot(task, table, paths["png"])
     for knob in KNOBS:
         curves = knob_curve(table, knob.marker)
