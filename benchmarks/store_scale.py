@@ -51,7 +51,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 NOISE_SD = 0.015  # per dimension: a noise vector of norm ~0.3 around a unit base vector
 BATCH = 1024
-QUERIES = {"edge": 200}
+QUERIES = {"edge": 200, "edge-disk": 200}
 EXCLUDED = 10_000
 TOP = 50
 
@@ -135,12 +135,17 @@ def peak_rss_mb() -> float:
 
 
 class Edge:
+    on_disk = False  # the product's store: vectors, payloads and the graph in memory-mapped segments
+
     def __init__(self, path: Path, dim: int, create: bool) -> None:
         import qdrant_edge as e
 
         self.e = e
         if create:
-            self.shard = e.EdgeShard.create(str(path), e.EdgeConfig(vectors=e.EdgeVectorParams(size=dim, distance=e.Distance.Cosine)))
+            disk = {"on_disk": True} if self.on_disk else {}
+            config = e.EdgeConfig(vectors=e.EdgeVectorParams(size=dim, distance=e.Distance.Cosine, **disk),
+                                  **({"on_disk_payload": True} if self.on_disk else {}))
+            self.shard = e.EdgeShard.create(str(path), config)
             for name, kind in (("sample_id", e.PayloadSchemaType.Keyword), ("cluster", e.PayloadSchemaType.Integer)):
                 self.shard.update(e.UpdateOperation.create_field_index(name, kind))
         else:
@@ -168,6 +173,12 @@ class Edge:
         self.shard.close()
 
 
+class EdgeOnDisk(Edge):
+    """Vectors and payloads asked to stay on disk (``on_disk``, ``on_disk_payload``): what it does to memory."""
+
+    on_disk = True
+
+
 def product_query(store: Edge, vector: np.ndarray, excluded: frozenset[str], flt: object) -> list[tuple[str, float]]:
     """The embedded index's query (retrieval/edge_index.py): over-fetch unfiltered, the id filter only as a fallback."""
     from tutorloop.retrieval.index import without_excluded
@@ -176,8 +187,11 @@ def product_query(store: Edge, vector: np.ndarray, excluded: frozenset[str], flt
                             excluded, key=lambda hit: hit[0])
 
 
+ENGINES = {"edge": Edge, "edge-disk": EdgeOnDisk}
+
+
 def run_one(engine: str, n: int, base: np.ndarray, work: Path, seed: int = 0) -> dict:
-    kind = {"edge": Edge}[engine]
+    kind = ENGINES[engine]
     baseline = peak_rss_mb()  # the interpreter, numpy and the base vectors, before any store
     sampler = RssSampler()
     path = work / f"{engine}-{n}"
@@ -258,7 +272,9 @@ def run_one(engine: str, n: int, base: np.ndarray, work: Path, seed: int = 0) ->
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", default="100000,1000000", help="edge sizes, comma-separated")
+    parser.add_argument("--sizes", default="100000,1000000", help="sizes, comma-separated")
+    parser.add_argument("--engines", default="edge", help="edge (the product's store), edge-disk (vectors and "
+                        "payloads on disk), comma-separated")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "tutorloop-store-scale")
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "store_scale.json")
     parser.add_argument("--one", nargs=2, metavar=("ENGINE", "N"), help=argparse.SUPPRESS)  # the child
@@ -268,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.one:
         print(json.dumps(run_one(args.one[0], int(args.one[1]), base, args.work)))
         return 0
-    jobs = [("edge", int(n)) for n in args.sizes.split(",") if n]
+    jobs = [(engine, int(n)) for engine in args.engines.split(",") for n in args.sizes.split(",") if n]
     distinct = len(np.unique(base.round(5), axis=0))
     rows = []
     for engine, n in jobs:
