@@ -168,7 +168,8 @@ def main() -> None:
     shutil.rmtree(args.out, ignore_errors=True)
     args.out.mkdir(parents=True)
     rows = cases(world(args.out), args.out)
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}"
+    machine = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name")), platform.machine()) + f", {os.cpu_count()} cores, loaded"
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.with_suffix(".json").write_text(json.dumps(
         {"machine": machine, "date": time.strftime("%Y-%m-%d"), "rows": [{"case": c, **r} for c, r in rows]},
