@@ -25,11 +25,21 @@ import transformers as tf
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from tutorloop.training.processors import image_only
-from tutorloop.training.tiny import IDEFICS3_EXTRA, TEMPLATE_WORDS
+from tutorloop.training.tiny import (
+    BOS,
+    CHAT_TEMPLATE,
+    EOS,
+    IMAGE,
+    PAD,
+    TEMPLATE_WORDS,
+    UNK,
+    llama_config,
+    save_model,
+    train_tokenizer,
+)
 
 # Small enough that a LoRA step takes well under a second on one core; every builder takes these knobs.
 TINY = {"image_size": 32, "patch_size": 8, "vision_hidden": 32, "hidden": 64, "layers": 2, "heads": 2}
-UNK = "<unk>"
 
 
 @dataclass(frozen=True)
@@ -540,3 +550,46 @@ def build_smollm2_student(out_dir: Path | str, *, seed: int = 0, image_size: int
                                                  image_seq_len=(image_size // patch_size) ** 2 // 4,
                                                  chat_template=template)
     return _save(model, processor, out_dir)
+
+
+IDEFICS3_EXTRA = ["<fake_token_around_image>", "<global-img>", "<end_of_utterance>"] + [
+    f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)
+]
+
+
+def build_tiny_idefics3(
+    out_dir: Path | str,
+    texts: Iterable[str],
+    *,
+    seed: int = 0,
+    image_size: int = 64,
+    patch_size: int = 8,
+    scale_factor: int = 2,
+    vision_hidden: int = 128,
+    vision_layers: int = 2,
+    hidden: int = 256,
+    layers: int = 4,
+    heads: int = 4,
+) -> Path:
+    """A tiny Idefics3 (SigLIP-like vision, pixel-shuffle connector, Llama); 16 image tokens at 64 px."""
+    tokenizer = train_tokenizer(texts, [PAD, UNK, BOS, EOS, IMAGE, *IDEFICS3_EXTRA])
+    vision = tf.Idefics3VisionConfig(
+        hidden_size=vision_hidden, intermediate_size=4 * vision_hidden, num_hidden_layers=vision_layers,
+        num_attention_heads=max(1, vision_hidden // 32), image_size=image_size, patch_size=patch_size,
+    )
+    config = tf.Idefics3Config(
+        vision_config=vision, text_config=llama_config(tokenizer, hidden, layers, heads),
+        image_token_id=tokenizer.convert_tokens_to_ids(IMAGE), scale_factor=scale_factor,
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = tf.Idefics3ForConditionalGeneration(config).eval()
+    image_processor = tf.Idefics3ImageProcessorPil(
+        do_image_splitting=False, size={"longest_edge": image_size}, max_image_size={"longest_edge": image_size},
+        image_mean=[0.5] * 3, image_std=[0.5] * 3,
+    )
+    seq_len = (image_size // patch_size) ** 2 // scale_factor**2
+    processor = tf.Idefics3Processor(
+        image_processor=image_processor, tokenizer=tokenizer, image_seq_len=seq_len, chat_template=CHAT_TEMPLATE,
+    )
+    return save_model(model, processor, out_dir)

@@ -87,7 +87,7 @@ def tiny_llava(tmp_path_factory: pytest.TempPathFactory, tiny_data: TinyData) ->
 
 @pytest.fixture(scope="session")
 def tiny_idefics3(tmp_path_factory: pytest.TempPathFactory, tiny_data: TinyData) -> Path:
-    from tutorloop.training.tiny import build_tiny_idefics3
+    from lab.architectures import build_tiny_idefics3
 
     return build_tiny_idefics3(tmp_path_factory.mktemp("tiny-idefics3"), tiny_data.texts, seed=0, **TINY_KNOBS)
 

@@ -1,4 +1,4 @@
-"""Tiny random-initialised vision–language students, built offline (tests, demo, benchmarks).
+"""The tiny random-initialised LLaVA the demo pre-trains into its student, built offline (tests use it too).
 
 Each builder trains a word-level tokenizer on the given texts (so no word the student will ever see is
 unknown to it), assembles an HF model + processor of a real architecture and saves them with
@@ -17,11 +17,6 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import (
-    Idefics3Config,
-    Idefics3ForConditionalGeneration,
-    Idefics3ImageProcessorPil,
-    Idefics3Processor,
-    Idefics3VisionConfig,
     LlamaConfig,
     LlavaConfig,
     LlavaForConditionalGeneration,
@@ -32,9 +27,6 @@ from transformers import (
 )
 
 BOS, EOS, PAD, UNK, IMAGE = "<s>", "</s>", "<pad>", "<unk>", "<image>"
-IDEFICS3_EXTRA = ["<fake_token_around_image>", "<global-img>", "<end_of_utterance>"] + [
-    f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)
-]
 
 # A plain two-role template; `<image>` comes first in the user turn (LLaVA-style). Content may be a string
 # or the list-of-parts form processors pass ({"type": "image"} / {"type": "text", "text": ...}).
@@ -76,7 +68,7 @@ def train_tokenizer(texts: Iterable[str], special: list[str]) -> PreTrainedToken
     )
 
 
-def _llama_config(tokenizer: PreTrainedTokenizerFast, hidden: int, layers: int, heads: int) -> LlamaConfig:
+def llama_config(tokenizer: PreTrainedTokenizerFast, hidden: int, layers: int, heads: int) -> LlamaConfig:
     return LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
         num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=1024,
@@ -101,7 +93,7 @@ def sincos_2d(grid: int, dim: int) -> torch.Tensor:
     return torch.cat([code(cols), code(rows)], dim=1).float()
 
 
-def _save(model: torch.nn.Module, processor, out_dir: Path | str) -> Path:
+def save_model(model: torch.nn.Module, processor, out_dir: Path | str) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
@@ -140,7 +132,7 @@ def build_tiny_llava(
     )
     n_image_tokens = (image_size // patch_size) ** 2
     config = LlavaConfig(
-        vision_config=vision, text_config=_llama_config(tokenizer, hidden, layers, heads),
+        vision_config=vision, text_config=llama_config(tokenizer, hidden, layers, heads),
         image_token_id=tokenizer.convert_tokens_to_ids(IMAGE), projector_hidden_act="gelu",
         # SigLIP has no CLS token: keep every patch, take the last layer, add no extra image tokens.
         vision_feature_select_strategy="full", vision_feature_layer=-1, image_seq_length=n_image_tokens,
@@ -161,42 +153,4 @@ def build_tiny_llava(
         image_processor=image_processor, tokenizer=tokenizer, patch_size=patch_size,
         vision_feature_select_strategy="full", num_additional_image_tokens=0, chat_template=CHAT_TEMPLATE,
     )
-    return _save(model, processor, out_dir)
-
-
-def build_tiny_idefics3(
-    out_dir: Path | str,
-    texts: Iterable[str],
-    *,
-    seed: int = 0,
-    image_size: int = 64,
-    patch_size: int = 8,
-    scale_factor: int = 2,
-    vision_hidden: int = 128,
-    vision_layers: int = 2,
-    hidden: int = 256,
-    layers: int = 4,
-    heads: int = 4,
-) -> Path:
-    """A tiny Idefics3 (SigLIP-like vision, pixel-shuffle connector, Llama); 16 image tokens at 64 px."""
-    tokenizer = train_tokenizer(texts, [PAD, UNK, BOS, EOS, IMAGE, *IDEFICS3_EXTRA])
-    vision = Idefics3VisionConfig(
-        hidden_size=vision_hidden, intermediate_size=4 * vision_hidden, num_hidden_layers=vision_layers,
-        num_attention_heads=max(1, vision_hidden // 32), image_size=image_size, patch_size=patch_size,
-    )
-    config = Idefics3Config(
-        vision_config=vision, text_config=_llama_config(tokenizer, hidden, layers, heads),
-        image_token_id=tokenizer.convert_tokens_to_ids(IMAGE), scale_factor=scale_factor,
-        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
-    )
-    torch.manual_seed(seed)
-    model = Idefics3ForConditionalGeneration(config).eval()
-    image_processor = Idefics3ImageProcessorPil(
-        do_image_splitting=False, size={"longest_edge": image_size}, max_image_size={"longest_edge": image_size},
-        image_mean=[0.5] * 3, image_std=[0.5] * 3,
-    )
-    seq_len = (image_size // patch_size) ** 2 // scale_factor**2
-    processor = Idefics3Processor(
-        image_processor=image_processor, tokenizer=tokenizer, image_seq_len=seq_len, chat_template=CHAT_TEMPLATE,
-    )
-    return _save(model, processor, out_dir)
+    return save_model(model, processor, out_dir)

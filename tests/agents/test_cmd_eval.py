@@ -7,12 +7,12 @@ import shutil
 
 import pytest
 
+from lab.architectures import build_tiny_idefics3
 from tutorloop.agents.cli import main
 from tutorloop.training.configs import LoraTrainConfig
 from tutorloop.training.lora import train_lora
 from tutorloop.training.records import EvalRecord
 from tutorloop.training.student import load_student
-from tutorloop.training.tiny import build_tiny_idefics3
 
 from ..conftest import make_sample
 

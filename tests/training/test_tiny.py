@@ -6,8 +6,9 @@ import pytest
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
+from lab.architectures import build_tiny_idefics3
 from tutorloop.training.student import PromptItem, build_inputs, load_student
-from tutorloop.training.tiny import build_tiny_idefics3, build_tiny_llava, sincos_2d
+from tutorloop.training.tiny import build_tiny_llava, sincos_2d
 
 
 def test_reload_is_bit_identical(tiny_student_dir, tiny_data):
