@@ -101,6 +101,19 @@ def run_target_data(world: World, target: FreshTarget, seed: int, budget: float,
             "selection_s": 0.0, "train_s": done["train_s"], "leak": None, "wall_s": done["wall_s"]}
 
 
+def whole_change(out: Path, row: dict) -> dict | None:
+    """Round 1's trained change kept whole (alpha 1 on its front): val accuracy and forgetting before the
+    operating point chose, for a selector whose change the forgetting bound refused."""
+    path = out / f"fresh-{row['world_seed']}" / row["target"] / "seed0" / f"{row['selector']}-b{row['budget']:g}" \
+        / "round_01" / "front.json"
+    if not path.exists():
+        return None
+    front = json.loads(path.read_text())
+    whole = next((p for p in front["points"] if p["alpha"] == 1.0), None)
+    return None if whole is None else {"val": whole["val_accuracy"], "forgetting": whole["forgetting"],
+                                       "chosen": front["chosen"]}
+
+
 def leakage(selected: list, world: World) -> dict:
     """Selected samples whose question text, or whose image bytes, equal a test sample's."""
     from tutorloop.retrieval.images import image_bytes
@@ -122,19 +135,25 @@ def mean_sd(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def markdown(rows: list[dict], command: str) -> str:
+def markdown(rows: list[dict], command: str, out: Path) -> str:
     held_out = [r for r in rows if r["world_seed"] in HELD_OUT_SEEDS]
     lines = [f"# Selectors against RDS+ and LESS on fresh worlds ({time.strftime('%Y-%m-%d')})", "",
              f"Machine: {machine()}. Worlds drawn by lab/worlds.py; held-out seeds {list(HELD_OUT_SEEDS)} "
              f"(reported here), tuning seeds {list(TUNING_SEEDS)}. One run per world, target and selector; the "
              "product's defaults otherwise. Accuracies in %; forgetting = generic points lost against the student "
-             "as given; selection s = every stage but training and evaluation.", ""]
+             "as given; selection s = every stage but training and evaluation. Alpha kept: the share of round 1's "
+             "trained change the operating point kept within 1 point of forgetting (0: the start); whole change: "
+             "val accuracy and forgetting had the change been kept whole. Leakage counts trained samples whose "
+             "question text equals a test question (the worlds are templated: a `plain` target asks in the pool's "
+             "own phrasings) and whose image bytes equal a test image's (a test item in the pool).", ""]
+    zero_generic = {(r["world_seed"], r["target"]): r["generic"][0] for r in rows if r["generic"][0] is not None}
     selectors = [s for s in ("zero-shot", *SELECTORS, "target-data") if s == "zero-shot" or
                  any(r["selector"] == s for r in held_out)]
     if held_out:
         lines += ["## Over the held-out worlds (mean ± sd over world × target)", "",
-                  "| selector | n | target test | forgetting | selection s | training s | selection / training |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| selector | n | target test | forgetting | whole change: val / forgetting | selection s | training s "
+                  "| selection / training |",
+                  "|---|---|---|---|---|---|---|---|"]
         for name in selectors:
             group = [r for r in held_out if r["selector"] == name] if name != "zero-shot" else \
                 list({(r["world_seed"], r["target"]): r for r in held_out if r["test"][0] is not None}.values())
@@ -144,12 +163,16 @@ def markdown(rows: list[dict], command: str) -> str:
                 test, forgetting, sel, train = mean_sd([100 * r["test"][0] for r in group]), (0.0, 0.0), 0.0, 0.0
             else:
                 test = mean_sd([100 * r["test"][-1] for r in group])
-                forgetting = mean_sd([100 * (r["generic"][0] - r["generic"][-1]) for r in group
-                                      if r["generic"][0] is not None] or [float("nan")])
+                forgetting = mean_sd([100 * (zero_generic[(r["world_seed"], r["target"])] - r["generic"][-1])
+                                      for r in group if (r["world_seed"], r["target"]) in zero_generic])
                 sel, train = statistics.fmean(r["selection_s"] for r in group), statistics.fmean(r["train_s"] for r in group)
             ratio = f"{sel / train:.2f}" if train else "—"
+            wholes = [w for w in (whole_change(out, r) for r in group if name not in ("zero-shot", "target-data"))
+                      if w is not None]
+            whole = "—" if not wholes else (f"{statistics.fmean(100 * w['val'] for w in wholes):.1f} / "
+                                            f"{statistics.fmean(w['forgetting'] for w in wholes):+.1f}")
             lines.append(f"| {name} | {len(group)} | {test[0]:.1f} ± {test[1]:.1f} | {forgetting[0]:+.1f} ± "
-                         f"{forgetting[1]:.1f} | {sel:.0f} | {train:.0f} | {ratio} |")
+                         f"{forgetting[1]:.1f} | {whole} | {sel:.0f} | {train:.0f} | {ratio} |")
         lines += ["", *margin_lines(held_out), ""]
     for seed, target in sorted({(r["world_seed"], r["target"]) for r in rows}):
         group = [r for r in rows if (r["world_seed"], r["target"]) == (seed, target)]
@@ -157,12 +180,16 @@ def markdown(rows: list[dict], command: str) -> str:
         kind = "held-out" if seed in HELD_OUT_SEEDS else "tuning" if seed in TUNING_SEEDS else "other"
         lines += [f"## fresh-{seed} ({kind}) · {target}; zero-shot test {100 * zero:.1f}" if zero is not None
                   else f"## fresh-{seed} ({kind}) · {target}", "",
-                  "| selector | selected | target test | generic | selection s | training s | leakage: same question / same image |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| selector | trained (budget + replay) | target test | generic | alpha kept | whole change: val / forgetting | "
+                  "selection s | training s | leakage: same question / same image |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for r in sorted(group, key=lambda r: -(r["test"][-1] or 0)):
             leak = "—" if r["leak"] is None else f"{r['leak']['same_question']} / {r['leak']['same_image']} of {r['leak']['of']}"
+            whole = whole_change(out, r) if r["selector"] != "target-data" else None
+            kept = "—" if whole is None else f"{whole['chosen']:g}"
+            change = "—" if whole is None else f"{100 * whole['val']:.1f} / {whole['forgetting']:+.1f}"
             lines.append(f"| {r['selector']} | {r['selected']} | {100 * r['test'][-1]:.1f} | {100 * r['generic'][-1]:.1f} | "
-                         f"{r['selection_s']:.0f} | {r['train_s']:.0f} | {leak} |")
+                         f"{kept} | {change} | {r['selection_s']:.0f} | {r['train_s']:.0f} | {leak} |")
         lines.append("")
     lines += [f"Command: `{command}`", ""]
     return "\n".join(lines)
@@ -221,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = _rows(rows_path)
     command = "benchmarks/peers.py " + " ".join(argv if argv is not None else sys.argv[1:])
     (args.results / "peers.json").write_text(json.dumps({"rows": rows, "machine": machine()}, indent=1) + "\n")
-    (args.results / "peers.md").write_text(markdown(rows, command))
+    (args.results / "peers.md").write_text(markdown(rows, command, args.out))
     return 0
 
 
