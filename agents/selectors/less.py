@@ -51,7 +51,7 @@ def choose(ctx: RoundContext, plan: GapPlan) -> Choice:
 
     config, settings = ctx.config, ctx.config.less.model_copy(update={"seed": ctx.config.seed + ctx.number})
     pool, pool_root = ctx.services.pool_index(), ctx.services.pool_image_root
-    progress = config.teacher.progress
+    progress = True  # TQDM_DISABLE=1 silences it, as every bar of the loop
     with ctx.clock("shortlist"):
         ids = shortlist(ctx, plan, settings.shortlist)
     with ctx.clock("warm_up"):

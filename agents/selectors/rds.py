@@ -51,6 +51,8 @@ def space_name(collection: str, student: Path | str) -> str:
 
 def student_space(ctx: RoundContext) -> PoolIndex:
     """The collection of the student's vectors of every retrievable pool sample, filled where it is not yet."""
+    from tqdm.auto import tqdm
+
     from tutorloop.retrieval.index import IndexManifest, PoolIndex
     from tutorloop.training.representations import hidden_state_vectors
     from tutorloop.training.student import untouched
@@ -74,20 +76,18 @@ def student_space(ctx: RoundContext) -> PoolIndex:
         log.info("rds: resuming the student's vectors of the pool: %d of %d done", len(done), len(ids))
     clusters = {p["sample_id"]: p.get("cluster") for p in pool.payloads(["sample_id", "cluster"])}
     dim = None
-    with untouched(ctx.student()) as base:
-        from tqdm.auto import tqdm
-
-        with tqdm(total=len(todo), desc="rds: student vectors of the pool", unit="sample",
-                  disable=not config.teacher.progress) as bar:
-            for start in range(0, len(todo), _FILL_BATCH):
-                samples = pool.fetch(todo[start:start + _FILL_BATCH])
-                vectors = hidden_state_vectors(base, samples, ctx.services.pool_image_root,
-                                               batch_size=config.eval_batch_size)
-                dim = vectors.shape[1]
-                if not space.exists():
-                    space.prepare(dim, wanted)
-                space.upsert(samples, vectors, [clusters.get(s.id) or 0 for s in samples], run="student")
-                bar.update(len(samples))
+    # TQDM_DISABLE=1 silences the bar, as every bar of the loop
+    with untouched(ctx.student()) as base, tqdm(total=len(todo), desc="rds: student vectors of the pool",
+                                                unit="sample") as bar:
+        for start in range(0, len(todo), _FILL_BATCH):
+            samples = pool.fetch(todo[start:start + _FILL_BATCH])
+            vectors = hidden_state_vectors(base, samples, ctx.services.pool_image_root,
+                                           batch_size=config.eval_batch_size)
+            dim = vectors.shape[1]
+            if not space.exists():
+                space.prepare(dim, wanted)
+            space.upsert(samples, vectors, [clusters.get(s.id) or 0 for s in samples], run="student")
+            bar.update(len(samples))
     if dim is None:  # every vector was written before a kill: read the size off one of them
         dim = next(iter(space.vectors(batch=1)))[1].shape[1]
     made = pool.manifest

@@ -45,8 +45,23 @@ def test_rds_represents_the_pool_once_per_student_and_picks_round_robin(tiny_wor
     space = _space(tiny_world)
     try:
         assert space.manifest_path.stat().st_mtime_ns == made, "the pool's vectors were reused, not recomputed"
+        space.manifest_path.unlink()  # as a kill after the last batch leaves it: every vector, no manifest
     finally:
         space.close()
+    run(loop_config(tiny_world, tmp_path / "c", selector="rds", rounds=1, budget=6), run_id="rds-c")
+    assert _selected(tmp_path / "c", 1) == first, "a resumed fill gives the same space"
+    space = _space(tiny_world)
+    try:
+        assert space.manifest.count == len(space.all_ids())
+        kept = space.manifest_path.read_text()
+        space.manifest_path.write_text(kept.replace(space.manifest.embedder, "student:another"))
+    finally:
+        space.close()
+    with pytest.raises(ValueError, match="holds vectors of student:another, not of the student"):
+        run(loop_config(tiny_world, tmp_path / "d", selector="rds", rounds=1, budget=6), run_id="rds-d")
+    space = _space(tiny_world)
+    space.manifest_path.write_text(kept)  # the session's world is shared with other tests
+    space.close()
 
 
 def test_less_selects_by_gradient_similarity_within_its_shortlist(tiny_world, loop_config, tmp_path):
