@@ -136,7 +136,6 @@ def mean_sd(values: list[float]) -> tuple[float, float]:
 
 
 def markdown(rows: list[dict], command: str, out: Path) -> str:
-    held_out = [r for r in rows if r["world_seed"] in HELD_OUT_SEEDS]
     lines = [f"# Selectors against RDS+ and LESS on fresh worlds ({time.strftime('%Y-%m-%d')})", "",
              f"Machine: {machine()}. Worlds drawn by lab/worlds.py; held-out seeds {list(HELD_OUT_SEEDS)} "
              f"(reported here), tuning seeds {list(TUNING_SEEDS)}. One run per world, target and selector; the "
@@ -147,39 +146,18 @@ def markdown(rows: list[dict], command: str, out: Path) -> str:
              "question text equals a test question (the worlds are templated: a `plain` target asks in the pool's "
              "own phrasings) and whose image bytes equal a test image's (a test item in the pool).", ""]
     zero_generic = {(r["world_seed"], r["target"]): r["generic"][0] for r in rows if r["generic"][0] is not None}
-    selectors = [s for s in ("zero-shot", *SELECTORS, "target-data") if s == "zero-shot" or
-                 any(r["selector"] == s for r in held_out)]
-    if held_out:
-        lines += ["## Over the held-out worlds (mean ± sd over world × target)", "",
-                  "| selector | n | target test | forgetting | whole change: val / forgetting | selection s | training s "
-                  "| selection / training |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for name in selectors:
-            group = [r for r in held_out if r["selector"] == name] if name != "zero-shot" else \
-                list({(r["world_seed"], r["target"]): r for r in held_out if r["test"][0] is not None}.values())
-            if not group:
-                continue
-            if name == "zero-shot":
-                test, forgetting, sel, train = mean_sd([100 * r["test"][0] for r in group]), (0.0, 0.0), 0.0, 0.0
-            else:
-                test = mean_sd([100 * r["test"][-1] for r in group])
-                forgetting = mean_sd([100 * (zero_generic[(r["world_seed"], r["target"])] - r["generic"][-1])
-                                      for r in group if (r["world_seed"], r["target"]) in zero_generic])
-                sel, train = statistics.fmean(r["selection_s"] for r in group), statistics.fmean(r["train_s"] for r in group)
-            ratio = f"{sel / train:.2f}" if train else "—"
-            wholes = [w for w in (whole_change(out, r) for r in group if name not in ("zero-shot", "target-data"))
-                      if w is not None]
-            whole = "—" if not wholes else (f"{statistics.fmean(100 * w['val'] for w in wholes):.1f} / "
-                                            f"{statistics.fmean(w['forgetting'] for w in wholes):+.1f}")
-            lines.append(f"| {name} | {len(group)} | {test[0]:.1f} ± {test[1]:.1f} | {forgetting[0]:+.1f} ± "
-                         f"{forgetting[1]:.1f} | {whole} | {sel:.0f} | {train:.0f} | {ratio} |")
-        lines += ["", *margin_lines(held_out), ""]
-    for seed, target in sorted({(r["world_seed"], r["target"]) for r in rows}):
-        group = [r for r in rows if (r["world_seed"], r["target"]) == (seed, target)]
-        zero = next((r["test"][0] for r in group if r["test"][0] is not None), None)
+    for budget in sorted({r["budget"] for r in rows}):
+        held_out = [r for r in rows if r["world_seed"] in HELD_OUT_SEEDS and r["budget"] == budget]
+        if held_out:
+            lines += [f"## Budget {budget:.0%}: over the held-out worlds (mean ± sd over world × target)", "",
+                      *summary_lines(held_out, rows, zero_generic, out), "", *margin_lines(held_out), ""]
+    for seed, target, budget in sorted({(r["world_seed"], r["target"], r["budget"]) for r in rows}):
+        group = [r for r in rows if (r["world_seed"], r["target"], r["budget"]) == (seed, target, budget)]
+        zero = next((r["test"][0] for r in rows if (r["world_seed"], r["target"]) == (seed, target)
+                     and r["test"][0] is not None), None)
         kind = "held-out" if seed in HELD_OUT_SEEDS else "tuning" if seed in TUNING_SEEDS else "other"
-        lines += [f"## fresh-{seed} ({kind}) · {target}; zero-shot test {100 * zero:.1f}" if zero is not None
-                  else f"## fresh-{seed} ({kind}) · {target}", "",
+        head = f"## fresh-{seed} ({kind}) · {target} · budget {budget:.0%}"
+        lines += [f"{head}; zero-shot test {100 * zero:.1f}" if zero is not None else head, "",
                   "| selector | trained (budget + replay) | target test | generic | alpha kept | whole change: val / forgetting | "
                   "selection s | training s | leakage: same question / same image |",
                   "|---|---|---|---|---|---|---|---|---|"]
@@ -193,6 +171,36 @@ def markdown(rows: list[dict], command: str, out: Path) -> str:
         lines.append("")
     lines += [f"Command: `{command}`", ""]
     return "\n".join(lines)
+
+
+def summary_lines(held_out: list[dict], rows: list[dict], zero_generic: dict, out: Path) -> list[str]:
+    """One row per selector over the held-out worlds and targets of one budget; zero-shot from every run."""
+    lines = ["| selector | n | target test | forgetting | whole change: val / forgetting | selection s | training s "
+             "| selection / training |", "|---|---|---|---|---|---|---|---|"]
+    keys = {(r["world_seed"], r["target"]) for r in held_out}
+    for name in ("zero-shot", *SELECTORS, "target-data"):
+        if name == "zero-shot":
+            group = list({(r["world_seed"], r["target"]): r for r in rows if (r["world_seed"], r["target"]) in keys
+                          and r["test"][0] is not None}.values())
+        else:
+            group = [r for r in held_out if r["selector"] == name]
+        if not group:
+            continue
+        if name == "zero-shot":
+            test, forgetting, sel, train = mean_sd([100 * r["test"][0] for r in group]), (0.0, 0.0), 0.0, 0.0
+        else:
+            test = mean_sd([100 * r["test"][-1] for r in group])
+            forgetting = mean_sd([100 * (zero_generic[(r["world_seed"], r["target"])] - r["generic"][-1])
+                                  for r in group if (r["world_seed"], r["target"]) in zero_generic])
+            sel, train = statistics.fmean(r["selection_s"] for r in group), statistics.fmean(r["train_s"] for r in group)
+        ratio = f"{sel / train:.2f}" if train else "—"
+        wholes = [w for w in (whole_change(out, r) for r in group if name not in ("zero-shot", "target-data"))
+                  if w is not None]
+        whole = "—" if not wholes else (f"{statistics.fmean(100 * w['val'] for w in wholes):.1f} / "
+                                        f"{statistics.fmean(w['forgetting'] for w in wholes):+.1f}")
+        lines.append(f"| {name} | {len(group)} | {test[0]:.1f} ± {test[1]:.1f} | {forgetting[0]:+.1f} ± "
+                     f"{forgetting[1]:.1f} | {whole} | {sel:.0f} | {train:.0f} | {ratio} |")
+    return lines
 
 
 def margin_lines(rows: list[dict]) -> list[str]:
