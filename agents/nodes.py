@@ -31,13 +31,14 @@ from tutorloop.agents.run_dir import (
     FRONT,
     METRICS,
     PLAN,
+    PREVIEW,
     PROBE,
     SCORED,
     SELECTED,
     RunDir,
 )
 from tutorloop.agents.runtime import Runtime
-from tutorloop.agents.selectors import RoundContext, get_selector
+from tutorloop.agents.selectors import Choice, RoundContext, get_selector
 from tutorloop.agents.stages import evaluate_splits, train_round
 from tutorloop.retrieval.ingest import load_samples
 from tutorloop.retrieval.rerank import ScoredCandidate
@@ -220,7 +221,10 @@ def select(state: LoopState, loop: Runtime) -> dict:
     if config.approve and not run.has(number, APPROVAL):
         _wait_for_approval(loop, number, ctx, gap_plan)
         gap_plan = run.read(number, PLAN)  # as the person left it
-    choice = get_selector(config.selector).choose(ctx, gap_plan)
+    if config.approve and run.read(number, APPROVAL).status == "approved":
+        choice = Choice(scored=run.read(number, SCORED), candidates=run.read(number, CANDIDATES))  # as previewed
+    else:
+        choice = get_selector(config.selector).choose(ctx, gap_plan)
     scored = list(choice.scored) + [
         ScoredCandidate(sample_id=i, gap="known", query="", relevance=0.0, score=1.0, selected=True,
                         reason=gap_plan.known_reason) for i in gap_plan.known_ids]
@@ -248,7 +252,12 @@ def _wait_for_approval(loop: Runtime, number: int, ctx: RoundContext, gap_plan: 
         preview = get_selector(loop.config.selector).choose(ctx, gap_plan)
         if preview.candidates:
             run.write(number, CANDIDATES, preview.candidates)
-        run.write(number, SCORED, list(preview.scored))
+        # the samples themselves too, so a reviewer sees them without the store (another run may hold it)
+        would_buy = preview.chosen
+        samples = loop.pool_index().fetch([c.sample_id for c in would_buy])
+        run.write(number, PREVIEW, [SelectedSample(sample=s, why=c.why()) for s, c in zip(samples, would_buy,
+                                                                                              strict=True)])
+        run.write(number, SCORED, list(preview.scored))  # last: the preview is complete once it exists
     loop.release_index()
     interrupt({"round": number, "waiting": "approval", "run": str(run.root)})  # a resume re-runs the node
 

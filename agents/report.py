@@ -35,7 +35,6 @@ from typing import Any
 
 from PIL import Image
 
-from tutorloop.agents.records import SelectedSample
 from tutorloop.agents.run_dir import (
     APPROVAL,
     DIAGNOSES,
@@ -43,6 +42,7 @@ from tutorloop.agents.run_dir import (
     FRONT,
     METRICS,
     PLAN,
+    PREVIEW,
     SCORED,
     SELECTED,
     RunDir,
@@ -150,7 +150,7 @@ def _round_data(run: RunDir, number: int, evals: dict, val_root: Path, pool_root
     before = evals.get(number - 1, {})
     later = [n for n in done if n >= number]
     waiting = run.waiting_for_approval() == number
-    selected = _preview(run, number) if waiting else run.read(number, SELECTED)
+    selected = run.read(number, PREVIEW if waiting else SELECTED)
     not_picked: dict[str, list] = {}
     for c in run.read(number, SCORED):
         if not c.selected:
@@ -220,26 +220,6 @@ def _round_data(run: RunDir, number: int, evals: dict, val_root: Path, pool_root
         "rejected_by_reason": dict(Counter(_reason(r.error) for r in diagnoses.values() if r.error)),
         "val_accuracy": metrics.val_accuracy if metrics else None, "gaps": gaps,
     }
-
-
-def _preview(run: RunDir, number: int) -> list[SelectedSample]:
-    """What a waiting round's plan would buy (its scored candidates marked selected), with the samples read from
-    the pool's store for their images; without the store, none (the plan and its failures still show)."""
-    picked = [c for c in run.read(number, SCORED) if c.selected]
-    store = run.read_info().config.get("store")
-    if not picked or not store or not Path(store).is_dir():
-        return []
-    from tutorloop.retrieval.index import PoolIndex
-
-    try:
-        index = PoolIndex.open(store=Path(store), collection=run.read_info().config.get("collection"))
-    except Exception:  # a store held by a run only costs the preview's thumbnails
-        return []
-    try:
-        samples = {s.id: s for s in index.fetch([c.sample_id for c in picked])}
-    finally:
-        index.close()
-    return [SelectedSample(sample=samples[c.sample_id], why=c.why()) for c in picked]
 
 
 def _approve_commands(run: RunDir, gap: str) -> list[str]:

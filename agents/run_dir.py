@@ -60,6 +60,7 @@ SELECTED = Artefact("selected.jsonl", SelectedSample, rows=True)
 METRICS = Artefact("metrics.json", RoundMetrics, rows=False)
 FRONT = Artefact("front.json", RoundFront, rows=False)
 APPROVAL = Artefact("approval.json", Approval, rows=False)  # with approve: a person's decision on the plan
+PREVIEW = Artefact("preview.jsonl", SelectedSample, rows=True)  # with approve: what the plan would buy
 PROBE = Artefact("probe.jsonl", Sample, rows=True)  # round 0's: drawn once, before any training
 EVALS = {"val": Artefact("eval.jsonl", EvalRecord, rows=True),
          "test": Artefact("eval_test.jsonl", EvalRecord, rows=True),

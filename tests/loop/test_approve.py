@@ -11,7 +11,7 @@ import pytest
 
 from tutorloop.agents.api import run
 from tutorloop.agents.cli import main
-from tutorloop.agents.run_dir import APPROVAL, PLAN, SCORED, SELECTED, RunDir
+from tutorloop.agents.run_dir import APPROVAL, PLAN, PREVIEW, SCORED, SELECTED, RunDir
 
 
 def test_approve_stops_after_the_plan_then_an_edited_plan_is_bought(tiny_world, loop_config, scripted_openai,
@@ -31,6 +31,8 @@ def _approve_then_buy(config, capsys) -> None:
     run_dir = RunDir(config.out)
     assert run_dir.waiting_for_approval() == 1
     assert run_dir.has(1, SCORED) and not run_dir.has(1, SELECTED) and not run_dir.has_adapter(1)
+    would_buy = run_dir.read(1, PREVIEW)
+    assert [r.sample.id for r in would_buy] == [c.sample_id for c in run_dir.read(1, SCORED) if c.selected]
     gaps = [g.skill for g in run_dir.read(1, PLAN).gaps]
     assert len(gaps) >= 2, "the tiny world's failures make several gaps"
     _waiting_round_renders(config.out)
@@ -80,3 +82,14 @@ def _waiting_round_renders(out: Path) -> None:
         assert "would buy" in page.locator(".cols h3").all_inner_texts()[1]
         assert page.locator("code.approve").count() >= 2 and not errors
         browser.close()
+
+
+def test_a_plan_approved_as_planned_buys_what_it_previewed(tiny_world, loop_config, tmp_path):
+    config = loop_config(tiny_world, tmp_path / "run", selector="failures", rounds=1, approve=True)
+    run(config, run_id="test-approve-as-planned")
+    run_dir = RunDir(config.out)
+    previewed = [r.sample.id for r in run_dir.read(1, PREVIEW)]
+    assert main(["approve", str(config.out), "--no-resume"]) == 0
+    assert run_dir.read(1, APPROVAL).status == "approved"
+    run(config, run_id="test-approve-as-planned")
+    assert [r.sample.id for r in run_dir.read(1, SELECTED) if r.why.gap != "known"] == previewed
