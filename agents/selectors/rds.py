@@ -26,6 +26,7 @@ from tutorloop.retrieval.rerank import ScoredCandidate
 
 if TYPE_CHECKING:
     from tutorloop.retrieval.index import PoolIndex
+    from tutorloop.training.student import Student
 
 log = logging.getLogger(__name__)
 _FILL_BATCH = 256  # pool samples represented, then written, at a time (the unit a killed run resumes from)
@@ -144,7 +145,6 @@ def round_robin(nearest: dict[str, Iterator[tuple[str, float]]], share: int, tak
 
 
 def choose(ctx: RoundContext, plan: GapPlan) -> Choice:
-    from tutorloop.training.representations import hidden_state_vectors
     from tutorloop.training.student import untouched
 
     with ctx.clock("student_space"):
@@ -156,18 +156,22 @@ def choose(ctx: RoundContext, plan: GapPlan) -> Choice:
             scored: list[ScoredCandidate] = []
             with untouched(ctx.student()) as base:
                 for gap in sorted(plan.gaps, key=lambda g: (-g.budget, g.skill)):
-                    scored += _gap_choice(gap, by_gap[gap.skill], base, space, ctx, taken, hidden_state_vectors)
+                    scored += _gap_choice(gap, by_gap[gap.skill], base, space, ctx, taken)
     finally:
         space.close()
     log.info("rds: %d samples chosen for %d gap(s)", len(scored), len(plan.gaps))
     return Choice(scored=scored)
 
 
-def _gap_choice(gap: Gap, failed: Sequence[Sample], base: Any, space: PoolIndex, ctx: RoundContext,
-                taken: set[str], represent: Any) -> list[ScoredCandidate]:
+def _gap_choice(gap: Gap, failed: Sequence[Sample], base: Student, space: PoolIndex, ctx: RoundContext,
+                taken: set[str]) -> list[ScoredCandidate]:
+    """The gap's share, round-robin over its failures' nearest samples in the student's space."""
+    from tutorloop.training.representations import hidden_state_vectors
+
     if not failed or gap.budget <= 0:
         return []
-    vectors = represent(base, failed, ctx.config.image_root_of(ctx.config.val), batch_size=ctx.config.eval_batch_size)
+    vectors = hidden_state_vectors(base, failed, ctx.config.image_root_of(ctx.config.val),
+                                   batch_size=ctx.config.eval_batch_size)
     page = math.ceil(gap.budget / len(failed)) + 8
     nearest = {s.id: iter(_Nearest(space, v, page, ctx.exclude)) for s, v in zip(failed, vectors, strict=True)}
     return [ScoredCandidate(

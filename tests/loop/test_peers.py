@@ -75,3 +75,13 @@ def test_less_selects_by_gradient_similarity_within_its_shortlist(tiny_world, lo
     assert len(shortlisted) == 1 and 12 <= shortlisted.pop() <= 40, "a pool larger than the shortlist is shortlisted"
     seconds = RunDir(config.out).seconds(1)
     assert {"shortlist", "warm_up", "gradients"} <= seconds.keys(), "the selector's cost is recorded"
+
+
+def test_round_robin_gives_each_failure_its_best_sample_not_taken_in_turn():
+    from tutorloop.agents.selectors.rds import round_robin
+
+    nearest = {"f1": iter([("a", 0.9), ("b", 0.8), ("c", 0.7)]), "f2": iter([("a", 0.95), ("d", 0.6)])}
+    taken = {"c"}
+    picks = round_robin(nearest, 4, taken)
+    assert picks == [("a", "f1", 0.9, 1), ("d", "f2", 0.6, 1), ("b", "f1", 0.8, 2)], "f2's list ran out"
+    assert taken == {"a", "b", "c", "d"}
