@@ -26,6 +26,7 @@ class Approval(BaseModel):
     at: str
     dropped: list[str] = Field(default_factory=list)
     weights: dict[str, float] = Field(default_factory=dict)
+    added_queries: dict[str, list[str]] = Field(default_factory=dict)
     budgets_before: dict[str, int] = Field(default_factory=dict)
     budgets_after: dict[str, int] = Field(default_factory=dict)
     note: str = ""
@@ -35,11 +36,14 @@ class ApprovalError(ValueError):
     pass
 
 
-def edit_plan(plan: GapPlan, *, drop: list[str], weights: dict[str, float]) -> GapPlan:
-    """The plan without the ``drop`` gaps and with the ``weights`` gaps' shares scaled; the gaps' total budget is
-    kept (shared in proportion to the edited budgets, largest remainders first, ties in plan order)."""
+def edit_plan(plan: GapPlan, *, drop: list[str], weights: dict[str, float],
+              queries: dict[str, list[str]] | None = None) -> GapPlan:
+    """The plan without the ``drop`` gaps, with the ``weights`` gaps' shares scaled and ``queries`` added to their
+    gaps; the gaps' total budget is kept (shared in proportion to the edited budgets, largest remainders first,
+    ties in plan order)."""
+    queries = queries or {}
     names = [gap.skill for gap in plan.gaps]
-    unknown = sorted((set(drop) | set(weights)) - set(names))
+    unknown = sorted((set(drop) | set(weights) | set(queries)) - set(names))
     if unknown:
         raise ApprovalError(f"no gap named {', '.join(unknown)} in round's plan; its gaps: {', '.join(names)}")
     kept = [gap for gap in plan.gaps if gap.skill not in drop]
@@ -52,16 +56,18 @@ def edit_plan(plan: GapPlan, *, drop: list[str], weights: dict[str, float]) -> G
     order = sorted(range(len(kept)), key=lambda i: (-(wanted[i] * scale - budgets[i]), i))
     for i in order[: total - sum(budgets)]:
         budgets[i] += 1
-    return plan.model_copy(update={"gaps": [g.model_copy(update={"budget": b}) for g, b in zip(kept, budgets,
-                                                                                              strict=True)]})
+    return plan.model_copy(update={"gaps": [
+        g.model_copy(update={"budget": b, "queries": [*g.queries, *queries.get(g.skill, [])]})
+        for g, b in zip(kept, budgets, strict=True)]})
 
 
-def decide(number: int, plan: GapPlan, *, drop: list[str], weights: dict[str, float], note: str
-           ) -> tuple[GapPlan, Approval]:
-    edited = edit_plan(plan, drop=drop, weights=weights)
+def decide(number: int, plan: GapPlan, *, drop: list[str], weights: dict[str, float], note: str,
+           queries: dict[str, list[str]] | None = None) -> tuple[GapPlan, Approval]:
+    edited = edit_plan(plan, drop=drop, weights=weights, queries=queries)
     before = {g.skill: g.budget for g in plan.gaps}
     after = {g.skill: g.budget for g in edited.gaps}
-    approval = Approval(round=number, status="edited" if (drop or weights) else "approved", by=getpass.getuser(),
-                        at=datetime.now(UTC).isoformat(timespec="seconds"), dropped=sorted(drop),
-                        weights=weights, budgets_before=before, budgets_after=after, note=note)
+    approval = Approval(round=number, status="edited" if (drop or weights or queries) else "approved",
+                        by=getpass.getuser(), at=datetime.now(UTC).isoformat(timespec="seconds"), dropped=sorted(drop),
+                        weights=weights, added_queries=queries or {}, budgets_before=before, budgets_after=after,
+                        note=note)
     return edited, approval

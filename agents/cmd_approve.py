@@ -16,9 +16,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="leave this gap out of the round (its budget goes to the others); repeatable")
     parser.add_argument("--weight", action="append", default=[], metavar="GAP=W",
                         help="scale this gap's share of the budget by W (the round's total stays); repeatable")
+    parser.add_argument("--add-query", action="append", default=[], metavar='GAP="TEXT"',
+                        help="one more query for this gap's retrieval; repeatable")
     parser.add_argument("--note", default="", help="why, for whoever reads the run later")
     parser.add_argument("--no-resume", action="store_true", help="record the decision only; resume later with "
                         "tutorloop run --out RUNDIR")
+
+
+def _plan(run_dir: RunDir, number: int):
+    """The round's plan, as the run left it or as a person edited ``gaps.json`` by hand (checked here)."""
+    from pydantic import ValidationError
+
+    from tutorloop.agents.run_dir import PLAN
+
+    try:
+        return run_dir.read(number, PLAN)
+    except ValidationError as error:
+        where = run_dir.path(number, PLAN)
+        first = error.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "the file"
+        raise ValueError(f"{where}: {field}: {first['msg']} ({error.error_count()} problem(s)); fix the file or "
+                         "restore the plan the run wrote") from None
+    except ValueError as error:  # not JSON at all
+        raise ValueError(f"{run_dir.path(number, PLAN)}: not a plan ({error})") from None
+
+
+def _queries(pairs: list[str]) -> dict[str, list[str]]:
+    queries: dict[str, list[str]] = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        if not sep or not text.strip():
+            raise ValueError(f'--add-query {pair}: give GAP="TEXT", e.g. --add-query counting="how many circles?"')
+        queries.setdefault(name, []).append(text.strip())
+    return queries
 
 
 def _weights(pairs: list[str]) -> dict[str, float]:
@@ -48,8 +78,8 @@ def run(args: argparse.Namespace) -> int:
             raise ApprovalError(f"{args.run_dir}: no round waits for approval (start the run with --approve)")
         if run_dir.has(number, APPROVAL):
             raise ApprovalError(f"round {number} was decided already ({run_dir.read(number, APPROVAL).status})")
-        edited, approval = decide(number, run_dir.read(number, PLAN), drop=args.drop, weights=_weights(args.weight),
-                                  note=args.note)
+        edited, approval = decide(number, _plan(run_dir, number), drop=args.drop, weights=_weights(args.weight),
+                                  note=args.note, queries=_queries(args.add_query))
     except ValueError as error:
         print(f"tutorloop approve: {error}", file=sys.stderr)
         return 2

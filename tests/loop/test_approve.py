@@ -57,6 +57,19 @@ def test_an_unknown_gap_is_refused_with_the_plan_s_gaps(tiny_world, loop_config,
     assert "no gap named no-such-gap" in capsys.readouterr().err
     assert not RunDir(config.out).has(1, APPROVAL)
 
+    run_dir = RunDir(config.out)
+    plan_file = run_dir.path(1, PLAN)
+    written = plan_file.read_text()
+    plan_file.write_text(written.replace('"budget": ', '"budget": "lots", "was": ', 1))  # a hand edit gone wrong
+    assert main(["approve", str(config.out), "--no-resume"]) == 2
+    err = capsys.readouterr().err
+    assert str(plan_file) in err and "budget" in err and len(err.strip().splitlines()) == 1
+    plan_file.write_text(written)
+    gap = run_dir.read(1, PLAN).gaps[0].skill
+    assert main(["approve", str(config.out), "--add-query", f"{gap}=what colour is the left one?", "--no-resume"]) == 0
+    assert run_dir.read(1, PLAN).gaps[0].queries[-1] == "what colour is the left one?"
+    assert run_dir.read(1, APPROVAL).added_queries == {gap: ["what colour is the left one?"]}
+
 
 def _waiting_round_renders(out: Path) -> None:
     """The report of a waiting round: each gap's preview (what it would buy, with thumbnails) and the commands
