@@ -104,14 +104,15 @@ def run_target_data(world: World, target: FreshTarget, seed: int, budget: float,
 def whole_change(out: Path, row: dict) -> dict | None:
     """Round 1's trained change kept whole (alpha 1 on its front): val accuracy and forgetting before the
     operating point chose, for a selector whose change the forgetting bound refused."""
-    path = out / f"fresh-{row['world_seed']}" / row["target"] / "seed0" / f"{row['selector']}-b{row['budget']:g}" \
-        / "round_01" / "front.json"
-    if not path.exists():
+    from tutorloop.agents.run_dir import FRONT, RunDir
+
+    run = RunDir(out / f"fresh-{row['world_seed']}" / row["target"] / "seed0" / f"{row['selector']}-b{row['budget']:g}")
+    if not run.has(1, FRONT):
         return None
-    front = json.loads(path.read_text())
-    whole = next((p for p in front["points"] if p["alpha"] == 1.0), None)
-    return None if whole is None else {"val": whole["val_accuracy"], "forgetting": whole["forgetting"],
-                                       "chosen": front["chosen"]}
+    front = run.read(1, FRONT)
+    whole = next((p for p in front.points if p.alpha == 1.0), None)
+    return None if whole is None else {"val": whole.val_accuracy, "forgetting": whole.forgetting,
+                                       "chosen": front.chosen}
 
 
 def leakage(selected: list, world: World) -> dict:
