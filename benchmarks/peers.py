@@ -39,6 +39,7 @@ log = logging.getLogger("benchmarks.peers")
 DEFAULTS = {"known_share": 1.0, "known_on_top": True, **OP}  # the product's retention defaults
 SELECTORS = ("random", "failures", "rds", "less")
 NOT_SELECTION = {"train", "evaluate", "operating_point", "replay"}
+POOL_SIZES: dict[int, int] = {}  # world seed -> pool size, filled as worlds are built (3000 when the report alone runs)
 
 
 def shipped_student(out: Path) -> Path:
@@ -49,6 +50,7 @@ def shipped_student(out: Path) -> Path:
 
 def fresh_worlds(seed: int, out: Path, pool_size: int) -> list[tuple[World, FreshTarget]]:
     world = draw_world(seed, pool_size)
+    POOL_SIZES[seed] = pool_size
     paths = build_fresh_world(world, out / world.name / "world", shipped_student(out))
     return [(indexed_world(t.name, paths, paths.student, (f"{t.skill}-v1",), paths.root), t) for t in world.targets]
 
@@ -115,6 +117,31 @@ def whole_change(out: Path, row: dict) -> dict | None:
                                        "chosen": front.chosen}
 
 
+def flops_ratio(out: Path, row: dict, pool_count: int) -> float | None:
+    """The selection's student FLOPs over round 1's training FLOPs, counted in sample passes (the model's size and
+    a sample's tokens cancel): a forward pass costs 2 units, a forward and backward 6. rds: one forward over the
+    pool (paid once per student; charged here in full); less: the warm-up's epochs and a gradient per shortlisted
+    sample and per failure; training: every trained sample in every epoch run. The others select with the text
+    embedder, whose cost next to the student's is left out (0)."""
+    from tutorloop.agents.run_dir import DIAGNOSES, RunDir
+
+    if row["selector"] in ("target-data",):
+        return None
+    run = RunDir(out / f"fresh-{row['world_seed']}" / row["target"] / "seed0" / f"{row['selector']}-b{row['budget']:g}")
+    training = run.training(1)
+    if not training.get("epochs_run"):
+        return None
+    trained = 6 * training["n_train"] * training["epochs_run"]
+    if row["selector"] == "rds":
+        return 2 * pool_count / trained
+    if row["selector"] == "less":
+        less = run.read_info().config["less"]
+        shortlisted = min(less["shortlist"], pool_count)
+        failures = len(run.read(1, DIAGNOSES))
+        return 6 * (less["warmup_samples"] * less["warmup_epochs"] + shortlisted + failures) / trained
+    return 0.0
+
+
 def leakage(selected: list, world: World) -> dict:
     """Selected samples whose question text, or whose image bytes, equal a test sample's."""
     from tutorloop.retrieval.images import image_bytes
@@ -177,7 +204,7 @@ def markdown(rows: list[dict], command: str, out: Path) -> str:
 def summary_lines(held_out: list[dict], rows: list[dict], zero_generic: dict, out: Path) -> list[str]:
     """One row per selector over the held-out worlds and targets of one budget; zero-shot from every run."""
     lines = ["| selector | n | target test | forgetting | whole change: val / forgetting | selection s | training s "
-             "| selection / training |", "|---|---|---|---|---|---|---|---|"]
+             "| selection / training: seconds, FLOPs (est.) |", "|---|---|---|---|---|---|---|---|"]
     keys = {(r["world_seed"], r["target"]) for r in held_out}
     for name in ("zero-shot", *SELECTORS, "target-data"):
         if name == "zero-shot":
@@ -194,7 +221,9 @@ def summary_lines(held_out: list[dict], rows: list[dict], zero_generic: dict, ou
             forgetting = mean_sd([100 * (zero_generic[(r["world_seed"], r["target"])] - r["generic"][-1])
                                   for r in group if (r["world_seed"], r["target"]) in zero_generic])
             sel, train = statistics.fmean(r["selection_s"] for r in group), statistics.fmean(r["train_s"] for r in group)
-        ratio = f"{sel / train:.2f}" if train else "—"
+        flops = [f for f in (flops_ratio(out, r, POOL_SIZES.get(r["world_seed"], 3000)) for r in group
+                             if name != "zero-shot") if f is not None]
+        ratio = (f"{sel / train:.2f}" if train else "—") + (f", {statistics.fmean(flops):.2f}" if flops else "")
         wholes = [w for w in (whole_change(out, r) for r in group if name not in ("zero-shot", "target-data"))
                   if w is not None]
         whole = "—" if not wholes else (f"{statistics.fmean(100 * w['val'] for w in wholes):.1f} / "
