@@ -36,8 +36,8 @@ def shortlist(ctx: RoundContext, plan: GapPlan, size: int) -> list[str]:
 
     factor = max(1, size // max(1, sum(g.budget for g in plan.gaps)))
     by_gap = retrieve_candidates(plan.gaps, pool, ctx.services.query_embedder(), factor=factor, exclude=ctx.exclude)
-    found = sorted({c.sample_id for cands in by_gap.values() for c in cands})
-    return found[:size]
+    ranked = sorted((c for cands in by_gap.values() for c in cands), key=lambda c: (-c.relevance, c.sample_id))
+    return sorted(dict.fromkeys(c.sample_id for c in ranked[:size]))  # the most relevant, in a stable order
 
 
 def warmup_draw(ctx: RoundContext, n: int) -> list[str]:
@@ -51,7 +51,6 @@ def choose(ctx: RoundContext, plan: GapPlan) -> Choice:
 
     config, settings = ctx.config, ctx.config.less.model_copy(update={"seed": ctx.config.seed + ctx.number})
     pool, pool_root = ctx.services.pool_index(), ctx.services.pool_image_root
-    progress = True  # TQDM_DISABLE=1 silences it, as every bar of the loop
     with ctx.clock("shortlist"):
         ids = shortlist(ctx, plan, settings.shortlist)
     with ctx.clock("warm_up"):
@@ -59,7 +58,7 @@ def choose(ctx: RoundContext, plan: GapPlan) -> Choice:
         moments = warm_up(student, pool.fetch(warmup_draw(ctx, settings.warmup_samples)), pool_root, settings)
     with ctx.clock("gradients"):
         features = gradient_features(student, pool.fetch(ids), pool_root, settings, moments=moments,
-                                     progress=progress, desc="less: pool gradients")
+                                     progress=True, desc="less: pool gradients")  # TQDM_DISABLE=1 silences it
         by_gap = failure_samples(ctx, plan)
         targets = {gap: gradient_features(student, failed, config.image_root_of(config.val), settings)
                    for gap, failed in by_gap.items() if failed}
