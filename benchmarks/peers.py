@@ -234,18 +234,19 @@ def summary_lines(held_out: list[dict], rows: list[dict], zero_generic: dict, ou
 
 
 def margin_lines(rows: list[dict]) -> list[str]:
-    """The product's no-teacher selector against the best peer, per world and target (paired)."""
-    pairs = []
+    """The product's no-teacher selector against the best peer measured, per world and target (paired)."""
+    pairs, named = [], set()
     for key in sorted({(r["world_seed"], r["target"]) for r in rows}):
         by = {r["selector"]: 100 * r["test"][-1] for r in rows if (r["world_seed"], r["target"]) == key}
-        peers = [by[p] for p in ("rds", "less") if p in by]
+        peers = {p: by[p] for p in ("rds", "less") if p in by}
         if "failures" in by and peers:
-            pairs.append(by["failures"] - max(peers))
+            pairs.append(by["failures"] - max(peers.values()))
+            named |= set(peers)
     if not pairs:
         return []
     margin = mean_sd(pairs)
-    return [f"failures − best of (rds, less), paired per world and target: {margin[0]:+.1f} ± {margin[1]:.1f} "
-            f"points (n = {len(pairs)}; target: ≥ +3)"]
+    return [f"failures − the better of ({', '.join(sorted(named))}), paired per world and target: {margin[0]:+.1f} ± "
+            f"{margin[1]:.1f} points (n = {len(pairs)}; target: ≥ +3)"]
 
 
 def _rows(path: Path) -> list[dict]:
