@@ -103,12 +103,19 @@ def run_target_data(world: World, target: FreshTarget, seed: int, budget: float,
             "selection_s": 0.0, "train_s": done["train_s"], "leak": None, "wall_s": done["wall_s"]}
 
 
+def run_of(out: Path, row: dict):
+    """The run directory of a row (where benchmarks.selection.run_strategy put it)."""
+    from tutorloop.agents.run_dir import RunDir
+
+    return RunDir(out / f"fresh-{row['world_seed']}" / row["target"] / "seed0" / f"{row['selector']}-b{row['budget']:g}")
+
+
 def whole_change(out: Path, row: dict) -> dict | None:
     """Round 1's trained change kept whole (alpha 1 on its front): val accuracy and forgetting before the
     operating point chose, for a selector whose change the forgetting bound refused."""
-    from tutorloop.agents.run_dir import FRONT, RunDir
+    from tutorloop.agents.run_dir import FRONT
 
-    run = RunDir(out / f"fresh-{row['world_seed']}" / row["target"] / "seed0" / f"{row['selector']}-b{row['budget']:g}")
+    run = run_of(out, row)
     if not run.has(1, FRONT):
         return None
     front = run.read(1, FRONT)
@@ -123,11 +130,11 @@ def flops_ratio(out: Path, row: dict, pool_count: int) -> float | None:
     pool (paid once per student; charged here in full); less: the warm-up's epochs and a gradient per shortlisted
     sample and per failure; training: every trained sample in every epoch run. The others select with the text
     embedder, whose cost next to the student's is left out (0)."""
-    from tutorloop.agents.run_dir import DIAGNOSES, RunDir
+    from tutorloop.agents.run_dir import DIAGNOSES
 
     if row["selector"] in ("target-data",):
         return None
-    run = RunDir(out / f"fresh-{row['world_seed']}" / row["target"] / "seed0" / f"{row['selector']}-b{row['budget']:g}")
+    run = run_of(out, row)
     training = run.training(1)
     if not training.get("epochs_run"):
         return None

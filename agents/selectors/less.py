@@ -26,10 +26,10 @@ from tutorloop.retrieval.rerank import ScoredCandidate
 log = logging.getLogger(__name__)
 
 
-def shortlist(ctx: RoundContext, plan: GapPlan, size: int) -> list[str]:
-    """The pool samples to featurise: every one not trained on, or ``size`` retrieved by the failed questions."""
+def shortlist(ctx: RoundContext, plan: GapPlan, free: list[str], size: int) -> list[str]:
+    """The pool samples to featurise: every one not trained on (``free``), or ``size`` retrieved by the failed
+    questions."""
     pool = ctx.services.pool_index()
-    free = [i for i in pool.all_ids() if i not in ctx.exclude]
     if len(free) <= size:
         return free
     from tutorloop.agents.retrieve import retrieve_candidates
@@ -40,8 +40,7 @@ def shortlist(ctx: RoundContext, plan: GapPlan, size: int) -> list[str]:
     return sorted(dict.fromkeys(c.sample_id for c in ranked[:size]))  # the most relevant, in a stable order
 
 
-def warmup_draw(ctx: RoundContext, n: int) -> list[str]:
-    free = [i for i in ctx.services.pool_index().all_ids() if i not in ctx.exclude]
+def warmup_draw(ctx: RoundContext, free: list[str], n: int) -> list[str]:
     return sorted(random.Random(ctx.config.seed * 7919 + ctx.number).sample(free, min(n, len(free))))
 
 
@@ -52,10 +51,11 @@ def choose(ctx: RoundContext, plan: GapPlan) -> Choice:
     config, settings = ctx.config, ctx.config.less.model_copy(update={"seed": ctx.config.seed + ctx.number})
     pool, pool_root = ctx.services.pool_index(), ctx.services.pool_image_root
     with ctx.clock("shortlist"):
-        ids = shortlist(ctx, plan, settings.shortlist)
+        free = [i for i in pool.all_ids() if i not in ctx.exclude]  # one scroll of the pool for both draws
+        ids = shortlist(ctx, plan, free, settings.shortlist)
     with ctx.clock("warm_up"):
         student = load_student(config.student)
-        moments = warm_up(student, pool.fetch(warmup_draw(ctx, settings.warmup_samples)), pool_root, settings)
+        moments = warm_up(student, pool.fetch(warmup_draw(ctx, free, settings.warmup_samples)), pool_root, settings)
     with ctx.clock("gradients"):
         features = gradient_features(student, pool.fetch(ids), pool_root, settings, moments=moments,
                                      progress=True, desc="less: pool gradients")  # TQDM_DISABLE=1 silences it
