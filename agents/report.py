@@ -358,9 +358,11 @@ def _approval(approval: dict | str | None) -> str:
                         for gap, budget in approval["budgets_after"].items()
                         if budget != approval["budgets_before"].get(gap))
     dropped = f"; dropped {', '.join(approval['dropped'])}" if approval["dropped"] else ""
+    queries = "".join(f"; query added to {gap}: {', '.join(texts)}"
+                      for gap, texts in approval.get("added_queries", {}).items())
     note = f"; “{approval['note']}”" if approval["note"] else ""
-    note = "".join(f"; query added to {gap}: {', '.join(texts)}" for gap, texts in approval.get("added_queries", {}).items()) + note
-    return f"{approval['status']} by {approval['by']} at {approval['at']}{': ' + changes if changes else ''}{dropped}{note}"
+    return (f"{approval['status']} by {approval['by']} at {approval['at']}{': ' + changes if changes else ''}"
+            f"{dropped}{queries}{note}")
 
 
 def _epochs(training: dict) -> str:
