@@ -19,13 +19,17 @@ its own process, so its peak RSS is its own:
   filter only as a fallback) on that exclusion and on one crowding each query's own 60 nearest,
 - recall@50 of that query against exact search with the same filter,
 - the same query without the exclusion filter (what the filter itself costs),
+- the recall-latency curve of the product's query over the search-time ``ef`` (``--ef``), for each graph
+  built (``--hnsw M:EF_CONSTRUCT``, one build each): what the product's HNSW settings are chosen from,
 - reopen seconds (load + first query) and peak RSS (indexing, and after reopening): VmHWM counts the
   store's file pages mapped in memory too (page cache the kernel can drop), so the peaks of anonymous
   memory (RssAnon: heap the engine needs) and of mapped file pages (RssFile) are sampled apart, every
-  20 ms (a shorter spike can be missed). The benchmark's own arrays (6,000 base vectors, one batch) are
-  ~10 MB of that: ``rss_mb_before_store``.
+  20 ms (a shorter spike can be missed), and kept once a second as a curve over the run (``memory_curve``:
+  seconds, anonymous MB, mapped-file MB, phase). The benchmark's own arrays (6,000 base vectors, one batch)
+  are ~10 MB of that: ``rss_mb_before_store``.
 
     .venv/bin/python benchmarks/store_scale.py --sizes 100000,1000000
+    .venv/bin/python benchmarks/store_scale.py --sizes 1000000 --hnsw 16:100,32:200 --ef 128,256,512
 """
 
 from __future__ import annotations
@@ -95,10 +99,14 @@ def point_id(i: int) -> str:
 class RssSampler:
     """Peaks of RssAnon and RssFile of this process, sampled in a thread (VmHWM has only their sum)."""
 
-    def __init__(self, every_s: float = 0.02) -> None:
+    def __init__(self, every_s: float = 0.02, curve_every_s: float = 1.0) -> None:
         import threading
 
         self.peak = {"RssAnon": 0.0, "RssFile": 0.0}
+        self.now = {"RssAnon": 0.0, "RssFile": 0.0}
+        self.phase = "start"
+        self.curve: list[tuple[float, int, int, str]] = []
+        self._began, self._curve_every = time.perf_counter(), curve_every_s
         self._stop = threading.Event()
         self.sample()
         self.before = dict(self.peak)  # libraries and the base vectors, before any store
@@ -108,19 +116,25 @@ class RssSampler:
     def _run(self, every_s: float) -> None:
         while not self._stop.wait(every_s):
             self.sample()
+            elapsed = time.perf_counter() - self._began
+            if not self.curve or elapsed - self.curve[-1][0] >= self._curve_every:
+                self.curve.append((round(elapsed, 1), round(self.now["RssAnon"]), round(self.now["RssFile"]),
+                                   self.phase))
 
     def sample(self) -> None:
         for line in Path("/proc/self/status").read_text().splitlines():
             key = line.split(":", 1)[0]
             if key in self.peak:
-                self.peak[key] = max(self.peak[key], int(line.split()[1]) / 1024)
+                self.now[key] = int(line.split()[1]) / 1024
+                self.peak[key] = max(self.peak[key], self.now[key])
 
     def stop(self) -> dict:
         self._stop.set()
         self._thread.join()
         self.sample()
         return {"peak_rss_anon_mb": round(self.peak["RssAnon"]), "peak_rss_file_mb": round(self.peak["RssFile"]),
-                "rss_anon_file_mb_before_store": [round(self.before["RssAnon"]), round(self.before["RssFile"])]}
+                "rss_anon_file_mb_before_store": [round(self.before["RssAnon"]), round(self.before["RssFile"])],
+                "memory_curve": self.curve}
 
 
 def peak_rss_mb() -> float:
@@ -137,14 +151,16 @@ def peak_rss_mb() -> float:
 class Edge:
     on_disk = False  # the product's store: vectors, payloads and the graph in memory-mapped segments
 
-    def __init__(self, path: Path, dim: int, create: bool) -> None:
+    def __init__(self, path: Path, dim: int, create: bool, hnsw: tuple[int, int] = (16, 100), ef: int = 128) -> None:
         import qdrant_edge as e
 
         self.e = e
+        self.ef = ef  # the search-time ef of query(); the run sets it per point of the curve
         if create:
             disk = {"on_disk": True} if self.on_disk else {}
+            graph = e.HnswIndexConfig(m=hnsw[0], ef_construct=hnsw[1], full_scan_threshold=10_000)
             config = e.EdgeConfig(vectors=e.EdgeVectorParams(size=dim, distance=e.Distance.Cosine, **disk),
-                                  **({"on_disk_payload": True} if self.on_disk else {}))
+                                  hnsw_config=graph, **({"on_disk_payload": True} if self.on_disk else {}))
             self.shard = e.EdgeShard.create(str(path), config)
             for name, kind in (("sample_id", e.PayloadSchemaType.Keyword), ("cluster", e.PayloadSchemaType.Integer)):
                 self.shard.update(e.UpdateOperation.create_field_index(name, kind))
@@ -166,7 +182,7 @@ class Edge:
     def query(self, vector: np.ndarray, exclude: object, exact: bool, limit: int = TOP) -> list[tuple[str, float]]:
         e = self.e
         request = e.QueryRequest(limit=limit, query=e.Query.Nearest(vector.tolist()), filter=exclude,
-                                 with_payload=False, params=e.SearchParams(exact=exact, hnsw_ef=max(128, limit)))
+                                 with_payload=False, params=e.SearchParams(exact=exact, hnsw_ef=max(self.ef, limit)))
         return [(str(p.id), float(p.score)) for p in self.shard.query(request)]
 
     def close(self) -> None:
@@ -190,26 +206,49 @@ def product_query(store: Edge, vector: np.ndarray, excluded: frozenset[str], flt
 ENGINES = {"edge": Edge, "edge-disk": EdgeOnDisk}
 
 
-def run_one(engine: str, n: int, base: np.ndarray, work: Path, seed: int = 0) -> dict:
+def ef_curve(store: Edge, queries: np.ndarray, truths: list, excluded: frozenset[str], flt: object,
+             efs: list[int]) -> list[dict]:
+    """The product's query (random exclusion) at each search-time ef: latency and recall@50 against exact."""
+    points = []
+    for ef in efs:
+        store.ef = ef
+        seconds, recalls = [], []
+        for q, truth in zip(queries, truths, strict=True):
+            t = time.perf_counter()
+            got = product_query(store, q, excluded, flt)
+            seconds.append(time.perf_counter() - t)
+            recalls.append(len({i for i, _ in got} & {i for i, _ in truth}) / len(truth))
+        ms = sorted(1000 * x for x in seconds)
+        points.append({"ef": ef, "ms_p50": round(statistics.median(ms), 2), "ms_p95": round(ms[int(0.95 * len(ms)) - 1], 2),
+                       "recall_at_50": round(statistics.fmean(recalls), 4)})
+    store.ef = efs[0]
+    return points
+
+
+def run_one(engine: str, n: int, base: np.ndarray, work: Path, seed: int = 0, hnsw: tuple[int, int] = (16, 100),
+            efs: tuple[int, ...] = (128,)) -> dict:
     kind = ENGINES[engine]
     baseline = peak_rss_mb()  # the interpreter, numpy and the base vectors, before any store
     sampler = RssSampler()
     path = work / f"{engine}-{n}"
     shutil.rmtree(path, ignore_errors=True)
-    store = kind(path, base.shape[1], create=True)
+    store = kind(path, base.shape[1], create=True, hnsw=hnsw, ef=efs[0])
+    sampler.phase = "upsert"
     start = time.perf_counter()
     for lo in range(0, n, BATCH):
         store.upsert(lo, synthetic(base, lo, min(BATCH, n - lo), seed))
     upsert_s = time.perf_counter() - start
+    sampler.phase = "build"
     start = time.perf_counter()
     store.build()
     build_s = time.perf_counter() - start
     rss_indexing = peak_rss_mb()
+    sampler.phase = "query"
     rng = np.random.default_rng(seed + 1)
     queries = synthetic(base, n + 7, QUERIES[engine], seed + 2)  # other noise: points that are not in the store
     excluded = [point_id(int(i)) for i in rng.choice(n, size=min(EXCLUDED, n // 2), replace=False)]
     exclude = store.exclusion(excluded)
-    latencies, recalls, tie_recalls, gaps, unfiltered = [], [], [], [], []
+    latencies, recalls, tie_recalls, gaps, unfiltered, truths = [], [], [], [], [], []
     # the product's path (retrieval.index.without_excluded): the random exclusion, and one crowding each query's
     # own neighbourhood (its 60 nearest trained, as a later round's queries for the same gap meet them)
     excluded_set = frozenset(excluded)
@@ -223,6 +262,7 @@ def run_one(engine: str, n: int, base: np.ndarray, work: Path, seed: int = 0) ->
         found = store.query(q, exclude, exact=False)
         latencies.append(time.perf_counter() - t)
         truth = store.query(q, exclude, exact=True)
+        truths.append(truth)
         recalls.append(len({i for i, _ in found} & {i for i, _ in truth}) / len(truth))
         kth = truth[-1][1]  # a returned point scoring at least the exact 50th is as good as a true one
         tie_recalls.append(sum(score >= kth - 1e-6 for _, score in found) / len(truth))
@@ -241,7 +281,9 @@ def run_one(engine: str, n: int, base: np.ndarray, work: Path, seed: int = 0) ->
                 filtered = store.query(q, flt, exact=False)
                 crowded_filter.append(time.perf_counter() - t)
                 crowded_recall.append(len({i for i, _ in filtered} & {i for i, _ in want}) / len(want))
+    curve = ef_curve(store, queries, truths, excluded_set, exclude, list(efs))
     store.close()
+    sampler.phase = "reopen"
     start = time.perf_counter()
     store = kind(path, base.shape[1], create=False)
     store.query(queries[0], store.exclusion(excluded), exact=False)
@@ -251,7 +293,8 @@ def run_one(engine: str, n: int, base: np.ndarray, work: Path, seed: int = 0) ->
     shutil.rmtree(path, ignore_errors=True)
     ms = sorted(1000 * x for x in latencies)
     no_filter_ms = sorted(1000 * x for x in unfiltered)
-    return {"engine": engine, "points": n, "upsert_points_per_s": round(n / upsert_s), "build_s": round(build_s, 2),
+    return {"engine": engine, "points": n, "hnsw_m": hnsw[0], "hnsw_ef_construct": hnsw[1], "hnsw_ef": efs[0],
+            "ef_curve": curve, "upsert_points_per_s": round(n / upsert_s), "build_s": round(build_s, 2),
             "query_ms_p50": round(statistics.median(ms), 2), "query_ms_p95": round(ms[int(0.95 * len(ms)) - 1], 2),
             "query_ms_p50_no_filter": round(statistics.median(no_filter_ms), 2) if no_filter_ms else None,
             **({f"overfetch_{case}_ms_p50": round(1000 * statistics.median(v), 2) for case, v in overfetch.items() if v}),
@@ -275,33 +318,45 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="100000,1000000", help="sizes, comma-separated")
     parser.add_argument("--engines", default="edge", help="edge (the product's store), edge-disk (vectors and "
                         "payloads on disk), comma-separated")
+    parser.add_argument("--hnsw", default="16:100", help="graphs to build, M:EF_CONSTRUCT comma-separated (one "
+                        "build each; 16:100 is Qdrant's default)")
+    parser.add_argument("--ef", default="128", help="search-time ef values measured on each graph, comma-separated; "
+                        "the first is the ef of every other row")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "tutorloop-store-scale")
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "store_scale.json")
-    parser.add_argument("--one", nargs=2, metavar=("ENGINE", "N"), help=argparse.SUPPRESS)  # the child
+    parser.add_argument("--one", nargs=3, metavar=("ENGINE", "N", "HNSW"), help=argparse.SUPPRESS)  # the child
     args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     base = base_vectors(args.work / "minilm-demo-pool.npy")
+    efs = tuple(int(x) for x in args.ef.split(","))
     if args.one:
-        print(json.dumps(run_one(args.one[0], int(args.one[1]), base, args.work)))
+        m, ef_construct = (int(x) for x in args.one[2].split(":"))
+        print(json.dumps(run_one(args.one[0], int(args.one[1]), base, args.work, hnsw=(m, ef_construct), efs=efs)))
         return 0
-    jobs = [(engine, int(n)) for engine in args.engines.split(",") for n in args.sizes.split(",") if n]
+    jobs = [(engine, int(n), graph) for engine in args.engines.split(",") for n in args.sizes.split(",") if n
+            for graph in args.hnsw.split(",")]
     distinct = len(np.unique(base.round(5), axis=0))
     rows = []
-    for engine, n in jobs:
-        done = subprocess.run([sys.executable, __file__, "--one", engine, str(n), "--work", str(args.work)],
-                              capture_output=True, text=True)
+    for engine, n, graph in jobs:
+        done = subprocess.run([sys.executable, __file__, "--one", engine, str(n), graph, "--ef", args.ef,
+                               "--work", str(args.work)], capture_output=True, text=True)
         if done.returncode != 0:
-            rows.append({"engine": engine, "points": n, "failed": done.stderr.strip().splitlines()[-1:]})
+            rows.append({"engine": engine, "points": n, "hnsw": graph, "failed": done.stderr.strip().splitlines()[-1:]})
         else:
             rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
-        print(json.dumps(rows[-1]), flush=True)
+        print(json.dumps({k: v for k, v in rows[-1].items() if k != "memory_curve"}), flush=True)
+        write_results(args, argv, base, distinct, rows)  # after every row: a long grid cut short keeps its rows
+    return 0
+
+
+def write_results(args: argparse.Namespace, argv: list[str] | None, base: np.ndarray, distinct: int,
+                  rows: list[dict]) -> None:
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps({
         "command": "benchmarks/store_scale.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "vectors": f"MiniLM vectors of the demo pool ({len(base)} texts, {distinct} distinct) + N(0, {NOISE_SD}) "
                    f"noise, renormalised: ~N/{distinct} noisy copies of each distinct vector",
         "machine": f"{os.cpu_count()} CPUs", "rows": rows}, indent=2) + "\n")
-    return 0
 
 
 if __name__ == "__main__":

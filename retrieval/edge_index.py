@@ -28,6 +28,7 @@ from tutorloop.retrieval.defaults import DEFAULT_COLLECTION
 from tutorloop.retrieval.files import atomic_write_text, read_json, write_json
 from tutorloop.retrieval.index import (
     _RETRIEVE_BATCH,
+    DEFAULT_HNSW,
     DUP_OF,
     Arm,
     FusedHit,
@@ -36,12 +37,12 @@ from tutorloop.retrieval.index import (
     _payload,
     group_by_kept,
     point_id,
+    search_ef,
     without_excluded,
 )
 from tutorloop.retrieval.records import Sample
 
 EXACT_BELOW = 20_000
-HNSW_EF = 128  # recall@50 0.98 at 100k MiniLM vectors in notes.md's measurement; 256 gives 0.995
 PAYLOAD_INDEXES = {"sample_id": "Keyword", "run": "Keyword", "source": "Keyword", "skill": "Keyword",
                    "cluster": "Integer", "skill_cluster": "Integer", DUP_OF: "Keyword"}
 LEGACY_MARKERS = ("meta.json", "collection")  # what qdrant-client's local mode leaves in a folder
@@ -72,13 +73,13 @@ class EdgeIndex:
 
     thread_safe = True  # the shard may be written from the upsert worker thread
 
-    def __init__(self, store: Path, collection: str = DEFAULT_COLLECTION, *, hnsw_ef: int = HNSW_EF) -> None:
+    def __init__(self, store: Path, collection: str = DEFAULT_COLLECTION, *, hnsw_ef: int | None = None) -> None:
         import qdrant_edge as edge
 
         self.edge = edge
         self.store = Path(store)
         self.collection = collection
-        self.hnsw_ef = hnsw_ef
+        self._hnsw_ef = hnsw_ef  # None: the ef the manifest recorded
         if is_legacy_store(self.store):
             raise LegacyStoreError(
                 f"{self.store} holds an index written by an older tutorloop (qdrant-client local mode); "
@@ -142,6 +143,12 @@ class EdgeIndex:
             return self._search(vector, k, self._filter(ids, skills_key), with_vectors)
 
         return without_excluded(search, limit, exclude, key=lambda hit: hit.sample_id)
+
+    @property
+    def hnsw_ef(self) -> int:
+        if self._hnsw_ef is None:
+            self._hnsw_ef = search_ef(self.read_manifest())
+        return self._hnsw_ef
 
     def _search(self, vector: Sequence[float] | np.ndarray, limit: int, flt: Any, with_vectors: bool) -> list[Hit]:
         edge = self.edge
@@ -287,8 +294,10 @@ class EdgeIndex:
             shutil.rmtree(self.shard_path)
             self.manifest_path.unlink(missing_ok=True)
         self._count = None
+        graph = edge.HnswIndexConfig(m=DEFAULT_HNSW.m, ef_construct=DEFAULT_HNSW.ef_construct,
+                                     full_scan_threshold=10_000)  # KB: the engine's default
         self.shard = edge.EdgeShard.create(str(self.shard_path), edge.EdgeConfig(
-            vectors=edge.EdgeVectorParams(size=dim, distance=edge.Distance.Cosine)))
+            vectors=edge.EdgeVectorParams(size=dim, distance=edge.Distance.Cosine), hnsw_config=graph))
         for name, kind in PAYLOAD_INDEXES.items():
             self.shard.update(edge.UpdateOperation.create_field_index(name, getattr(edge.PayloadSchemaType, kind)))
         return False
@@ -322,6 +331,7 @@ class EdgeIndex:
         self.shard.optimize()
         self.shard.flush()
         atomic_write_text(self.manifest_path, manifest.model_dump_json(indent=2) + "\n")
+        self._hnsw_ef = None
 
 
 def _dense(vector: Any) -> list[float]:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from tutorloop.retrieval.clusters import ClusterFit, ClusterSpec, fit_clusters
 from tutorloop.retrieval.defaults import DEFAULT_COLLECTION
@@ -51,6 +51,24 @@ def point_id(sample_id: str) -> str:
     return str(uuid.uuid5(POINT_NAMESPACE, sample_id))
 
 
+class HnswSettings(BaseModel):
+    """The HNSW graph of a pool index: edges per node (``m``) and candidates while building (``ef_construct``)
+    set how good the graph is; ``ef``, the candidates a search keeps, trades latency for recall at query time.
+    The defaults come from the recall-latency curve of ``benchmarks/store_scale.py`` (docs/results.md)."""
+
+    m: int = Field(16, gt=0)
+    ef_construct: int = Field(100, gt=0)
+    ef: int = Field(128, gt=0)
+
+
+DEFAULT_HNSW = HnswSettings()
+
+
+def search_ef(manifest: IndexManifest | None) -> int:
+    """The search-time ef an index was built to be searched with (the default where it recorded none)."""
+    return (manifest.hnsw if manifest is not None and manifest.hnsw is not None else DEFAULT_HNSW).ef
+
+
 class IndexManifest(BaseModel):
     """What a later stage needs to use the index the way it was built."""
 
@@ -64,6 +82,7 @@ class IndexManifest(BaseModel):
     count: int
     duplicates: int = 0  # points marked dup_of (never retrieved); included in count
     semdedup_threshold: float | None = None  # None: no de-duplication ran
+    hnsw: HnswSettings | None = None  # None: a store that did not record them (searched with DEFAULT_HNSW's ef)
     version: int = 1
 
 
@@ -321,7 +340,7 @@ def finalize(index: PoolIndex, pool_path: Path, root: Path, embedder_name: str, 
     index.write_manifest(IndexManifest(
         pool=str(pool_path.resolve()), image_root=str(root), embedder=embedder_name, dim=dim,
         clusters=fit.k, silhouette=fit.silhouette, count=points, duplicates=dedup.marked if dedup else 0,
-        semdedup_threshold=semdedup_threshold,
+        semdedup_threshold=semdedup_threshold, hnsw=DEFAULT_HNSW,
     ))
     clock.add("finalize", t)
     clock.seconds["total"] = time.perf_counter() - start

@@ -16,6 +16,7 @@ from qdrant_client import QdrantClient, models
 from tutorloop.retrieval.defaults import DEFAULT_COLLECTION
 from tutorloop.retrieval.index import (
     _RETRIEVE_BATCH,
+    DEFAULT_HNSW,
     DUP_OF,
     MANIFEST_KEY,
     Arm,
@@ -25,6 +26,7 @@ from tutorloop.retrieval.index import (
     _payload,
     group_by_kept,
     point_id,
+    search_ef,
     without_excluded,
 )
 from tutorloop.retrieval.records import Sample
@@ -36,6 +38,7 @@ class ServerIndex:
     def __init__(self, client: QdrantClient, collection: str = DEFAULT_COLLECTION) -> None:
         self.client = client
         self.collection = collection
+        self._hnsw_ef: int | None = None  # read from the manifest at the first search
 
     @classmethod
     def connect(cls, url: str, collection: str = DEFAULT_COLLECTION, api_key: str | None = None) -> ServerIndex:
@@ -107,8 +110,11 @@ class ServerIndex:
         return [_fused(_hit(p), arms, found) for p in fused]
 
     def _query(self, query: list[float], limit: int, flt: models.Filter | None, with_vectors: bool) -> list:
+        if self._hnsw_ef is None:
+            self._hnsw_ef = search_ef(self.read_manifest())
         return self.client.query_points(
-            self.collection, query=query, limit=limit, query_filter=flt, with_payload=True, with_vectors=with_vectors
+            self.collection, query=query, limit=limit, query_filter=flt, with_payload=True, with_vectors=with_vectors,
+            search_params=models.SearchParams(hnsw_ef=max(self._hnsw_ef, limit)),
         ).points
 
     def fetch(self, ids: Sequence[str]) -> list[Sample]:
@@ -198,7 +204,8 @@ class ServerIndex:
                 self.client.delete_collection(self.collection)
         if not kept:
             self.client.create_collection(
-                self.collection, vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE)
+                self.collection, vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE),
+                hnsw_config=models.HnswConfigDiff(m=DEFAULT_HNSW.m, ef_construct=DEFAULT_HNSW.ef_construct),
             )
             for name, kind in (("sample_id", "KEYWORD"), ("run", "KEYWORD"), ("source", "KEYWORD"),
                                ("skill", "KEYWORD"), ("cluster", "INTEGER"),
@@ -237,6 +244,7 @@ class ServerIndex:
 
     def write_manifest(self, manifest: IndexManifest) -> None:
         self.client.update_collection(self.collection, metadata={MANIFEST_KEY: manifest.model_dump(mode="json")})
+        self._hnsw_ef = None
 
 
 

@@ -85,3 +85,22 @@ def test_round_robin_gives_each_failure_its_best_sample_not_taken_in_turn():
     picks = round_robin(nearest, 4, taken)
     assert picks == [("a", "f1", 0.9, 1), ("d", "f2", 0.6, 1), ("b", "f1", 0.8, 2)], "f2's list ran out"
     assert taken == {"a", "b", "c", "d"}
+
+
+def test_length_matched_random_draws_the_reference_lengths_in_the_loop(tiny_world, loop_config, tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from lab.selectors import LENGTH_MATCHED, length_matched, registered, text_length
+
+    pool = PoolIndex.open(store=tiny_world.store)
+    lengths = sorted(text_length(s) for s in pool.fetch(pool.all_ids()))
+    pool.close()
+    reference = lengths[:3] + lengths[-3:]  # the three shortest and the three longest the pool has
+    config = loop_config(tiny_world, tmp_path / "run", selector=LENGTH_MATCHED, rounds=1, budget=6,
+                         known_share=0.0)
+    with registered(length_matched(reference)):
+        run(config, run_id="length-matched")
+    rows = RunDir(config.out).read(1, SELECTED)
+    assert sorted(text_length(r.sample) for r in rows) == sorted(reference)

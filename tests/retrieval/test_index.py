@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tutorloop.retrieval.embed import DEFAULT_EMBEDDER, embed_texts
-from tutorloop.retrieval.index import IndexManifest, PoolIndex, index_pool, point_id
+from tutorloop.retrieval.index import DEFAULT_HNSW, IndexManifest, PoolIndex, index_pool, point_id
 
 
 def _pool(tmp_path, kit, n=24, changed: dict | None = None, drop: set | None = None):
@@ -49,8 +49,22 @@ def test_index_counts_manifest_and_quarantine(tmp_path, kit, minilm):
     manifest = reopened.manifest
     assert manifest == IndexManifest(pool=str(pool.resolve()), image_root=str((tmp_path / "root").resolve()),
                                      embedder=DEFAULT_EMBEDDER, dim=384, clusters=2,
-                                     silhouette=manifest.silhouette, count=4)
+                                     silhouette=manifest.silhouette, count=4, hnsw=DEFAULT_HNSW)
+    assert reopened.hnsw_ef == DEFAULT_HNSW.ef  # searched with the ef the manifest recorded
     reopened.close()
+
+
+def test_a_store_is_searched_with_the_ef_its_manifest_recorded(tmp_path, kit, minilm):
+    from tutorloop.retrieval.index import HnswSettings, search_ef
+
+    index, _ = _index(_pool(tmp_path, kit, n=6), tmp_path / "store", minilm, clusters=2)
+    index.write_manifest(index.manifest.model_copy(update={"hnsw": HnswSettings(ef=300)}))
+    assert index.hnsw_ef == 300
+    index.close()
+    older = PoolIndex.open(store=tmp_path / "store")
+    older.write_manifest(older.manifest.model_copy(update={"hnsw": None}))  # a store that recorded none
+    assert older.hnsw_ef == search_ef(None) == DEFAULT_HNSW.ef
+    older.close()
 
 
 def test_reindex_is_idempotent_and_updates_changed_records(tmp_path, kit, minilm):
