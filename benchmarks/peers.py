@@ -23,6 +23,7 @@ Results: ``benchmarks/results/peers/peers.{json,md}`` and ``rows.jsonl``; the ru
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import logging
@@ -43,7 +44,13 @@ from lab.worlds import HELD_OUT_SEEDS, TUNING_SEEDS, FreshTarget, build_fresh_wo
 
 log = logging.getLogger("benchmarks.peers")
 DEFAULTS = {"known_share": 1.0, "known_on_top": True, **OP}  # the product's retention defaults
-SELECTORS = ("random", "failures", "rds", "less")
+SELECTORS = ("random", "failures", "rds", "less", "teacher")
+# The product's default selector as `tutorloop demo` runs it without a GPU: the CPU teacher (SmolLM2-135M on
+# llama.cpp, text only) grounded in the pool's source-tag map, 8 diagnoses a round. A VLM teacher served by
+# vLLM is what the selector is for; none runs on this machine.
+CPU_TEACHER = {"send_images": False, "dialect": "json_object", "concurrency": 2, "max_tokens": 192,
+               "map_skills_shown": 3, "timeout_s": 600, "progress": False}
+TEACHER_RUN = {**DEFAULTS, "max_diagnoses": 8}
 GUARDS = (LENGTH_MATCHED, "full-pool", "target-data")  # rows beside the selectors
 ONCE = ("full-pool", "target-data")  # trained once from the untouched student, outside the loop
 NOT_SELECTION = {"train", "evaluate", "operating_point", "replay"}
@@ -73,13 +80,20 @@ def fresh_worlds(seed: int, out: Path, pool_size: int) -> list[tuple[World, Fres
 
 
 def run_selector(world: World, target: FreshTarget, seed: int, selector: str, budget: float, out: Path,
-                 run_seed: int = 0, pool_size: int = POOL_SIZE) -> dict:
+                 run_seed: int = 0, pool_size: int = POOL_SIZE, teacher_url: str | None = None) -> dict:
+    from benchmarks.selection import map_store
     from tutorloop.agents.run_dir import METRICS, SELECTED, RunDir
 
     task_dir = out / world_dir(seed, pool_size) / target.name
     began = time.perf_counter()
     strategy = Strategy(selector, selector, run=DEFAULTS)
-    if selector == LENGTH_MATCHED:
+    if selector == "teacher":
+        strategy = Strategy(selector, selector, run=TEACHER_RUN, skill_map=True, map_names="source",
+                            teacher_settings=CPU_TEACHER)
+        store, _ = map_store(world, strategy.map_kind, None)
+        run = RunDir(run_strategy(world, strategy, budget, run_seed, task_dir, settings_for(1),
+                                  {"base_url": teacher_url}, store))
+    elif selector == LENGTH_MATCHED:
         with registered(length_matched(reference_lengths(task_dir, budget, run_seed))):
             run = RunDir(run_strategy(world, strategy, budget, run_seed, task_dir, settings_for(1), None))
     else:
@@ -306,28 +320,60 @@ def summary_lines(held_out: list[dict], zero: dict, out: Path, pool_size: int) -
 
 
 def margin_lines(rows: list[dict]) -> list[str]:
-    """The product's no-teacher selector against the best peer and against the random rows, paired per world and
-    target (each side its mean over the selection seeds it has)."""
+    """The product's selectors (teacher, the default; failures, without a teacher) against the best peer and
+    against the random rows, paired per world and target (each side its mean over the selection seeds it has)."""
     means = {name: {p: statistics.fmean(v) for p, v in per_pair([r for r in rows if r["selector"] == name],
                                                                 lambda r: 100 * r["test"][-1]).items()}
-             for name in ("failures", "rds", "less", "random", LENGTH_MATCHED)}
+             for name in (*SELECTORS, LENGTH_MATCHED)}
     lines = []
-    for label, names in (("the better of rds, less", ("rds", "less")), ("random", ("random",)),
-                         (LENGTH_MATCHED, (LENGTH_MATCHED,))):
-        diffs = [means["failures"][p] - max(means[n][p] for n in names if p in means[n])
-                 for p in sorted(means["failures"]) if any(p in means[n] for n in names)]
-        present = [n for n in names if means[n]]
-        if diffs:
-            margin = mean_sd(diffs)
-            label = label if len(present) == len(names) else present[0]
-            lines.append(f"failures − {label}, paired per world and target: {margin[0]:+.1f} ± {margin[1]:.1f} points "
-                         f"(n = {len(diffs)}; failures ahead in {sum(d > 0 for d in diffs)})"
-                         + ("; target: ≥ +3" if names == ("rds", "less") else ""))
+    for ours in ("teacher", "failures"):
+        for label, names in (("the better of rds, less", ("rds", "less")), ("random", ("random",)),
+                             (LENGTH_MATCHED, (LENGTH_MATCHED,))):
+            diffs = [means[ours][p] - max(means[n][p] for n in names if p in means[n])
+                     for p in sorted(means[ours]) if any(p in means[n] for n in names)]
+            present = [n for n in names if means[n]]
+            if diffs:
+                margin = mean_sd(diffs)
+                label = label if len(present) == len(names) else present[0]
+                lines.append(f"{ours} − {label}, paired per world and target: {margin[0]:+.1f} ± {margin[1]:.1f} "
+                             f"points (n = {len(diffs)}; {ours} ahead in {sum(d > 0 for d in diffs)})"
+                             + ("; target: ≥ +3" if names == ("rds", "less") else ""))
     return [line + "  " for line in lines]
 
 
 def _rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+@contextlib.contextmanager
+def cpu_teacher(wanted: bool):
+    """The CPU teacher's URL while the block runs (None when no teacher row is wanted)."""
+    if not wanted:
+        yield None
+        return
+    from tutorloop.agents.cpu_teacher import serve_cpu_teacher
+
+    with serve_cpu_teacher() as url:
+        yield url
+
+
+def run_rows(args: argparse.Namespace, wanted: list[str], rows_path: Path, teacher_url: str | None) -> None:
+    for seed in (int(s) for s in args.seeds.split(",")):
+        for world, target in fresh_worlds(seed, args.out, args.pool_size):
+            for selector in wanted:
+                for run_seed in (0,) if selector in ONCE else (int(s) for s in args.run_seeds.split(",")):
+                    budget = 1.0 if selector == "full-pool" else args.budget
+                    if (seed, args.pool_size, target.name, selector, budget, run_seed) in {
+                            key(r) for r in _rows(rows_path)}:
+                        continue  # another process may share the file: never run a row twice
+                    row = (run_once(world, target, seed, selector, budget, args.out, args.pool_size)
+                           if selector in ONCE else
+                           run_selector(world, target, seed, selector, budget, args.out, run_seed, args.pool_size,
+                                        teacher_url))
+                    with rows_path.open("a") as f:
+                        f.write(json.dumps(row) + "\n")
+                    log.info("fresh-%d %s %s seed %d: test %s (%.0f s)", seed, target.name, selector, run_seed,
+                             row["test"], row["wall_s"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -353,21 +399,8 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(1)
-        for seed in (int(s) for s in args.seeds.split(",")):
-            for world, target in fresh_worlds(seed, args.out, args.pool_size):
-                for selector in wanted:
-                    for run_seed in (0,) if selector in ONCE else (int(s) for s in args.run_seeds.split(",")):
-                        budget = 1.0 if selector == "full-pool" else args.budget
-                        if (seed, args.pool_size, target.name, selector, budget, run_seed) in {
-                                key(r) for r in _rows(rows_path)}:
-                            continue  # another process may share the file: never run a row twice
-                        row = (run_once(world, target, seed, selector, budget, args.out, args.pool_size)
-                               if selector in ONCE else
-                               run_selector(world, target, seed, selector, budget, args.out, run_seed, args.pool_size))
-                        with rows_path.open("a") as f:
-                            f.write(json.dumps(row) + "\n")
-                        log.info("fresh-%d %s %s seed %d: test %s (%.0f s)", seed, target.name, selector, run_seed,
-                                 row["test"], row["wall_s"])
+        with cpu_teacher("teacher" in wanted) as teacher_url:
+            run_rows(args, wanted, rows_path, teacher_url)
     rows = _rows(rows_path)
     command = "benchmarks/peers.py " + " ".join(argv if argv is not None else sys.argv[1:])
     (args.results / "peers.json").write_text(json.dumps({"rows": rows, "machine": machine()}, indent=1) + "\n")

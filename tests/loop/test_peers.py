@@ -98,9 +98,9 @@ def test_length_matched_random_draws_the_reference_lengths_in_the_loop(tiny_worl
     lengths = sorted(text_length(s) for s in pool.fetch(pool.all_ids()))
     pool.close()
     reference = lengths[:3] + lengths[-3:]  # the three shortest and the three longest the pool has
-    config = loop_config(tiny_world, tmp_path / "run", selector=LENGTH_MATCHED, rounds=1, budget=6,
-                         known_share=0.0)
-    with registered(length_matched(reference)):
+    with registered(length_matched(reference)):  # the run's config checks the name too
+        config = loop_config(tiny_world, tmp_path / "run", selector=LENGTH_MATCHED, rounds=1, budget=6,
+                             known_share=0.0)
         run(config, run_id="length-matched")
     rows = RunDir(config.out).read(1, SELECTED)
     assert sorted(text_length(r.sample) for r in rows) == sorted(reference)
