@@ -12,14 +12,12 @@ student, an embedded Qdrant and a scripted teacher.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tutorloop.agents.config import RunConfig
 from tutorloop.agents.run_dir import RunDir
-from tutorloop.retrieval.edge_index import StoreInUse
 from tutorloop.retrieval.embed import load_embedder
 from tutorloop.retrieval.index import PoolIndex
 from tutorloop.training.student import Student, load_student
@@ -44,19 +42,8 @@ class Runtime:
 
     def _open_index(self) -> PoolIndex:
         """Open the pool index; an embedded store held by another run is waited for (said once)."""
-        waited_since = None
-        while True:
-            try:
-                return PoolIndex.open(store=self.config.store, url=self.config.qdrant_url,
-                                      collection=self.config.collection)
-            except StoreInUse as error:
-                if waited_since is None:
-                    waited_since = time.monotonic()
-                    log.warning("%s; waiting up to %.0f s for it", error, STORE_WAIT_S)
-                if time.monotonic() - waited_since > STORE_WAIT_S:
-                    raise LookupError(f"store {self.config.store} stayed in use by another process for "
-                                      f"{STORE_WAIT_S:.0f} s; try again when it is free") from None
-                time.sleep(0.5)
+        return PoolIndex.open_when_free(STORE_WAIT_S, store=self.config.store, url=self.config.qdrant_url,
+                                        collection=self.config.collection)
 
     def release_index(self) -> None:
         """Let another run use the embedded store (a server index stays open: it is shared anyway)."""

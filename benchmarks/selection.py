@@ -243,29 +243,16 @@ def prepare_world(task: str, args: argparse.Namespace, settings: Settings) -> Wo
 def indexed_world(task: str, paths: Any, student: Path, sources: tuple[str, ...], root: Path) -> World:
     """A world's files (demo.build.WorldPaths) with its pool indexed once into ``root/index``."""
     from tutorloop.agents import api
+    from tutorloop.retrieval.index import PoolIndex
 
     store = api.ensure_index(api.IndexConfig(pool=paths.pool, image_root=paths.image_root, store=root / "index"), rebuild=True)
-    index = _open_waiting(store)  # another benchmark process may be reading the same world's store
+    index = PoolIndex.open_when_free(600.0, store=store)  # another benchmark process may be reading it
     try:
         count = index.count()
     finally:
         index.close()
     val, test = paths.targets[task]
     return World(task, student, val, test, paths.generic, paths.pool, paths.image_root, store, count, sources, root)
-
-
-def _open_waiting(store: Path, wait_s: float = 600.0) -> Any:
-    from tutorloop.retrieval.edge_index import StoreInUse
-    from tutorloop.retrieval.index import PoolIndex
-
-    deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            return PoolIndex.open(store=store)
-        except StoreInUse:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(1.0)
 
 
 def check_same_world(task_dir: Path, world: World, root: Path) -> None:

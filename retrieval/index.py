@@ -16,6 +16,7 @@ out with an ``is_empty`` condition on that field, so they are never retrieved.
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 import uuid
@@ -40,6 +41,7 @@ from tutorloop.retrieval.ingest import (
 )
 from tutorloop.retrieval.records import Sample
 
+log = logging.getLogger(__name__)
 MANIFEST_KEY = "tutorloop"
 # A fixed namespace so the same sample id maps to the same point id on every machine.
 POINT_NAMESPACE = uuid.UUID("6f2b3c1e-5a7d-4e2b-9c1a-7d3e0f4b8a21")
@@ -117,6 +119,25 @@ class PoolIndex(Protocol):
         from tutorloop.retrieval.server_index import ServerIndex
 
         return ServerIndex.connect(url, collection, api_key)
+
+    @staticmethod
+    def open_when_free(wait_s: float, **where: Any) -> PoolIndex:
+        """``PoolIndex.open(**where)``, waiting up to ``wait_s`` (said once in the log) while another process
+        holds the embedded store: the engine admits one at a time, and a run holds it only while it reads."""
+        from tutorloop.retrieval.edge_index import StoreInUse
+
+        waited_since = None
+        while True:
+            try:
+                return PoolIndex.open(**where)
+            except StoreInUse as error:
+                if waited_since is None:
+                    waited_since = time.monotonic()
+                    log.warning("%s; waiting up to %.0f s for it", error, wait_s)
+                if time.monotonic() - waited_since > wait_s:
+                    raise LookupError(f"store {where.get('store')} stayed in use by another process for "
+                                      f"{wait_s:.0f} s; try again when it is free") from None
+                time.sleep(0.5)
 
     # reading
     def exists(self) -> bool: ...
