@@ -5,7 +5,7 @@ One ``tutorloop run`` per world, target and selector at the same budget; everyth
 default (the held-out stop, known replay on top, the operating point within 1 point of forgetting). Per run:
 the target's test accuracy, forgetting on the world's generic split, the selection's seconds (every stage
 but training and evaluation: for rds the student's vectors of the pool, for less its warm-up and gradients)
-against the training seconds, and a leakage check of the selected samples against the test split (the same
+against the training seconds (and against the training it saves: the full pool's), and a leakage check of the selected samples against the test split (the same
 question text; the same image bytes). Guards in every table: zero-shot, random at equal budget,
 length-matched random (``random-length``: a random sample of the same text length for each sample `failures`
 chose in the same world, target, budget and seed; lab/selectors.py), the full pool (``full-pool``: every pool
@@ -184,11 +184,12 @@ def flops_ratio(out: Path, row: dict, pool_count: int) -> float | None:
     """The selection's student FLOPs over round 1's training FLOPs, counted in sample passes (the model's size and
     a sample's tokens cancel): a forward pass costs 2 units, a forward and backward 6. rds: one forward over the
     pool (paid once per student; charged here in full); less: the warm-up's epochs and a gradient per shortlisted
-    sample and per failure; training: every trained sample in every epoch run. The others select with the text
-    embedder, whose cost next to the student's is left out (0)."""
+    sample and per failure; training: every trained sample in every epoch run. failures and random select with
+    the text embedder, whose cost next to the student's is left out (0); the teacher's is another model's and
+    is not estimated here (None: its seconds are the measure)."""
     from tutorloop.agents.run_dir import DIAGNOSES
 
-    if row["selector"] in ONCE:
+    if row["selector"] in (*ONCE, "teacher"):
         return None
     run = run_of(out, row)
     training = run.training(1)
@@ -290,13 +291,14 @@ def per_pair(group: list[dict], value) -> dict[tuple, list[float]]:
 def summary_lines(held_out: list[dict], zero: dict, out: Path, pool_size: int) -> list[str]:
     """One row per selector over the held-out worlds and targets of one budget and pool size."""
     lines = ["| selector | pairs × seeds | target test | seed sd | forgetting | whole change: val / forgetting "
-             "| selection s | training s | selection / training: seconds, FLOPs (est.) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| selection s | training s | selection / training: seconds, FLOPs (est.) | selection / training saved |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    full_pool = {pair(r): r["train_s"] for r in held_out if r["selector"] == "full-pool"}
     pairs = {pair(r) for r in held_out}
     test0 = [100 * zero[p][0] for p in sorted(pairs) if p in zero]
     if test0:
         spread = mean_sd(test0)
-        lines.append(f"| zero-shot | {len(test0)} | {spread[0]:.1f} ± {spread[1]:.1f} | — | 0 | — | — | — | — |")
+        lines.append(f"| zero-shot | {len(test0)} | {spread[0]:.1f} ± {spread[1]:.1f} | — | 0 | — | — | — | — | — |")
     for name in (*SELECTORS, *GUARDS):
         group = [r for r in held_out if r["selector"] == name]
         if not group:
@@ -313,9 +315,13 @@ def summary_lines(held_out: list[dict], zero: dict, out: Path, pool_size: int) -
         whole = "—" if not wholes else (f"{statistics.fmean(100 * w['val'] for w in wholes):.1f} / "
                                         f"{statistics.fmean(w['forgetting'] for w in wholes):+.1f}")
         seeds = max(len(v) for v in tests.values())
+        paired = [r for r in group if pair(r) in full_pool and name not in ONCE]
+        saved = sum(full_pool[pair(r)] - r["train_s"] for r in paired)  # the full pool's training, less the round's
+        against_saved = (f"{sum(r['selection_s'] for r in paired) / saved:.1%} (n = {len(paired)})"
+                         if paired and saved > 0 else "—")
         lines.append(f"| {name} | {len(tests)}{f' × {seeds}' if seeds > 1 else ''} | {test[0]:.1f} ± {test[1]:.1f} | "
                      f"{f'{statistics.fmean(seed_sds):.1f}' if seed_sds else '—'} | {forgetting[0]:+.1f} ± "
-                     f"{forgetting[1]:.1f} | {whole} | {sel:.0f} | {train:.0f} | {ratio} |")
+                     f"{forgetting[1]:.1f} | {whole} | {sel:.0f} | {train:.0f} | {ratio} | {against_saved} |")
     return lines
 
 
