@@ -200,7 +200,7 @@ def product_query(store: Edge, vector: np.ndarray, excluded: frozenset[str], flt
     from tutorloop.retrieval.index import without_excluded
 
     return without_excluded(lambda k, ids: store.query(vector, flt if ids else None, exact=False, limit=k), TOP,
-                            excluded, key=lambda hit: hit[0])
+                            excluded, key=lambda hit: hit[0], score=lambda hit: hit[1])
 
 
 ENGINES = {"edge": Edge, "edge-disk": EdgeOnDisk}

@@ -142,7 +142,7 @@ class EdgeIndex:
         def search(k: int, ids: frozenset[str]) -> list[Hit]:
             return self._search(vector, k, self._filter(ids, skills_key), with_vectors)
 
-        return without_excluded(search, limit, exclude, key=lambda hit: hit.sample_id)
+        return without_excluded(search, limit, exclude, key=lambda hit: hit.sample_id, score=lambda hit: hit.score)
 
     @property
     def hnsw_ef(self) -> int:

@@ -16,6 +16,7 @@ out with an ``is_empty`` condition on that field, so they are never retrieved.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 import time
@@ -191,25 +192,48 @@ def _payload(sample: Sample, cluster: int, run: str) -> dict:
 
 OVERFETCH = 2  # an over-fetched search asks for OVERFETCH * limit + OVERFETCH_SLACK hits
 OVERFETCH_SLACK = 32
+TIE_SLACK = 32  # hits past the limit every search fetches, so that equal scores at the cut are ordered here
+MAX_FETCH = 4096  # a run of equal scores longer than this is cut where the engine cuts it
 T = TypeVar("T")
 
 
+def tie_key(sample_id: str) -> bytes:
+    """Where a hit goes among hits of equal score: a hash of its id — the same on every run and machine, and
+    unrelated to the pool's file order (a templated pool repeats one instruction, so one vector, many times)."""
+    return hashlib.blake2b(sample_id.encode(), digest_size=8).digest()
+
+
 def without_excluded(search: Callable[[int, frozenset[str]], list[T]], limit: int, exclude: frozenset[str], *,
-                     key: Callable[[T], str]) -> list[T]:
+                     key: Callable[[T], str], score: Callable[[T], float]) -> list[T]:
     """The top ``limit`` of ``search(k, ids_filtered_out)`` that are not in ``exclude``.
 
     First without the id filter, over-fetching and dropping the excluded hits: a filter of 10k ids made a
     100k-point HNSW query 12x slower than none and lowered its recall (benchmarks/store_scale.py). When the
     over-fetch still leaves fewer than ``limit`` (the excluded crowd the query's neighbourhood, as a later
-    round's queries for the same gap do), the search runs again with the filter."""
-    if not exclude:
-        return search(limit, exclude)
-    wanted = OVERFETCH * limit + OVERFETCH_SLACK
-    hits = search(wanted, frozenset())
+    round's queries for the same gap do), the search runs again with the filter.
+
+    Hits of equal score are ordered by ``tie_key`` before the cut, not as the engine stored them: the order of
+    storage follows the writes' timing, so two indexes of one pool returned different samples among equals
+    (and one seed selected differently from each). A fetch whose last hit still ties the cut is asked again
+    twice as long, so the whole run of equals is seen (up to ``MAX_FETCH`` hits)."""
+
+    def past_ties(k: int, ids: frozenset[str]) -> list[T]:
+        while True:
+            hits = search(k, ids)
+            kept = [h for h in hits if key(h) not in exclude]
+            if len(hits) < k or k >= MAX_FETCH or len(kept) < limit or score(hits[-1]) < score(kept[limit - 1]):
+                return hits
+            k *= 2
+
+    def ranked(hits: list[T]) -> list[T]:
+        return sorted(hits, key=lambda h: (-score(h), tie_key(key(h))))
+
+    wanted = OVERFETCH * limit + OVERFETCH_SLACK if exclude else limit + TIE_SLACK
+    hits = past_ties(wanted, frozenset())
     kept = [h for h in hits if key(h) not in exclude]
     if len(kept) >= limit or len(hits) < wanted:  # enough left, or the collection has no more to give
-        return kept[:limit]
-    return search(limit, exclude)
+        return ranked(kept)[:limit]
+    return ranked(past_ties(limit + TIE_SLACK, exclude))[:limit]
 
 
 @dataclass(frozen=True)

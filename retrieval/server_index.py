@@ -81,7 +81,8 @@ class ServerIndex:
         def search(k: int, ids: frozenset[str]) -> list[Hit]:
             return [_hit(p) for p in self._query(query, k, self._filter(ids, skills), with_vectors)]
 
-        return without_excluded(search, limit, frozenset(exclude_ids), key=lambda hit: hit.sample_id)
+        return without_excluded(search, limit, frozenset(exclude_ids), key=lambda hit: hit.sample_id,
+                                score=lambda hit: hit.score)
 
     @staticmethod
     def _filter(exclude: frozenset[str], skills: Sequence[str] | None) -> models.Filter | None:

@@ -207,3 +207,20 @@ def test_a_store_held_by_another_process_names_the_holder(tmp_path):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_two_indexes_of_one_pool_return_the_same_samples_among_equals(tmp_path, kit, minilm):
+    """24 samples ask one question (one vector): which of them a query returns must not depend on the order
+    the pool file lists them in, so one seed selects the same samples from any rebuild of the index."""
+    kit.write_png(tmp_path / "images" / "ok.png")
+    rows = [kit.record(f"s{i:03d}", question="what colour is the shape on the left?") for i in range(24)]
+    rows += [kit.record(f"o{i:03d}", question=f"how many shapes are there? ({i})") for i in range(8)]
+    found = []
+    for name, order in (("listed", rows), ("reversed", rows[::-1])):
+        pool = kit.write_jsonl(tmp_path / f"{name}.jsonl", order)
+        index, _ = _index(pool, tmp_path / f"store-{name}", minilm, clusters=2)
+        vector = embed_texts(minilm, ["what colour is the shape on the left?"], 8)[0]
+        found.append([hit.sample_id for hit in index.query(vector, 5)])
+        index.close()
+    assert found[0] == found[1]
+    assert found[0] != [f"s{i:03d}" for i in range(5)], "nor the file's first five"
