@@ -348,7 +348,9 @@ def margin_lines(rows: list[dict]) -> list[str]:
 
 
 def _rows(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    """The saved rows, one per key (two processes sharing the file may both finish one: the later is kept)."""
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    return list({key(r): r for r in rows}.values())
 
 
 @contextlib.contextmanager
