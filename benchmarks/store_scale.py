@@ -99,27 +99,30 @@ def point_id(i: int) -> str:
 class RssSampler:
     """Peaks of RssAnon and RssFile of this process, sampled in a thread (VmHWM has only their sum)."""
 
-    def __init__(self, every_s: float = 0.02, curve_every_s: float = 1.0) -> None:
+    def __init__(self, every_s: float = 0.02) -> None:
         import threading
 
         self.peak = {"RssAnon": 0.0, "RssFile": 0.0}
         self.now = {"RssAnon": 0.0, "RssFile": 0.0}
-        self.phase = "start"
-        self.curve: list[tuple[float, int, int, str]] = []
-        self._began, self._curve_every = time.perf_counter(), curve_every_s
         self._stop = threading.Event()
         self.sample()
         self.before = dict(self.peak)  # libraries and the base vectors, before any store
         self._thread = threading.Thread(target=self._run, args=(every_s,), daemon=True)
         self._thread.start()
 
+    @property
+    def phase(self) -> str:
+        return self._phase
+
+    @phase.setter
+    def phase(self, name: str) -> None:
+        """Said on stderr with the time: the parent labels its memory curve with it."""
+        self._phase = name
+        print(f"PHASE {name} {time.monotonic()}", file=sys.stderr, flush=True)
+
     def _run(self, every_s: float) -> None:
         while not self._stop.wait(every_s):
             self.sample()
-            elapsed = time.perf_counter() - self._began
-            if not self.curve or elapsed - self.curve[-1][0] >= self._curve_every:
-                self.curve.append((round(elapsed, 1), round(self.now["RssAnon"]), round(self.now["RssFile"]),
-                                   self.phase))
 
     def sample(self) -> None:
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -133,8 +136,7 @@ class RssSampler:
         self._thread.join()
         self.sample()
         return {"peak_rss_anon_mb": round(self.peak["RssAnon"]), "peak_rss_file_mb": round(self.peak["RssFile"]),
-                "rss_anon_file_mb_before_store": [round(self.before["RssAnon"]), round(self.before["RssFile"])],
-                "memory_curve": self.curve}
+                "rss_anon_file_mb_before_store": [round(self.before["RssAnon"]), round(self.before["RssFile"])]}
 
 
 def peak_rss_mb() -> float:
@@ -338,15 +340,44 @@ def main(argv: list[str] | None = None) -> int:
     distinct = len(np.unique(base.round(5), axis=0))
     rows = []
     for engine, n, graph in jobs:
-        done = subprocess.run([sys.executable, __file__, "--one", engine, str(n), graph, "--ef", args.ef,
-                               "--work", str(args.work)], capture_output=True, text=True)
-        if done.returncode != 0:
-            rows.append({"engine": engine, "points": n, "hnsw": graph, "failed": done.stderr.strip().splitlines()[-1:]})
+        returncode, out, err, curve = run_child([sys.executable, __file__, "--one", engine, str(n), graph, "--ef",
+                                                 args.ef, "--work", str(args.work)])
+        if returncode != 0:
+            rows.append({"engine": engine, "points": n, "hnsw": graph,
+                         "failed": [line for line in err.splitlines() if not line.startswith("PHASE ")][-1:]})
         else:
-            rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+            rows.append({**json.loads(out.strip().splitlines()[-1]), "memory_curve": curve,
+                         "peak_rss_anon_mb_sampled_outside": max((a for _, a, _, _ in curve), default=None)})
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "memory_curve"}), flush=True)
         write_results(args, argv, base, distinct, rows)  # after every row: a long grid cut short keeps its rows
     return 0
+
+
+def run_child(command: list[str], every_s: float = 0.5) -> tuple[int, str, str, list]:
+    """Run one (engine, size) child, sampling its memory from here every ``every_s``: (return code, stdout,
+    stderr, curve of [seconds, anonymous MB, mapped-file MB, phase]). Sampled from outside because the engine's
+    graph build holds the child's GIL for its whole length, so a thread in the child sees nothing of it."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        child = subprocess.Popen(command, stdout=out, stderr=err, text=True)
+        began, samples = time.monotonic(), []
+        while child.poll() is None:
+            try:
+                status = Path(f"/proc/{child.pid}/status").read_text()
+            except OSError:
+                break
+            kb = {line.split(":")[0]: int(line.split()[1]) for line in status.splitlines()
+                  if line.startswith(("RssAnon:", "RssFile:"))}
+            samples.append((time.monotonic(), kb.get("RssAnon", 0) // 1024, kb.get("RssFile", 0) // 1024))
+            time.sleep(every_s)
+        child.wait()
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    phases = [(float(t), name) for name, t in (line.split()[1:3] for line in stderr.splitlines()
+                                                if line.startswith("PHASE "))]
+    curve = [[round(t - began, 1), anon, mapped, next((name for at, name in reversed(phases) if at <= t), "start")]
+             for t, anon, mapped in samples]
+    return child.returncode, stdout, stderr, curve
 
 
 def write_results(args: argparse.Namespace, argv: list[str] | None, base: np.ndarray, distinct: int,
