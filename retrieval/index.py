@@ -214,8 +214,8 @@ def without_excluded(search: Callable[[int, frozenset[str]], list[T]], limit: in
     round's queries for the same gap do), the search runs again with the filter.
 
     Hits of equal score are ordered by ``tie_key`` before the cut, not as the engine stored them: the order of
-    storage follows the writes' timing, so two indexes of one pool returned different samples among equals
-    (and one seed selected differently from each). A fetch whose last hit still ties the cut is asked again
+    storage follows the writes' timing, so two indexes of one pool would return different samples among equals
+    (and one seed would select differently from each). A fetch whose last hit still ties the cut is asked again
     twice as long, so the whole run of equals is seen (up to ``MAX_FETCH`` hits)."""
 
     def past_ties(k: int, ids: frozenset[str]) -> list[T]:
