@@ -24,9 +24,10 @@ its own process, so its peak RSS is its own:
 - reopen seconds (load + first query) and peak RSS (indexing, and after reopening): VmHWM counts the
   store's file pages mapped in memory too (page cache the kernel can drop), so the peaks of anonymous
   memory (RssAnon: heap the engine needs) and of mapped file pages (RssFile) are sampled apart, every
-  20 ms (a shorter spike can be missed), and kept once a second as a curve over the run (``memory_curve``:
-  seconds, anonymous MB, mapped-file MB, phase). The benchmark's own arrays (6,000 base vectors, one batch)
-  are ~10 MB of that: ``rss_mb_before_store``.
+  20 ms (a shorter spike can be missed), and from the parent every 0.5 s as a curve over the run
+  (``memory_curve``: seconds, anonymous MB, mapped-file MB, phase; the graph build holds the child's GIL, so
+  only the parent sees it). The benchmark's own arrays (6,000 base vectors, one batch) are ~10 MB of that:
+  ``rss_mb_before_store``.
 
     .venv/bin/python benchmarks/store_scale.py --sizes 100000,1000000
     .venv/bin/python benchmarks/store_scale.py --sizes 1000000 --hnsw 16:100,32:200 --ef 128,256,512
@@ -96,40 +97,38 @@ def point_id(i: int) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_OID, f"pool-{i:07d}"))
 
 
+def rss_mb(pid: int | str = "self") -> dict[str, float]:
+    """RssAnon and RssFile of a process in MB (VmHWM has only their sum)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return {line.split(":")[0]: int(line.split()[1]) / 1024 for line in status.splitlines()
+            if line.startswith(("RssAnon:", "RssFile:"))}
+
+
+def announce(phase: str) -> None:
+    """The child's phase, said on stderr with the time: the parent labels its memory curve with it."""
+    print(f"PHASE {phase} {time.monotonic()}", file=sys.stderr, flush=True)
+
+
 class RssSampler:
-    """Peaks of RssAnon and RssFile of this process, sampled in a thread (VmHWM has only their sum)."""
+    """Peaks of RssAnon and RssFile of this process, sampled in a thread."""
 
     def __init__(self, every_s: float = 0.02) -> None:
         import threading
 
         self.peak = {"RssAnon": 0.0, "RssFile": 0.0}
-        self.now = {"RssAnon": 0.0, "RssFile": 0.0}
         self._stop = threading.Event()
         self.sample()
         self.before = dict(self.peak)  # libraries and the base vectors, before any store
         self._thread = threading.Thread(target=self._run, args=(every_s,), daemon=True)
         self._thread.start()
 
-    @property
-    def phase(self) -> str:
-        return self._phase
-
-    @phase.setter
-    def phase(self, name: str) -> None:
-        """Said on stderr with the time: the parent labels its memory curve with it."""
-        self._phase = name
-        print(f"PHASE {name} {time.monotonic()}", file=sys.stderr, flush=True)
-
     def _run(self, every_s: float) -> None:
         while not self._stop.wait(every_s):
             self.sample()
 
     def sample(self) -> None:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            key = line.split(":", 1)[0]
-            if key in self.peak:
-                self.now[key] = int(line.split()[1]) / 1024
-                self.peak[key] = max(self.peak[key], self.now[key])
+        for key, mb in rss_mb().items():
+            self.peak[key] = max(self.peak[key], mb)
 
     def stop(self) -> dict:
         self._stop.set()
@@ -235,17 +234,17 @@ def run_one(engine: str, n: int, base: np.ndarray, work: Path, seed: int = 0, hn
     path = work / f"{engine}-{n}"
     shutil.rmtree(path, ignore_errors=True)
     store = kind(path, base.shape[1], create=True, hnsw=hnsw, ef=efs[0])
-    sampler.phase = "upsert"
+    announce("upsert")
     start = time.perf_counter()
     for lo in range(0, n, BATCH):
         store.upsert(lo, synthetic(base, lo, min(BATCH, n - lo), seed))
     upsert_s = time.perf_counter() - start
-    sampler.phase = "build"
+    announce("build")
     start = time.perf_counter()
     store.build()
     build_s = time.perf_counter() - start
     rss_indexing = peak_rss_mb()
-    sampler.phase = "query"
+    announce("query")
     rng = np.random.default_rng(seed + 1)
     queries = synthetic(base, n + 7, QUERIES[engine], seed + 2)  # other noise: points that are not in the store
     excluded = [point_id(int(i)) for i in rng.choice(n, size=min(EXCLUDED, n // 2), replace=False)]
@@ -285,7 +284,7 @@ def run_one(engine: str, n: int, base: np.ndarray, work: Path, seed: int = 0, hn
                 crowded_recall.append(len({i for i, _ in filtered} & {i for i, _ in want}) / len(want))
     curve = ef_curve(store, queries, truths, excluded_set, exclude, list(efs))
     store.close()
-    sampler.phase = "reopen"
+    announce("reopen")
     start = time.perf_counter()
     store = kind(path, base.shape[1], create=False)
     store.query(queries[0], store.exclusion(excluded), exact=False)
@@ -362,12 +361,10 @@ def run_child(command: list[str], every_s: float = 0.5) -> tuple[int, str, str, 
         began, samples = time.monotonic(), []
         while child.poll() is None:
             try:
-                status = Path(f"/proc/{child.pid}/status").read_text()
+                mb = rss_mb(child.pid)
             except OSError:
                 break
-            kb = {line.split(":")[0]: int(line.split()[1]) for line in status.splitlines()
-                  if line.startswith(("RssAnon:", "RssFile:"))}
-            samples.append((time.monotonic(), kb.get("RssAnon", 0) // 1024, kb.get("RssFile", 0) // 1024))
+            samples.append((time.monotonic(), round(mb.get("RssAnon", 0)), round(mb.get("RssFile", 0))))
             time.sleep(every_s)
         child.wait()
         out.seek(0)
