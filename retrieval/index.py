@@ -218,23 +218,23 @@ def without_excluded(search: Callable[[int, frozenset[str]], list[T]], limit: in
     (and one seed would select differently from each). A fetch whose last hit still ties the cut is asked again
     twice as long, so the whole run of equals is seen (up to ``MAX_FETCH`` hits)."""
 
-    def past_ties(k: int, ids: frozenset[str]) -> list[T]:
+    def past_ties(k: int, ids: frozenset[str]) -> tuple[list[T], list[T]]:
+        """(what the search returned, those not excluded), fetched until the cut is no longer in a tie."""
         while True:
             hits = search(k, ids)
             kept = [h for h in hits if key(h) not in exclude]
             if len(hits) < k or k >= MAX_FETCH or len(kept) < limit or score(hits[-1]) < score(kept[limit - 1]):
-                return hits
+                return hits, kept
             k *= 2
 
     def ranked(hits: list[T]) -> list[T]:
-        return sorted(hits, key=lambda h: (-score(h), tie_key(key(h))))
+        return sorted(hits, key=lambda h: (-score(h), tie_key(key(h))))[:limit]
 
     wanted = OVERFETCH * limit + OVERFETCH_SLACK if exclude else limit + TIE_SLACK
-    hits = past_ties(wanted, frozenset())
-    kept = [h for h in hits if key(h) not in exclude]
+    hits, kept = past_ties(wanted, frozenset())
     if len(kept) >= limit or len(hits) < wanted:  # enough left, or the collection has no more to give
-        return ranked(kept)[:limit]
-    return ranked(past_ties(limit + TIE_SLACK, exclude))[:limit]
+        return ranked(kept)
+    return ranked(past_ties(limit + TIE_SLACK, exclude)[1])
 
 
 @dataclass(frozen=True)
