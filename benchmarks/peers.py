@@ -5,9 +5,9 @@ One ``tutorloop run`` per world, target and selector at the same budget; everyth
 default (the held-out stop, known replay on top, the operating point within 1 point of forgetting). Per run:
 the target's test accuracy, forgetting on the world's generic split, the selection's seconds (every stage
 but training and evaluation: for rds the student's vectors of the pool, for less its warm-up and gradients)
-against the training seconds (and against the training it saves: the full pool's), and a leakage check of the selected samples against the test split (the same
-question text; the same image bytes). Guards in every table: zero-shot, random at equal budget,
-length-matched random (``random-length``: a random sample of the same text length for each sample `failures`
+against the training seconds (and against the training it saves: the full pool's), and a leakage check of
+the selected samples against the test split (the same question text; the same image bytes). Guards in every
+table: zero-shot, random at equal budget, length-matched random (``random-length``: a random sample of the same text length for each sample `failures`
 chose in the same world, target, budget and seed; lab/selectors.py), the full pool (``full-pool``: every pool
 sample, the loop's round recipe, trained once), the target-data ceiling (``target-data``: fresh samples of
 the target itself, trained once), selection seeds (``--run-seeds``) and pool sizes (``--pool-size``).
@@ -86,25 +86,25 @@ def run_selector(world: World, target: FreshTarget, seed: int, selector: str, bu
 
     task_dir = out / world_dir(seed, pool_size) / target.name
     began = time.perf_counter()
-    strategy = Strategy(selector, selector, run=DEFAULTS)
+    strategy, teacher, store = Strategy(selector, selector, run=DEFAULTS), None, None
+    selectors = contextlib.nullcontext()  # the product's registry as it is
     if selector == "teacher":
         strategy = Strategy(selector, selector, run=TEACHER_RUN, skill_map=True, map_names="source",
                             teacher_settings=CPU_TEACHER)
         store, _ = map_store(world, strategy.map_kind, None)
-        run = RunDir(run_strategy(world, strategy, budget, run_seed, task_dir, settings_for(1),
-                                  {"base_url": teacher_url}, store))
+        teacher = {"base_url": teacher_url}
     elif selector == LENGTH_MATCHED:
-        with registered(length_matched(reference_lengths(task_dir, budget, run_seed))):
-            run = RunDir(run_strategy(world, strategy, budget, run_seed, task_dir, settings_for(1), None))
-    else:
-        run = RunDir(run_strategy(world, strategy, budget, run_seed, task_dir, settings_for(1), None))
+        selectors = registered(length_matched(reference_lengths(task_dir, budget, run_seed)))
+    with selectors:
+        run = RunDir(run_strategy(world, strategy, budget, run_seed, task_dir, settings_for(1), teacher, store))
     rounds = run.rounds_done()
     history = [run.read(n, METRICS) for n in rounds]
     seconds = [run.seconds(n) for n in rounds[1:]]
     selected = [row.sample for n in rounds[1:] for row in run.read(n, SELECTED)]
     return {
         "world_seed": seed, "pool_size": pool_size, "target": target.name, "kind": target.kind,
-        "selector": selector, "budget": budget, "run_seed": run_seed, "test": [m.test_accuracy for m in history], "generic": [m.generic_accuracy for m in history],
+        "selector": selector, "budget": budget, "run_seed": run_seed,
+        "test": [m.test_accuracy for m in history], "generic": [m.generic_accuracy for m in history],
         "selected": len(selected),
         "selection_s": round(sum(v for s in seconds for k, v in s.items() if k not in NOT_SELECTION), 1),
         "train_s": round(sum(s.get("train", 0.0) for s in seconds), 1),
