@@ -118,12 +118,14 @@ def _differences(built: dict[str, Any], wanted: dict[str, Any]) -> str:
 def ensure_skill_map(store: Path, *, teacher: Any = None, names_from: str | None = None) -> Path:
     """The skill map beside the embedded index ``store`` (agents/skills.py), named by ``teacher`` (a
     TeacherConfig) or by the pool's tag ``names_from`` when there is none; a map that is there is kept
-    (whoever named it) unless the index's point count no longer matches it. Returns the map's path."""
+    (whoever named it) unless the index's point count no longer matches it. A store another run is reading
+    is waited for, as a run waits. Returns the map's path."""
+    from tutorloop.agents.runtime import STORE_WAIT_S
     from tutorloop.agents.skills import build_skill_map, load_skill_map, map_path
     from tutorloop.retrieval.index import PoolIndex
 
     path = map_path(store, "pool")
-    index = PoolIndex.open(store=store)
+    index = PoolIndex.open_when_free(STORE_WAIT_S, store=store)
     try:
         # a hand edit not yet applied is kept too: the run applies it (agents.skills.open_map)
         if not (path.is_file() and load_skill_map(path).points == index.count()):
