@@ -441,6 +441,7 @@ class TeacherClient:
         answers ``GET /models`` has a trouble of its own: it gets ``max_retries`` re-sends)."""
         config = self.config
         bad, lost = 0, 0
+        own = 0  # transport failures while the endpoint was up: an outage's failures are not the request's own
         vary = False  # set once a reply came back unusable: re-asking it verbatim would repeat it
         while True:
             reply.attempts += 1
@@ -454,7 +455,9 @@ class TeacherClient:
                 if isinstance(error, openai.APIStatusError) and not _retryable_status(error.status_code):
                     break
                 lost += 1
-                if not await self._wait_for_endpoint(lost):
+                up = await self._endpoint_up()
+                own = own + 1 if up else 0
+                if own > config.max_retries if up else self._outage_over():
                     reply.transport = True
                     break
                 await asyncio.sleep(min(15.0, config.backoff_s * 2 ** min(lost - 1, 8)) * random.uniform(0.5, 1.5))
@@ -489,22 +492,24 @@ class TeacherClient:
                         time.monotonic() - self._down_since)
         self._down_since = None
 
-    async def _wait_for_endpoint(self, lost: int) -> bool:
-        """After a transport failure: True while re-sending is worth it. An endpoint that answers ``GET /models``
-        is up, so the failure is this request's own; one that does not is waited for (said once, with the URL)."""
+    async def _endpoint_up(self) -> bool:
+        """After a transport failure: does the endpoint answer ``GET /models``? If so the failure was the
+        request's own; if not, an outage begins (said once, with the URL) or goes on."""
         assert self._client is not None
         try:
             await self._client.models.list(timeout=min(10.0, self.config.timeout_s))
         except (openai.APITimeoutError, openai.APIConnectionError, openai.APIStatusError):
-            pass
-        else:
-            self._answered(time.monotonic())
-            return lost <= self.config.max_retries
-        if self._down_since is None:
-            self._down_since = time.monotonic()
-            log.warning("teacher: %s does not answer; waiting up to %.0f s for it", self.config.base_url,
-                        self.config.outage_wait_s)
-        return time.monotonic() - self._down_since < self.config.outage_wait_s
+            if self._down_since is None:
+                self._down_since = time.monotonic()
+                log.warning("teacher: %s does not answer; waiting up to %.0f s for it", self.config.base_url,
+                            self.config.outage_wait_s)
+            return False
+        self._answered(time.monotonic())
+        return True
+
+    def _outage_over(self) -> bool:
+        """The endpoint has been down ``outage_wait_s``: stop re-sending."""
+        return self._down_since is not None and time.monotonic() - self._down_since >= self.config.outage_wait_s
 
     async def _complete(self, request: StructuredRequest, sampling: dict) -> tuple[str, str | None, Dialect]:
         dialect = self.dialect

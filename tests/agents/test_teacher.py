@@ -277,6 +277,22 @@ def test_a_teacher_outage_is_waited_out_and_nothing_is_lost(scripted, image_root
     assert caplog.text.count(f"{url} does not answer") == 1 and "answers again" in caplog.text
 
 
+def test_failures_during_an_outage_do_not_count_against_the_request(scripted, image_root, make_failure):
+    """A request that failed through an outage and then meets one server error once the endpoint is back has
+    had one trouble of its own, not several: it is re-sent and answered."""
+    import threading
+    from types import SimpleNamespace
+
+    server = scripted(faults={"FLAKY": ["http500"]})
+    url, port = server.base_url, int(server.base_url.rsplit(":", 1)[1].split("/")[0])
+    server.stop()
+    threading.Timer(1.5, server.start, kwargs={"port": port}).start()
+    records = [make_failure(0, question="FLAKY how many?")]
+    result = diagnose_failures(records, image_root, config_for(SimpleNamespace(base_url=url), outage_wait_s=60,
+                                                               backoff_s=0.2, max_retries=2))
+    assert reconciles(result) and result.ok == 1 and result.logs[0].attempts > 3  # lost ≥ 3 in the outage
+
+
 def test_a_teacher_down_for_good_gives_up_after_the_outage_budget(image_root, make_failure):
     records = [make_failure(i) for i in range(3)]
     config = TeacherConfig(base_url="http://127.0.0.1:9/v1", outage_wait_s=1.0, backoff_s=0.1, progress=False)
