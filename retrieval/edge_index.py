@@ -73,13 +73,13 @@ class EdgeIndex:
 
     thread_safe = True  # the shard may be written from the upsert worker thread
 
-    def __init__(self, store: Path, collection: str = DEFAULT_COLLECTION, *, hnsw_ef: int | None = None) -> None:
+    def __init__(self, store: Path, collection: str = DEFAULT_COLLECTION) -> None:
         import qdrant_edge as edge
 
         self.edge = edge
         self.store = Path(store)
         self.collection = collection
-        self._hnsw_ef = hnsw_ef  # None: the ef the manifest recorded
+        self._hnsw_ef: int | None = None  # read from the manifest at the first search
         if is_legacy_store(self.store):
             raise LegacyStoreError(
                 f"{self.store} holds an index written by an older tutorloop (qdrant-client local mode); "
