@@ -110,3 +110,27 @@ def colour_llava(tmp_path_factory: pytest.TempPathFactory, tiny_data: TinyData, 
     train_full(student, tiny_data.samples, tiny_data.root, TrainConfig(lr=3e-3, epochs=30, batch_size=16, seed=0),
                out, progress=False)
     return out
+
+
+@pytest.fixture
+def hold_store():
+    """``hold_store(store, seconds)``: another process opens the embedded store and holds it ``seconds``
+    (then lets go); returns that process once it holds the store. Every holder is killed at the end."""
+    import subprocess
+    import sys
+
+    holders = []
+
+    def hold(store: Path, seconds: float) -> subprocess.Popen:
+        holder = subprocess.Popen([sys.executable, "-c", (
+            "import pathlib, time; from tutorloop.retrieval.edge_index import EdgeIndex; "
+            f"index = EdgeIndex(pathlib.Path({str(store)!r})); print('held', flush=True); "
+            f"time.sleep({seconds}); index.close()")], stdout=subprocess.PIPE, text=True)
+        holders.append(holder)
+        assert holder.stdout.readline().strip() == "held"
+        return holder
+
+    yield hold
+    for holder in holders:
+        holder.kill()
+        holder.wait()

@@ -291,23 +291,13 @@ def test_ensure_skill_map_builds_once_and_keeps_a_hand_edit(store):
     assert "renamed-by-hand" in path.read_text()  # kept, not rebuilt; the run applies it
 
 
-def test_ensure_skill_map_waits_while_another_run_reads_the_store(store):
+def test_ensure_skill_map_waits_while_another_run_reads_the_store(store, hold_store):
     """Two runs on one pool: the second's map check waits for the first to let go instead of failing."""
-    import subprocess
-    import sys
     import time
 
     from tutorloop.agents.api import ensure_skill_map
 
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import pathlib, time; from tutorloop.retrieval.edge_index import EdgeIndex; "
-        f"index = EdgeIndex(pathlib.Path({str(store)!r})); print('held', flush=True); time.sleep(2); index.close()")],
-        stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
-        began = time.monotonic()
-        path = ensure_skill_map(store, names_from="source")
-        assert path.is_file() and time.monotonic() - began > 0.5  # it waited for the holder, then built
-    finally:
-        holder.kill()
-        holder.wait()
+    hold_store(store, 2)
+    began = time.monotonic()
+    path = ensure_skill_map(store, names_from="source")
+    assert path.is_file() and time.monotonic() - began > 0.5  # it waited for the holder, then built

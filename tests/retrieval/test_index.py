@@ -183,11 +183,9 @@ def test_a_store_of_the_old_local_mode_gets_a_clear_message(tmp_path):
                  "--selector", "random", "--out", str(tmp_path / "run")]) == 2
 
 
-def test_a_store_held_by_another_process_names_the_holder(tmp_path):
+def test_a_store_held_by_another_process_names_the_holder(tmp_path, hold_store):
     import json
     import os
-    import subprocess
-    import sys
 
     from tutorloop.retrieval.edge_index import EdgeIndex, StoreInUse
 
@@ -195,18 +193,10 @@ def test_a_store_held_by_another_process_names_the_holder(tmp_path):
     first = EdgeIndex(store)
     first.prepare(4, "test-embedder")
     first.close()
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from tutorloop.retrieval.edge_index import EdgeIndex; "
-        f"index = EdgeIndex(__import__('pathlib').Path({str(store)!r})); print('held', flush=True); time.sleep(60)")],
-        stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(StoreInUse, match=rf"in use by pid {holder.pid} "):
-            EdgeIndex(store)
-        assert json.loads((store / "holder.json").read_text())["pid"] == holder.pid != os.getpid()
-    finally:
-        holder.kill()
-        holder.wait()
+    holder = hold_store(store, 60)
+    with pytest.raises(StoreInUse, match=rf"in use by pid {holder.pid} "):
+        EdgeIndex(store)
+    assert json.loads((store / "holder.json").read_text())["pid"] == holder.pid != os.getpid()
 
 
 def test_two_indexes_of_one_pool_return_the_same_samples_among_equals(tmp_path, kit, minilm):
