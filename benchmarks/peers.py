@@ -7,8 +7,9 @@ the target's test accuracy, forgetting on the world's generic split, the selecti
 but training and evaluation: for rds the student's vectors of the pool, for less its warm-up and gradients)
 against the training seconds (and against the training it saves: the full pool's), and a leakage check of
 the selected samples against the test split (the same question text; the same image bytes). Guards in every
-table: zero-shot, random at equal budget, length-matched random (``random-length``: a random sample of the same text length for each sample `failures`
-chose in the same world, target, budget and seed; lab/selectors.py), the full pool (``full-pool``: every pool
+table: zero-shot, random at equal budget, length-matched random (``random-length``: a random sample of the
+same text length for each sample `failures` chose in the same world, target, budget and seed;
+lab/selectors.py), the full pool (``full-pool``: every pool
 sample, the loop's round recipe, trained once), the target-data ceiling (``target-data``: fresh samples of
 the target itself, trained once), selection seeds (``--run-seeds``) and pool sizes (``--pool-size``).
 
